@@ -1,0 +1,35 @@
+"""srpo_verl: SRPO (Sample-Routed Policy Optimization) as a plugin for verl 0.9.x.
+
+`import verl` loads the `verl.plugins` entry point below in every process (driver and Ray
+workers), so SRPO is registered without the user importing this package.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="srpo_verl",
+    version="0.1.0",
+    description="SRPO (Sample-Routed Policy Optimization) for verl",
+    python_requires=">=3.10",
+    packages=find_packages(include=["srpo_verl", "srpo_verl.*"]),
+    package_data={"srpo_verl": ["config/*.yaml", "config/*/*.yaml", "cpu/README.md"]},
+    install_requires=[
+        # The engine-worker API (0.8+) and the private rollout registry we extend changed in every
+        # minor release; 0.9.1 is what the CPU backend and the SRPO step are tested against.
+        "verl[verl-core]==0.9.1",
+        # Any torch the verl deployment already has; CPU machines install torch==2.13.0 first.
+        "torch>=2.6",
+        "hydra-core>=1.3.2,<1.4",
+        "omegaconf>=2.3,<2.4",
+        # verl 0.9.1's own pin.
+        "transformers>=5.5.3,<5.11,!=5.6.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        "demo": ["matplotlib>=3.8", "reasoning-gym==0.1.25"],
+    },
+    entry_points={
+        "verl.plugins": ["srpo_verl = srpo_verl.plugin"],
+        "console_scripts": ["srpo-verl = srpo_verl.__main__:main"],
+    },
+)
