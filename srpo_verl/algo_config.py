@@ -1,0 +1,147 @@
+"""The `algorithm.srpo` config block as dataclasses.
+
+`SRPOConfig` is the single source of every SRPO default and its validation. The YAML in
+`srpo_verl/config/algorithm/srpo.yaml` restates the defaults for Hydra; a test keeps the two and
+`docs/configuration.md` in agreement. `SRPOAlgoConfig` extends verl's `AlgoConfig` with the `srpo`
+field so `omega_conf_to_dataclass(config.algorithm)` keeps working with the extra block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from verl.base_config import BaseConfig
+from verl.trainer.config import AlgoConfig
+
+METHODS = ("srpo", "sdpo", "advantage_mix")
+ENTROPY_MODES = ("full", "topk_tail")
+DISTILL_MODES = ("topk_tail", "full_vocab", "sampled_token")
+TEACHERS = ("ema", "trust_region")
+OVERFLOW_MODES = ("truncate", "error")
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ValueError(f"algorithm.srpo.{key}={value!r}: {why}")
+
+
+@dataclass
+class SRPOConfig(BaseConfig):
+    """SRPO / SDPO switches (SRPO_SPEC.md §1-2; paper defaults from SRPO Table 3).
+
+    Args:
+        method: "srpo" routes failed samples with a correct sibling to distillation and the rest to
+            GRPO; "sdpo" distils every sample that has a teacher, with no GRPO term; "advantage_mix"
+            is the ablation A = mix_lambda * A_grpo + (1 - mix_lambda) * A_sdpo on all samples.
+        success_threshold: c_i = [r_i >= success_threshold]. Paper: binary rewards, 0.5.
+        beta: entropy-aware weight w = exp(-beta * H) normalised to mean 1; >= 0. 0 = "w/o DW".
+        entropy_mode: "full" teacher entropy over the whole vocabulary (default; the K+1-bucket
+            entropy is only a lower bound) or "topk_tail".
+        distill_mode: "topk_tail" (student top-K + tail bucket, SDPO default), "full_vocab", or
+            "sampled_token" (per-token advantage log q(y_t) - log p_old(y_t)).
+        topk: K >= 1; K >= vocabulary size means the whole vocabulary.
+        alpha: generalised JSD in [0, 1]: 0 forward KL(q||p), 0.5 JSD, 1 reverse KL(p||q).
+        is_clip: upper clamp (> 0) of the detached ratio exp(log p - log p_old) on SDPO tokens.
+        teacher: "ema" (default) or "trust_region" (q ∝ exp((1-m) log q_ref + m log q_ema)).
+            A live-student teacher is not offered: it collapses training (SRPO_SPEC.md §4).
+        ema_rate: theta' <- (1 - rate) theta' + rate theta, in (0, 1). 1 would make the teacher the
+            live student and is refused.
+        trust_region_mix: m in [0, 1] for the trust-region teacher.
+        mix_lambda: lambda in [0, 1] of the advantage-mix ablation.
+        use_feedback: a non-empty feedback string from the reward function also makes a teacher
+            available (used only when no correct sibling exists).
+        feedback_key: the reward function's extra field holding that string.
+        reprompt_template: teacher's last user turn; must contain {question} and {solution}.
+        feedback_template: teacher's last user turn from feedback; {question} and {feedback}.
+        strip_thinking: remove <think>...</think> from the demonstration.
+        max_teacher_prompt_length: teacher prompt token budget; None = max_prompt_length +
+            max_response_length (room for the question plus one demonstration).
+        teacher_prompt_overflow: "truncate" cuts the demonstration from its left so the question,
+            instruction and generation prompt survive; "error" raises.
+        chunk_size: rows per chunk in vocabulary-wide reductions; memory only, not numerics.
+    """
+
+    method: str = "srpo"
+    success_threshold: float = 0.5
+    beta: float = 1.0
+    entropy_mode: str = "full"
+    distill_mode: str = "topk_tail"
+    topk: int = 100
+    alpha: float = 0.5
+    is_clip: float = 2.0
+    teacher: str = "ema"
+    ema_rate: float = 0.05
+    trust_region_mix: float = 0.5
+    mix_lambda: float = 0.9
+    use_feedback: bool = False
+    feedback_key: str = "feedback"
+    reprompt_template: str = "{question}\nCorrect solution:\n{solution}\nCorrectly solve the original question."
+    feedback_template: str = (
+        "{question}\nThe following is feedback from your unsuccessful earlier attempt: {feedback}\n"
+        "Correctly solve the original question."
+    )
+    strip_thinking: bool = True
+    max_teacher_prompt_length: Optional[int] = None
+    teacher_prompt_overflow: str = "truncate"
+    chunk_size: int = 1024
+
+    def __post_init__(self):
+        _check(self.method in METHODS, "method", self.method, f"must be one of {METHODS}")
+        _check(math.isfinite(self.success_threshold), "success_threshold", self.success_threshold, "must be finite")
+        _check(self.beta >= 0 and math.isfinite(self.beta), "beta", self.beta, "must be >= 0 (0 turns weighting off)")
+        _check(self.entropy_mode in ENTROPY_MODES, "entropy_mode", self.entropy_mode, f"must be one of {ENTROPY_MODES}")
+        _check(self.distill_mode in DISTILL_MODES, "distill_mode", self.distill_mode, f"must be one of {DISTILL_MODES}")
+        _check(isinstance(self.topk, int) and self.topk >= 1, "topk", self.topk, "must be an integer >= 1")
+        _check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "must be in [0, 1] (0 forward KL, 1 reverse KL)")
+        _check(self.is_clip > 0, "is_clip", self.is_clip, "must be > 0")
+        _check(self.teacher in TEACHERS, "teacher", self.teacher, f"must be one of {TEACHERS}")
+        _check(
+            0.0 < self.ema_rate < 1.0,
+            "ema_rate",
+            self.ema_rate,
+            "must be in (0, 1); 1 would make the teacher the live student, which collapses training",
+        )
+        _check(0.0 <= self.trust_region_mix <= 1.0, "trust_region_mix", self.trust_region_mix, "must be in [0, 1]")
+        _check(0.0 <= self.mix_lambda <= 1.0, "mix_lambda", self.mix_lambda, "must be in [0, 1]")
+        for key, names in (("reprompt_template", ("{question}", "{solution}")), ("feedback_template", ("{question}", "{feedback}"))):
+            missing = [n for n in names if n not in getattr(self, key)]
+            _check(not missing, key, getattr(self, key), f"must contain {missing}")
+        _check(
+            self.max_teacher_prompt_length is None or self.max_teacher_prompt_length >= 1,
+            "max_teacher_prompt_length",
+            self.max_teacher_prompt_length,
+            "must be null or >= 1",
+        )
+        _check(
+            self.teacher_prompt_overflow in OVERFLOW_MODES,
+            "teacher_prompt_overflow",
+            self.teacher_prompt_overflow,
+            f"must be one of {OVERFLOW_MODES}",
+        )
+        _check(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
+
+    @classmethod
+    def from_node(cls, node) -> "SRPOConfig":
+        """Build from a DictConfig/dict, naming any unknown key instead of ignoring it."""
+        data = dict(node.items()) if node is not None else {}
+        data.pop("_target_", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown key(s) under algorithm.srpo: {unknown}. Valid keys: {sorted(known - {'_target_'})}")
+        return cls(**data)
+
+
+@dataclass
+class SRPOAlgoConfig(AlgoConfig):
+    """verl's AlgoConfig plus the `srpo` block (None for plain verl algorithms)."""
+
+    srpo: Optional[SRPOConfig] = field(default=None)
+
+
+def srpo_config_of(config) -> Optional[SRPOConfig]:
+    """The validated SRPO block of a full trainer config (DictConfig), or None if absent."""
+    node = config.algorithm.get("srpo", None)
+    return None if node is None else SRPOConfig.from_node(node)

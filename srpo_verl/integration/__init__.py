@@ -1,0 +1,1 @@
+"""Thin verl glue: registrations, the SRPO trainer step, the loss hook and the EMA teacher."""

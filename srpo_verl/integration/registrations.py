@@ -1,0 +1,85 @@
+"""verl registrations: the `srpo` advantage estimator and the `srpo` policy loss.
+
+Both call the pure functions of `srpo_verl.core_algos`; nothing here holds math. verl's
+`register_adv_est` refuses a name bound to a different function object, so registration reuses
+the module-level functions below and is idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from srpo_verl import core_algos
+from verl.trainer.ppo import core_algos as verl_core_algos
+
+NAME = "srpo"
+
+
+def srpo_advantage(
+    token_level_rewards: torch.Tensor,  # (B, T)
+    response_mask: torch.Tensor,  # (B, T)
+    index,
+    config=None,
+    **_unused,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_i = r_i - mean_group(r), broadcast to the response tokens (SRPO_SPEC.md §1.4).
+
+    verl's estimator signature sees only rewards, mask, uid and the `algorithm` node, so this is
+    the GRPO branch's advantage for every sample; the routing and the SDPO branch are added by the
+    SRPO trainer step, which has the whole batch.
+    """
+    norm_by_std = bool(config.get("norm_adv_by_std_in_grpo", False)) if config is not None else False
+    rewards = token_level_rewards.sum(dim=-1)  # (B,)
+    adv = core_algos.grpo_advantage(rewards, index, norm_by_std=norm_by_std)  # (B,)
+    adv = adv.unsqueeze(-1) * response_mask  # (B, T)
+    return adv, adv
+
+
+def srpo_policy_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Optional[Any] = None,
+    rollout_is_weights: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The GRPO branch's clipped surrogate with asymmetric clipping and rollout IS weights.
+
+    verl's policy-loss signature cannot receive teacher tensors, so under `algorithm=srpo` the
+    trainer installs the full SRPO loss with `set_loss_fn`; this registered loss is what runs
+    when that loss is not installed (e.g. `policy_loss.loss_mode=srpo` with verl's sync trainer),
+    i.e. plain GRPO with the paper's clipping.
+    """
+    clip = config.clip_ratio
+    loss_mat, clipped = core_algos.ppo_clip_token_loss(
+        log_prob,
+        old_log_prob,
+        advantages,
+        clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else clip,
+        clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else clip,
+        clip_ratio_c=config.get("clip_ratio_c", None),
+        rollout_is_weights=rollout_is_weights,
+    )
+    loss = verl_core_algos.agg_loss(
+        loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+    )
+    mask = response_mask.bool()
+    clipfrac = (clipped & mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"actor/pg_clipfrac": clipfrac.item()}
+
+
+def register() -> None:
+    """Register with verl's registries (idempotent: the same function objects every time)."""
+    verl_core_algos.register_adv_est(NAME)(srpo_advantage)
+    verl_core_algos.register_policy_loss(NAME)(srpo_policy_loss)
+
+
+def registered() -> dict[str, bool]:
+    """What verl's registries currently hold under our names (used by the self-check)."""
+    return {
+        "adv_estimator:srpo": verl_core_algos.ADV_ESTIMATOR_REGISTRY.get(NAME) is srpo_advantage,
+        "policy_loss:srpo": verl_core_algos.POLICY_LOSS_REGISTRY.get(NAME) is srpo_policy_loss,
+    }
