@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything srpo_verl needs in ./.venv (idempotent; a second run takes seconds).
+#   - torch: the CPU build (torch==2.13.0) on machines without an NVIDIA GPU; on a GPU machine the
+#     torch already in your environment is kept (use SRPO_VENV=system to install into it).
+#   - verl[verl-core]==0.9.1, hydra, transformers (pinned by setup.py), srpo_verl itself (editable),
+#     and the test and demo extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${SRPO_VENV:-.venv}"
+if [[ "$VENV" != "system" ]]; then
+  [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+  # shellcheck disable=SC1091
+  source "$VENV/bin/activate"
+fi
+PY=python
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if ! $PY -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "[setup] NVIDIA GPU found: install the CUDA torch your verl deployment uses, then re-run." >&2
+    exit 1
+  fi
+  echo "[setup] installing the CPU build of torch (torch==2.13.0)"
+  $PY -m pip install -q torch==2.13.0
+fi
+
+if ! $PY -c "import srpo_verl, verl, hypothesis, reasoning_gym, matplotlib" 2>/dev/null; then
+  echo "[setup] installing verl 0.9.1 and srpo_verl (editable) with test/demo extras"
+  $PY -m pip install -q -e ".[test,demo]"
+fi
+
+$PY -m srpo_verl check

@@ -1,0 +1,681 @@
+"""SRPO math as pure tensor functions (torch and numpy only; no verl import).
+
+SRPO — Sample-Routed Policy Optimization, arXiv 2604.02288 (https://arxiv.org/abs/2604.02288).
+SDPO — Reinforcement Learning via Self-Distillation, arXiv 2601.20802 (https://arxiv.org/abs/2601.20802).
+Symbols follow docs/SRPO_SPEC.md: r_i reward, c_i correctness, m_i teacher availability, z_i routing,
+A_i advantage, p = pi_theta (student), q = pi_teacher, H teacher entropy, w entropy weight.
+
+Shapes: B responses, T response tokens, N = flattened tokens, V vocabulary, K top-K support.
+Every loss is computed in at least float32 (bf16 inputs are upcast; float64 stays float64 so the
+tests can compare against float64 references). Per-token functions return (B, T) matrices; only
+`srpo_loss` aggregates, with one denominator passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Routing",
+    "add_tail_bucket",
+    "advantage_mix",
+    "correctness",
+    "entropy_weights",
+    "full_vocab_divergence",
+    "gather_log_softmax",
+    "generalized_jsd",
+    "group_ids",
+    "grpo_advantage",
+    "ppo_clip_token_loss",
+    "routing_mask",
+    "sampled_token_advantage",
+    "sdpo_token_loss",
+    "srpo_loss",
+    "student_topk",
+    "teacher_availability",
+    "teacher_entropy",
+    "teacher_topk_log_probs",
+    "topk_tail_divergence",
+    "topk_tail_entropy",
+    "trust_region_teacher_log_probs",
+]
+
+# Rows of (N, V) logits upcast at a time. 256 rows of a 151,936-token vocabulary are 156 MB in
+# float32: small next to the logits themselves, large enough that per-chunk overhead is negligible.
+DEFAULT_CHUNK_SIZE = 256
+
+# verl clamps log-ratios to this range before exp (compute_policy_loss_vanilla).
+_LOG_RATIO_CLAMP = 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared private steps (validation, dtype, chunking, safe p*log p). Written once, used everywhere.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_same_shape(**tensors: torch.Tensor) -> None:
+    """Raise ValueError naming the arguments when the given tensors' shapes differ."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items() if t is not None}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{name}{shape}" for name, shape in shapes.items())
+        raise ValueError(f"mismatched shapes: {desc}")
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    # Losses in at least float32; float64 is kept so tests can use float64 references.
+    return torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t.to(_compute_dtype(t))
+
+
+def _row_chunks(n: int, chunk_size: int):
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+def _per_token(values: torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
+    """Broadcast a per-response (B,) tensor to (B, T); pass a (B, T) tensor through."""
+    if values.dim() == 1 and like.dim() == 2 and values.shape[0] == like.shape[0]:
+        return values.unsqueeze(-1)  # (B, 1)
+    if values.shape != like.shape:
+        raise ValueError(
+            f"mismatched shapes: {name}{tuple(values.shape)} must be (B,) or (B, T) = {tuple(like.shape)}"
+        )
+    return values
+
+
+def _importance_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """r_t(theta) = exp(log p - log p_old), log-ratio clamped to [-20, 20] as in verl."""
+    log_ratio = _as_float(log_prob) - _as_float(old_log_prob)  # (B, T)
+    return torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+
+
+def _apply_rollout_is(loss: torch.Tensor, rollout_is_weights: torch.Tensor | None) -> torch.Tensor:
+    if rollout_is_weights is None:
+        return loss
+    _check_same_shape(loss=loss, rollout_is_weights=rollout_is_weights)
+    # Weights correct for the rollout engine's sampling distribution; they are data, not a path for gradients.
+    return loss * _as_float(rollout_is_weights).detach()
+
+
+def _sum_p_log_ratio(log_p: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
+    """sum_v p_v (log p_v - log r_v) over the last dim with the convention 0 * log 0 = 0.
+
+    Zero-probability entries (log p = -inf) are replaced by 0 *before* the arithmetic, so neither
+    the value nor the gradient can see -inf - -inf or 0 * inf (a plain torch.where after the fact
+    would still back-propagate NaN through the unselected branch).
+    """
+    support = log_p > float("-inf")  # (..., V)
+    log_p = log_p.masked_fill(~support, 0.0)
+    log_r = log_r.masked_fill(~support, 0.0)
+    # Off the support: exp(0) * (0 - 0) = 0 exactly.
+    return (log_p.exp() * (log_p - log_r)).sum(-1)
+
+
+def _chunk_logsumexp_(chunk: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim of a float chunk, destroying the chunk (one buffer, no temps)."""
+    row_max = chunk.amax(-1, keepdim=True)  # (n, 1)
+    # A row of all -inf would give -inf - -inf = NaN; shifting by 0 keeps it -inf instead.
+    row_max = row_max.masked_fill(~torch.isfinite(row_max), 0.0)
+    return chunk.sub_(row_max).exp_().sum(-1).log_() + row_max.squeeze(-1)  # (n,)
+
+
+def _upcast_copy(chunk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return chunk.to(dtype=dtype, copy=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing (SRPO Sec. 3, spec Sec. 1 steps 1-3)
+# ----------------------------------------------------------------------------------------------
+
+
+class Routing(NamedTuple):
+    """Per-response routing decision, all bool (B,).
+
+    correct: c_i; teacher_available: m_i; sdpo: z_i^SDPO = (1 - c_i) m_i; grpo: z_i^GRPO = 1 - z_i^SDPO.
+    """
+
+    correct: torch.Tensor
+    teacher_available: torch.Tensor
+    sdpo: torch.Tensor
+    grpo: torch.Tensor
+
+
+def group_ids(index: Any, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Map arbitrary group labels (verl's `uid`) to contiguous group ids 0..G-1.
+
+    `index` is a 1-D integer tensor, or a 1-D numpy array / sequence of hashable labels (strings,
+    ints). Returns a LongTensor (B,). Ids follow the sorted order of the labels; only equality matters.
+    """
+    if isinstance(index, torch.Tensor):
+        if index.dim() != 1:
+            raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}")
+        if index.is_floating_point() or index.is_complex():
+            raise ValueError(f"index tensor must be integer, got dtype {index.dtype}")
+        ids = torch.unique(index, return_inverse=True)[1]  # (B,)
+        return ids.to(device=device if device is not None else index.device)
+    labels = np.asarray(index)
+    if labels.ndim != 1:
+        raise ValueError(f"index must be 1-D, got shape {labels.shape}")
+    try:
+        ids = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    except TypeError:
+        # Unorderable mixed labels (e.g. str and None): fall back to first-appearance ids by hashing.
+        first_seen: dict[Any, int] = {}
+        ids = np.array([first_seen.setdefault(label, len(first_seen)) for label in labels.tolist()])
+    return torch.as_tensor(ids, dtype=torch.long, device=device)
+
+
+def _check_rewards(rewards: torch.Tensor) -> None:
+    if rewards.dim() != 1:
+        raise ValueError(
+            f"rewards must be 1-D (B,) sequence-level scores, got shape {tuple(rewards.shape)}; "
+            "sum token-level rewards over the response first"
+        )
+    if not torch.isfinite(rewards).all():
+        bad = rewards[~torch.isfinite(rewards)]
+        raise ValueError(f"rewards must be finite, got {bad.numel()} non-finite value(s), e.g. {bad[0].item()}")
+
+
+def correctness(rewards: torch.Tensor, *, success_threshold: float = 0.5) -> torch.Tensor:
+    """c_i = 1[r_i >= tau]  (SRPO Sec. 3.1; spec step 1).
+
+    rewards: (B,) sequence-level rewards. Returns bool (B,).
+    """
+    if not math.isfinite(success_threshold):
+        raise ValueError(f"success_threshold must be finite, got {success_threshold!r}")
+    _check_rewards(rewards)
+    return rewards >= success_threshold  # (B,)
+
+
+def teacher_availability(
+    correct: torch.Tensor, index: Any, *, has_feedback: torch.Tensor | np.ndarray | None = None
+) -> torch.Tensor:
+    """m_i = 1[exists j != i in group(i) with c_j = 1]  OR  has_feedback_i  (SRPO Sec. 3.1; spec step 2).
+
+    A sample is never its own demonstration, so a correct sample without a correct sibling has m_i = 0.
+    correct: bool (B,); index: group labels (B,); has_feedback: optional bool (B,), True where the
+    environment returned non-empty feedback (SDPO Sec. 3 "rich feedback"). Returns bool (B,).
+    """
+    if correct.dim() != 1:
+        raise ValueError(f"correct must be 1-D (B,), got shape {tuple(correct.shape)}")
+    gid = group_ids(index, device=correct.device)  # (B,)
+    if gid.shape != correct.shape:
+        raise ValueError(f"mismatched shapes: correct{tuple(correct.shape)}, index{tuple(gid.shape)}")
+    c = correct.long()  # (B,)
+    correct_per_group = torch.zeros(int(gid.max()) + 1 if gid.numel() else 0, dtype=torch.long, device=c.device)
+    correct_per_group.index_add_(0, gid, c)  # (G,)
+    # Siblings only: remove the sample's own vote.
+    available = (correct_per_group[gid] - c) > 0  # (B,)
+    if has_feedback is not None:
+        feedback = torch.as_tensor(has_feedback, dtype=torch.bool, device=correct.device)
+        _check_same_shape(correct=correct, has_feedback=feedback)
+        available = available | feedback
+    return available
+
+
+def routing_mask(
+    rewards: torch.Tensor,
+    index: Any,
+    *,
+    success_threshold: float = 0.5,
+    has_feedback: torch.Tensor | np.ndarray | None = None,
+) -> Routing:
+    """z_i^SDPO = (1 - c_i) m_i,  z_i^GRPO = 1 - z_i^SDPO  (SRPO Sec. 3.1, Eq. routing; spec step 3).
+
+    Wrong samples with a teacher go to SDPO; everything else (correct samples, lone-correct samples,
+    all-wrong groups) goes to GRPO, where an all-wrong group's advantage is 0.
+    rewards: (B,); index: group labels (B,). Returns Routing of bool (B,) tensors.
+    """
+    correct = correctness(rewards, success_threshold=success_threshold)  # (B,)
+    available = teacher_availability(correct, index, has_feedback=has_feedback)  # (B,)
+    sdpo = ~correct & available  # (B,)
+    return Routing(correct=correct, teacher_available=available, sdpo=sdpo, grpo=~sdpo)
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages and the GRPO branch (spec steps 4 and 6)
+# ----------------------------------------------------------------------------------------------
+
+
+def grpo_advantage(
+    rewards: torch.Tensor, index: Any, *, norm_by_std: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
+    """A_i = r_i - mean_{j in group(i)} r_j, optionally / (std_group + eps)  (SRPO Sec. 2; spec step 4).
+
+    Default without std (Dr. GRPO / the SDPO code's `norm_adv_by_std_in_grpo: False`). The std is the
+    unbiased one (torch.std, as verl's GRPO). A group of size 1 has advantage 0 (r_i equals its own
+    mean; verl instead returns r_i for singleton groups).
+    rewards: (B,); index: group labels (B,). Returns float32 (B,) (float64 for float64 rewards).
+    """
+    _check_rewards(rewards)
+    gid = group_ids(index, device=rewards.device)  # (B,)
+    if gid.shape != rewards.shape:
+        raise ValueError(f"mismatched shapes: rewards{tuple(rewards.shape)}, index{tuple(gid.shape)}")
+    r = rewards.detach().double()  # (B,) float64: group sums of many rewards stay exact
+    n_groups = int(gid.max()) + 1 if gid.numel() else 0
+    count = torch.zeros(n_groups, dtype=torch.float64, device=r.device).index_add_(0, gid, torch.ones_like(r))  # (G,)
+    mean = torch.zeros_like(count).index_add_(0, gid, r) / count  # (G,)
+    centered = r - mean[gid]  # (B,)
+    if norm_by_std:
+        sq = torch.zeros_like(count).index_add_(0, gid, centered.square())  # (G,)
+        # Bessel's correction; singleton groups get std 0 (their centered reward is 0 anyway).
+        std = torch.where(count > 1, sq / (count - 1).clamp(min=1), torch.zeros_like(sq)).sqrt()  # (G,)
+        centered = centered / (std[gid] + eps)
+    return centered.to(_compute_dtype(rewards))
+
+
+def ppo_clip_token_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.28,
+    clip_ratio_c: float | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate per token, asymmetric clip (SRPO Sec. 3.2; spec step 6 GRPO branch).
+
+        l_t = max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high)),   r_t = exp(log p - log p_old)
+
+    With clip_ratio_c = c > 1 (dual-clip PPO, arXiv 1912.09729), tokens with A < 0 use
+    min(l_t, -A c), exactly as verl's compute_policy_loss_vanilla (log-ratio clamped to [-20, 20]).
+    Multiplied by the rollout importance weights when given.
+    log_prob, old_log_prob: (B, T); advantages: (B,) or (B, T); rollout_is_weights: (B, T).
+    Returns (loss float32 (B, T), clipfrac bool (B, T) = the clipped term was the larger one).
+    """
+    _check_range("clip_ratio_low", clip_ratio_low, 0.0, 1.0)
+    if clip_ratio_high < 0:
+        raise ValueError(f"clip_ratio_high must be >= 0, got {clip_ratio_high!r}")
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {clip_ratio_c!r}")
+    _check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob)
+    adv = _as_float(_per_token(advantages, log_prob, "advantages")).detach()  # (B, T) or (B, 1)
+    ratio = _importance_ratio(log_prob, old_log_prob)  # (B, T)
+    loss_unclipped = -adv * ratio  # (B, T)
+    loss_clipped = -adv * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)  # (B, T)
+    loss = torch.maximum(loss_unclipped, loss_clipped)  # (B, T)
+    clipfrac = loss_clipped > loss_unclipped  # (B, T)
+    if clip_ratio_c is not None:
+        # Dual clip: for A < 0 bound the loss by -A c so a huge ratio cannot dominate the step.
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * clip_ratio_c), loss)
+    return _apply_rollout_is(loss, rollout_is_weights), clipfrac
+
+
+def sampled_token_advantage(teacher_log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """A_t = sg[log q(y_t) - log p_old(y_t)]  (SDPO Sec. 3, sampled-token distillation).
+
+    The cheaper SDPO variant: only the sampled token's teacher log-prob, used as a per-token
+    advantage in the PPO surrogate (no top-K). teacher_log_prob, old_log_prob: (B, T). Returns (B, T).
+    """
+    _check_same_shape(teacher_log_prob=teacher_log_prob, old_log_prob=old_log_prob)
+    return (_as_float(teacher_log_prob) - _as_float(old_log_prob)).detach()  # (B, T)
+
+
+def advantage_mix(
+    grpo_advantage: torch.Tensor, sdpo_advantage: torch.Tensor, *, mix_lambda: float = 0.9
+) -> torch.Tensor:
+    """A = lambda A^GRPO + (1 - lambda) A^SDPO on all samples (SRPO ablation "advantage mix", lambda 0.9).
+
+    grpo_advantage: (B,) or (B, T); sdpo_advantage: (B, T). Returns (B, T).
+    """
+    _check_range("mix_lambda", mix_lambda, 0.0, 1.0)
+    a_grpo = _as_float(_per_token(grpo_advantage, sdpo_advantage, "grpo_advantage"))  # (B, T) or (B, 1)
+    return mix_lambda * a_grpo + (1.0 - mix_lambda) * _as_float(sdpo_advantage)  # (B, T)
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-softmax at a few indices without V-wide autograd buffers
+# ----------------------------------------------------------------------------------------------
+
+
+class _GatherLogSoftmax(torch.autograd.Function):
+    """log_softmax(x)[index] with chunked logsumexp; saves only (x, lse, index) for backward.
+
+    Identity used: log p_v = x_v - lse(x), d log p_{i_k} / d x_v = 1[v = i_k] - p_v, hence
+    grad_x = scatter_add(g) - softmax(x) * sum_k g_k, recomputed chunk by chunk in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        dtype = _compute_dtype(logits)
+        lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (N,)
+        for rows in _row_chunks(logits.shape[0], chunk_size):
+            lse[rows] = _chunk_logsumexp_(_upcast_copy(logits[rows], dtype))  # chunk buffer (n, V)
+        ctx.save_for_backward(logits, lse, index)
+        ctx.chunk_size = chunk_size
+        return logits.gather(-1, index).to(dtype) - lse.unsqueeze(-1)  # (N, K)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, lse, index = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        dtype = lse.dtype
+        grad_out = grad_out.to(dtype)  # (N, K)
+        # The one (N, V) buffer: the gradient itself, in the logits' dtype.
+        grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)  # (N, V)
+        in_place = logits.dtype == dtype
+        for rows in _row_chunks(logits.shape[0], ctx.chunk_size):
+            g = grad_out[rows]  # (n, K)
+            # Same dtype: work in place inside the gradient; bf16: one fp32 chunk, copied back.
+            buf = grad_logits[rows].copy_(logits[rows]) if in_place else _upcast_copy(logits[rows], dtype)
+            buf.sub_(lse[rows].unsqueeze(-1)).exp_()  # softmax (n, V)
+            buf.mul_(-g.sum(-1, keepdim=True))  # -p_v * sum_k g_k
+            buf.scatter_add_(-1, index[rows], g)  # + g_k at v = i_k (duplicates add up)
+            if not in_place:
+                grad_logits[rows].copy_(buf)
+        return grad_logits, None, None
+
+
+def gather_log_softmax(
+    logits: torch.Tensor, index: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
+    """log softmax(x)_v at the given vocabulary indices: x_{i_k} - logsumexp_v x_v.
+
+    Equal in value and gradient to `torch.log_softmax(logits.float(), -1).gather(-1, index)`, but the
+    logsumexp is computed `chunk_size` rows at a time (each chunk upcast to fp32) and backward keeps
+    only the logits reference, the (N,) lse and the index, writing the gradient into one (N, V)
+    tensor. The naive autograd path holds 2-3 extra (N, V) fp32 buffers; this one holds one chunk.
+    `chunk_size` only affects memory, not numerics.
+    logits: (..., V) fp32/bf16/fp64; index: long (..., K). Returns (..., K) in at least float32.
+    """
+    if logits.shape[:-1] != index.shape[:-1]:
+        raise ValueError(
+            f"mismatched shapes: logits{tuple(logits.shape)} and index{tuple(index.shape)} must share leading dims"
+        )
+    _check_positive_int("chunk_size", chunk_size)
+    vocab, k = logits.shape[-1], index.shape[-1]
+    out = _GatherLogSoftmax.apply(logits.reshape(-1, vocab), index.reshape(-1, k).long(), chunk_size)  # (N, K)
+    return out.reshape(*index.shape)
+
+
+def student_topk(logits: torch.Tensor, *, k: int) -> torch.Tensor:
+    """The student's top-K token indices per position, the SDPO distillation support (K = 100).
+
+    Top-K of logits equals top-K of log-probs (softmax is monotone), so no normalisation is needed.
+    K >= V is clamped to V (the support is then the whole vocabulary). logits: (..., V).
+    Returns long (..., min(K, V)), no gradient.
+    """
+    _check_positive_int("k", k)
+    with torch.no_grad():
+        return torch.topk(logits, k=min(k, logits.shape[-1]), dim=-1, sorted=False).indices
+
+
+def teacher_topk_log_probs(
+    teacher_logits: torch.Tensor, topk_index: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
+    """log q_v at the student's top-K indices (no gradient; chunked like `gather_log_softmax`).
+
+    teacher_logits: (..., V); topk_index: long (..., K). Returns (..., K) in at least float32.
+    """
+    with torch.no_grad():
+        return gather_log_softmax(teacher_logits.detach(), topk_index, chunk_size=chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergences and entropies (spec steps 6-7)
+# ----------------------------------------------------------------------------------------------
+
+
+def add_tail_bucket(topk_log_probs: torch.Tensor) -> torch.Tensor:
+    """Append log(1 - sum_k p_k), the mass outside the top-K, as bucket K+1 (SDPO Sec. 3).
+
+    tail = log(-expm1(logsumexp_k log p_k)): expm1 keeps 1 - S accurate when S is close to 1, where
+    1 - exp(log S) would cancel. log S is clamped to <= -eps(dtype) so the tail stays finite (and its
+    gradient zero, not NaN) when the top-K hold all the mass (K >= V, or logits of +-1e4); the K+1
+    buckets then sum to 1 + eps.
+    topk_log_probs: (..., K). Returns (..., K+1) in at least float32.
+    """
+    log_probs = _as_float(topk_log_probs)  # (..., K)
+    log_mass = torch.logsumexp(log_probs, dim=-1, keepdim=True)  # (..., 1)
+    log_mass = log_mass.clamp(max=-torch.finfo(log_probs.dtype).eps)
+    tail = torch.log(-torch.expm1(log_mass))  # (..., 1)
+    return torch.cat([log_probs, tail], dim=-1)  # (..., K+1)
+
+
+def generalized_jsd(
+    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, *, alpha: float = 0.5
+) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence over the last dim (SDPO Sec. 3; SRPO Sec. 3.2).
+
+        M = (1 - alpha) p + alpha q
+        D_alpha(p, q) = (1 - alpha) KL(p || M) + alpha KL(q || M)
+
+    with p = student, q = teacher (stop-gradient: q is detached here). log M is computed in log space:
+    logaddexp(log(1 - alpha) + log p, log(alpha) + log q). Special cases, as in the SDPO code:
+    alpha = 0 is *defined* as forward KL(q || p) and alpha = 1 as reverse KL(p || q). They are not
+    the values of the formula at the endpoints (it is 0 there); they are its leading terms,
+    D_alpha ~ alpha KL(q||p) as alpha -> 0 and ~ (1 - alpha) KL(p||q) as alpha -> 1.
+    Zero-probability buckets (log p = -inf) contribute 0 (0 log 0 = 0), never NaN.
+    student_log_probs, teacher_log_probs: (..., V or K+1), normalised. Returns (...) per position.
+    """
+    _check_range("alpha", alpha, 0.0, 1.0)
+    _check_same_shape(student_log_probs=student_log_probs, teacher_log_probs=teacher_log_probs)
+    log_p = _as_float(student_log_probs)  # (..., V)
+    log_q = teacher_log_probs.detach().to(log_p.dtype)  # (..., V)
+    if alpha == 0.0:
+        return _sum_p_log_ratio(log_q, log_p)  # forward KL(q || p): mass-covering
+    if alpha == 1.0:
+        return _sum_p_log_ratio(log_p, log_q)  # reverse KL(p || q): mode-seeking
+    a_p, a_q = log_p + math.log1p(-alpha), log_q + math.log(alpha)  # (..., V)
+    # Where both p and q are 0, M is 0 too and unused; substitute 0 so logaddexp's backward stays finite.
+    both_zero = (a_p == float("-inf")) & (a_q == float("-inf"))  # (..., V)
+    log_m = torch.logaddexp(a_p.masked_fill(both_zero, 0.0), a_q.masked_fill(both_zero, 0.0))  # (..., V)
+    return (1.0 - alpha) * _sum_p_log_ratio(log_p, log_m) + alpha * _sum_p_log_ratio(log_q, log_m)
+
+
+def topk_tail_divergence(
+    student_logits: torch.Tensor,
+    teacher_log_probs_topk: torch.Tensor,
+    topk_index: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    tail: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """SDPO's logit-level divergence on the student's top-K support (SDPO Sec. 3; SRPO Sec. 3.2, K=100).
+
+        tail=True:  D_alpha over K+1 buckets (p_{i_1..i_K}, 1 - sum_k p_{i_k}) vs the same for q.
+        tail=False: D_alpha between the top-K *conditionals* p_{i_k} / sum_j p_{i_j} and
+                    q_{i_k} / sum_j q_{i_j}: mass outside the top-K is ignored, so a student that
+                    moves mass into or out of the support is not penalised for it.
+
+    Student log-probs come from `gather_log_softmax`, so memory beyond the logits and their gradient
+    is O(N K). teacher_log_probs_topk is the teacher's (full-vocab normalised) log q at topk_index,
+    e.g. from `teacher_topk_log_probs`; it gets no gradient.
+    student_logits: (..., V); teacher_log_probs_topk, topk_index: (..., K). Returns (...).
+    """
+    _check_range("alpha", alpha, 0.0, 1.0)
+    _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
+    log_p = gather_log_softmax(student_logits, topk_index, chunk_size=chunk_size)  # (..., K)
+    log_q = teacher_log_probs_topk.detach().to(log_p.dtype)  # (..., K)
+    if tail:
+        log_p, log_q = add_tail_bucket(log_p), add_tail_bucket(log_q)  # (..., K+1)
+    else:
+        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)  # (..., K)
+        log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)  # (..., K)
+    return generalized_jsd(log_p, log_q, alpha=alpha)
+
+
+def full_vocab_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, alpha: float = 0.5
+) -> torch.Tensor:
+    """D_alpha(p, q) over the whole vocabulary (SDPO's full-logit option; reference for the top-K path).
+
+    Materialises (N, V) fp32 log-probs for both sides: use for small vocabularies or as a check.
+    student_logits, teacher_logits: (..., V). Returns (...).
+    """
+    _check_same_shape(student_logits=student_logits, teacher_logits=teacher_logits)
+    log_p = torch.log_softmax(_as_float(student_logits), dim=-1)  # (..., V)
+    log_q = torch.log_softmax(_as_float(teacher_logits.detach()), dim=-1)  # (..., V)
+    return generalized_jsd(log_p, log_q, alpha=alpha)
+
+
+def teacher_entropy(teacher_logits: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """H_{i,t} = -sum_v q(v) log q(v) over the full vocabulary (SRPO Sec. 3.3, Eq. entropy weight).
+
+    No gradient. Computed `chunk_size` rows at a time, each chunk upcast to fp32, so a 151,936-token
+    vocabulary never needs a second full (N, V) fp32 buffer; `chunk_size` only affects memory.
+    teacher_logits: (..., V). Returns (...) in at least float32.
+    """
+    _check_positive_int("chunk_size", chunk_size)
+    with torch.no_grad():
+        logits = teacher_logits.detach()
+        flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
+        dtype = _compute_dtype(flat)
+        entropy = torch.empty(flat.shape[0], dtype=dtype, device=flat.device)  # (N,)
+        for rows in _row_chunks(flat.shape[0], chunk_size):
+            log_q = torch.log_softmax(flat[rows].to(dtype), dim=-1)  # (n, V)
+            # q = 0 has log q = -inf; clamping to the most negative finite value makes 0 * log 0 = 0.
+            log_q.clamp_(min=torch.finfo(dtype).min)
+            entropy[rows] = -(log_q.exp().mul_(log_q)).sum(-1)
+        return entropy.reshape(logits.shape[:-1])
+
+
+def topk_tail_entropy(teacher_log_probs_with_tail: torch.Tensor) -> torch.Tensor:
+    """H over the K+1 buckets: -sum_b q_b log q_b (option `topk_tail`; spec step 7).
+
+    Merging the tail's tokens into one bucket can only lower entropy, so this is a lower bound on
+    the full-vocabulary entropy (and collapses when the top-K hold nearly all mass).
+    teacher_log_probs_with_tail: (..., K+1). Returns (...), no gradient.
+    """
+    with torch.no_grad():
+        log_q = _as_float(teacher_log_probs_with_tail.detach())  # (..., K+1)
+        return -_sum_p_log_ratio(log_q, torch.zeros_like(log_q))
+
+
+def trust_region_teacher_log_probs(
+    ref_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, *, mix: float
+) -> torch.Tensor:
+    """Trust-region teacher: q proportional to exp((1 - a) log q_ref + a log q_theta)  (SDPO Sec. 3).
+
+    log_softmax((1 - mix) ref + mix teacher) over the last dim. Because log_softmax ignores a per-row
+    constant, raw logits work as well as log-probs. Normalisation is over whatever the last dim
+    holds: pass full-vocabulary values for the full-vocabulary geometric mixture. No gradient.
+    ref_log_probs, teacher_log_probs: (..., V). Returns (..., V).
+    """
+    _check_range("mix", mix, 0.0, 1.0)
+    _check_same_shape(ref_log_probs=ref_log_probs, teacher_log_probs=teacher_log_probs)
+    with torch.no_grad():
+        mixed = (1.0 - mix) * _as_float(ref_log_probs) + mix * _as_float(teacher_log_probs)  # (..., V)
+        return torch.log_softmax(mixed, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token SDPO loss, entropy weights, the combined loss (spec steps 6-8)
+# ----------------------------------------------------------------------------------------------
+
+
+def sdpo_token_loss(
+    divergence: torch.Tensor,
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    *,
+    is_clip: float = 2.0,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """l^SDPO_t = D_t * sg[min(exp(log p - log p_old), is_clip)] * rho_t  (SDPO Sec. 3; spec step 6).
+
+    The clamped, detached importance ratio corrects for off-policy mini-batch steps without sending
+    gradient through the sampled token; rho_t are the rollout importance weights.
+    divergence, log_prob, old_log_prob, rollout_is_weights: (B, T). Returns (B, T).
+    """
+    if not is_clip > 0:
+        raise ValueError(f"is_clip must be > 0, got {is_clip!r}")
+    _check_same_shape(divergence=divergence, log_prob=log_prob, old_log_prob=old_log_prob)
+    ratio = _importance_ratio(log_prob, old_log_prob).clamp(max=is_clip).detach()  # (B, T)
+    return _apply_rollout_is(_as_float(divergence) * ratio, rollout_is_weights)
+
+
+def entropy_weights(entropy: torch.Tensor, sdpo_token_mask: torch.Tensor, *, beta: float = 1.0) -> torch.Tensor:
+    """w_{i,t} = w~_{i,t} / mean_{SDPO tokens} w~,  w~ = exp(-beta H_{i,t})  (SRPO Sec. 3.3, Eq. DW).
+
+    Low-entropy (confident) teacher tokens weigh more; weights average exactly 1 over the routed
+    tokens. Computed in log space, w = exp(-beta H - logmeanexp(-beta H)), so large H cannot underflow
+    the normaliser. No gradient; 0 outside the mask; no routed token -> all zeros; beta = 0 -> exactly
+    1 on every routed token (the "SRPO w/o DW" ablation).
+
+    The mean must run over *all* SDPO-routed valid tokens of the optimiser mini-batch, across
+    micro-batches and data-parallel ranks (normalising per micro-batch changes the objective), which
+    is why the caller passes the whole mini-batch (gathered over ranks) here.
+    entropy: (B, T); sdpo_token_mask: bool (B, T) = z^SDPO_i and valid token. Returns (B, T).
+    """
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    _check_same_shape(entropy=entropy, sdpo_token_mask=sdpo_token_mask)
+    mask = sdpo_token_mask.bool()  # (B, T)
+    with torch.no_grad():
+        if beta == 0:
+            return mask.to(_compute_dtype(entropy))
+        log_w = (-beta * _as_float(entropy.detach())).masked_fill(~mask, float("-inf"))  # (B, T)
+        count = mask.sum().clamp(min=1)
+        log_mean = torch.logsumexp(log_w.flatten(), dim=0) - torch.log(count.to(log_w.dtype))  # ()
+        # With no routed token log_mean is -inf; the masked_fill below still returns zeros.
+        return torch.exp(log_w - log_mean).masked_fill(~mask, 0.0)
+
+
+def srpo_loss(
+    grpo_token_loss: torch.Tensor,
+    sdpo_token_loss: torch.Tensor,
+    sdpo_mask: torch.Tensor,
+    weights: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    num_tokens: int | float | torch.Tensor | None,
+    dp_size: int = 1,
+) -> torch.Tensor:
+    """L = [ sum z^GRPO l^GRPO + sum z^SDPO w l^SDPO ] / N_tokens * dp_size  (SRPO Sec. 3.4, Eq. objective).
+
+    Sums run over valid response tokens of this micro-batch; N_tokens (`num_tokens`) is the number of
+    valid response tokens in the whole optimiser mini-batch (all micro-batches, all ranks). The
+    dp_size factor undoes FSDP's gradient averaging over ranks, the convention of verl's agg_loss
+    "token-mean": summing this loss over micro-batches, and averaging gradients over ranks, gives the
+    gradient of the mini-batch objective, independent of the split. num_tokens=None uses this
+    batch's own valid-token count (single micro-batch, single rank).
+
+    Why one denominator: the paper's objective is a single token mean over all samples, no mixing
+    coefficient. Normalising each branch by its own token count instead divides the SDPO sum by the
+    (small) number of routed tokens, which over-weights SDPO by (all tokens / routed tokens), 2-10x
+    in practice, and makes the objective change with the routed share from batch to batch.
+
+    Branches are selected with masking before any arithmetic, so a NaN/inf in the unused branch (e.g.
+    no teacher pass ran for GRPO-routed samples) reaches neither the value nor the gradient.
+    grpo_token_loss, sdpo_token_loss, weights: (B, T); sdpo_mask: bool (B,) or (B, T);
+    response_mask: (B, T). Returns a float32 scalar.
+    """
+    _check_same_shape(
+        grpo_token_loss=grpo_token_loss, sdpo_token_loss=sdpo_token_loss, weights=weights, response_mask=response_mask
+    )
+    _check_positive_int("dp_size", dp_size)
+    valid = response_mask.bool()  # (B, T)
+    routed = _per_token(sdpo_mask.bool(), valid, "sdpo_mask")  # (B, T) or (B, 1)
+    sdpo_sel, grpo_sel = valid & routed, valid & ~routed  # (B, T)
+    l_sdpo = _as_float(sdpo_token_loss).masked_fill(~sdpo_sel, 0.0) * _as_float(weights).masked_fill(~sdpo_sel, 0.0)
+    l_grpo = _as_float(grpo_token_loss).masked_fill(~grpo_sel, 0.0)  # (B, T)
+    if num_tokens is None:
+        if dp_size > 1:
+            raise ValueError("num_tokens (global valid-token count) is required when dp_size > 1")
+        num_tokens = valid.sum()
+    if isinstance(num_tokens, (int, float)) and not num_tokens >= 0:
+        raise ValueError(f"num_tokens must be >= 0, got {num_tokens!r}")
+    # A mini-batch with no valid token has loss 0 (sum 0), not 0/0.
+    denom = torch.as_tensor(num_tokens, dtype=l_grpo.dtype, device=l_grpo.device).clamp(min=1)
+    return (l_grpo.sum() + l_sdpo.sum()) / denom * dp_size
