@@ -89,13 +89,14 @@ def _row_chunks(n: int, chunk_size: int):
         yield slice(start, min(start + chunk_size, n))
 
 
-def _per_token(values: torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
-    """Broadcast a per-response (B,) tensor to (B, T); pass a (B, T) tensor through."""
+def _per_token(values: torch.Tensor, like: torch.Tensor, name: str, like_name: str) -> torch.Tensor:
+    """Broadcast a per-response (B,) tensor to (B, 1) against a (B, T) one; pass a (B, T) tensor through."""
     if values.dim() == 1 and like.dim() == 2 and values.shape[0] == like.shape[0]:
         return values.unsqueeze(-1)  # (B, 1)
     if values.shape != like.shape:
         raise ValueError(
-            f"mismatched shapes: {name}{tuple(values.shape)} must be (B,) or (B, T) = {tuple(like.shape)}"
+            f"mismatched shapes: {name}{tuple(values.shape)} must be (B,) or (B, T) "
+            f"with (B, T) = {like_name}{tuple(like.shape)}"
         )
     return values
 
@@ -136,8 +137,15 @@ def _chunk_logsumexp_(chunk: torch.Tensor) -> torch.Tensor:
     return chunk.sub_(row_max).exp_().sum(-1).log_() + row_max.squeeze(-1)  # (n,)
 
 
-def _upcast_copy(chunk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return chunk.to(dtype=dtype, copy=True)
+def _chunk_buffer(like: torch.Tensor, chunk_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """One (chunk_size, V) work buffer reused by every chunk: allocating a fresh one per chunk costs
+    page faults on CPU (each large allocation is a new mmap) and allocator churn elsewhere."""
+    return torch.empty((min(chunk_size, like.shape[0]), like.shape[-1]), dtype=dtype, device=like.device)
+
+
+def _upcast_into(buffer: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """Copy (and upcast) a chunk of rows into the head of the work buffer; returns that view."""
+    return buffer[: chunk.shape[0]].copy_(chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +315,7 @@ def ppo_clip_token_loss(
     if clip_ratio_c is not None and not clip_ratio_c > 1.0:
         raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {clip_ratio_c!r}")
     _check_same_shape(log_prob=log_prob, old_log_prob=old_log_prob)
-    adv = _as_float(_per_token(advantages, log_prob, "advantages")).detach()  # (B, T) or (B, 1)
+    adv = _as_float(_per_token(advantages, log_prob, "advantages", "log_prob")).detach()  # (B, T) or (B, 1)
     ratio = _importance_ratio(log_prob, old_log_prob)  # (B, T)
     loss_unclipped = -adv * ratio  # (B, T)
     loss_clipped = -adv * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)  # (B, T)
@@ -337,7 +345,8 @@ def advantage_mix(
     grpo_advantage: (B,) or (B, T); sdpo_advantage: (B, T). Returns (B, T).
     """
     _check_range("mix_lambda", mix_lambda, 0.0, 1.0)
-    a_grpo = _as_float(_per_token(grpo_advantage, sdpo_advantage, "grpo_advantage"))  # (B, T) or (B, 1)
+    a_grpo = _per_token(grpo_advantage, sdpo_advantage, "grpo_advantage", "sdpo_advantage")  # (B, T) or (B, 1)
+    a_grpo = _as_float(a_grpo)
     return mix_lambda * a_grpo + (1.0 - mix_lambda) * _as_float(sdpo_advantage)  # (B, T)
 
 
@@ -357,8 +366,10 @@ class _GatherLogSoftmax(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, index: torch.Tensor, chunk_size: int) -> torch.Tensor:
         dtype = _compute_dtype(logits)
         lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (N,)
+        work = _chunk_buffer(logits, chunk_size, dtype)  # (chunk, V)
         for rows in _row_chunks(logits.shape[0], chunk_size):
-            lse[rows] = _chunk_logsumexp_(_upcast_copy(logits[rows], dtype))  # chunk buffer (n, V)
+            lse[rows] = _chunk_logsumexp_(_upcast_into(work, logits[rows]))
+        del work
         ctx.save_for_backward(logits, lse, index)
         ctx.chunk_size = chunk_size
         return logits.gather(-1, index).to(dtype) - lse.unsqueeze(-1)  # (N, K)
@@ -372,12 +383,13 @@ class _GatherLogSoftmax(torch.autograd.Function):
         grad_out = grad_out.to(dtype)  # (N, K)
         # The one (N, V) buffer: the gradient itself, in the logits' dtype.
         grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)  # (N, V)
+        # Same dtype: work in place inside the gradient; bf16: one fp32 work chunk, copied back.
         in_place = logits.dtype == dtype
+        work = None if in_place else _chunk_buffer(logits, ctx.chunk_size, dtype)  # (chunk, V)
         for rows in _row_chunks(logits.shape[0], ctx.chunk_size):
             g = grad_out[rows]  # (n, K)
-            # Same dtype: work in place inside the gradient; bf16: one fp32 chunk, copied back.
-            buf = grad_logits[rows].copy_(logits[rows]) if in_place else _upcast_copy(logits[rows], dtype)
-            buf.sub_(lse[rows].unsqueeze(-1)).exp_()  # softmax (n, V)
+            buf = grad_logits[rows].copy_(logits[rows]) if in_place else _upcast_into(work, logits[rows])  # (n, V)
+            buf.sub_(lse[rows].unsqueeze(-1)).exp_()  # softmax
             buf.mul_(-g.sum(-1, keepdim=True))  # -p_v * sum_k g_k
             buf.scatter_add_(-1, index[rows], g)  # + g_k at v = i_k (duplicates add up)
             if not in_place:
@@ -532,8 +544,9 @@ def full_vocab_divergence(
 def teacher_entropy(teacher_logits: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """H_{i,t} = -sum_v q(v) log q(v) over the full vocabulary (SRPO Sec. 3.3, Eq. entropy weight).
 
-    No gradient. Computed `chunk_size` rows at a time, each chunk upcast to fp32, so a 151,936-token
-    vocabulary never needs a second full (N, V) fp32 buffer; `chunk_size` only affects memory.
+    No gradient. Computed `chunk_size` rows at a time in two reused fp32 work buffers, so a
+    151,936-token vocabulary never needs a second full (N, V) buffer; `chunk_size` only affects memory.
+    Per row, with y = x - max x and e = exp(y):  H = log sum e - (sum e y) / (sum e).
     teacher_logits: (..., V). Returns (...) in at least float32.
     """
     _check_positive_int("chunk_size", chunk_size)
@@ -542,11 +555,16 @@ def teacher_entropy(teacher_logits: torch.Tensor, *, chunk_size: int = DEFAULT_C
         flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
         dtype = _compute_dtype(flat)
         entropy = torch.empty(flat.shape[0], dtype=dtype, device=flat.device)  # (N,)
+        work_y, work_e = _chunk_buffer(flat, chunk_size, dtype), _chunk_buffer(flat, chunk_size, dtype)
         for rows in _row_chunks(flat.shape[0], chunk_size):
-            log_q = torch.log_softmax(flat[rows].to(dtype), dim=-1)  # (n, V)
-            # q = 0 has log q = -inf; clamping to the most negative finite value makes 0 * log 0 = 0.
-            log_q.clamp_(min=torch.finfo(dtype).min)
-            entropy[rows] = -(log_q.exp().mul_(log_q)).sum(-1)
+            y = _upcast_into(work_y, flat[rows])  # (n, V)
+            row_max = y.amax(-1, keepdim=True)  # (n, 1)
+            y.sub_(row_max.masked_fill(~torch.isfinite(row_max), 0.0))
+            # q = 0 has y = -inf; the most negative finite value instead makes e * y = 0 * finite = 0.
+            y.clamp_(min=torch.finfo(dtype).min)
+            e = torch.exp(y, out=work_e[: y.shape[0]])  # (n, V)
+            total = e.sum(-1)  # (n,)
+            entropy[rows] = total.log() - e.mul_(y).sum(-1) / total
         return entropy.reshape(logits.shape[:-1])
 
 
@@ -605,7 +623,13 @@ def sdpo_token_loss(
     return _apply_rollout_is(_as_float(divergence) * ratio, rollout_is_weights)
 
 
-def entropy_weights(entropy: torch.Tensor, sdpo_token_mask: torch.Tensor, *, beta: float = 1.0) -> torch.Tensor:
+def entropy_weights(
+    entropy: torch.Tensor,
+    sdpo_token_mask: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    log_mean: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """w_{i,t} = w~_{i,t} / mean_{SDPO tokens} w~,  w~ = exp(-beta H_{i,t})  (SRPO Sec. 3.3, Eq. DW).
 
     Low-entropy (confident) teacher tokens weigh more; weights average exactly 1 over the routed
@@ -614,8 +638,10 @@ def entropy_weights(entropy: torch.Tensor, sdpo_token_mask: torch.Tensor, *, bet
     1 on every routed token (the "SRPO w/o DW" ablation).
 
     The mean must run over *all* SDPO-routed valid tokens of the optimiser mini-batch, across
-    micro-batches and data-parallel ranks (normalising per micro-batch changes the objective), which
-    is why the caller passes the whole mini-batch (gathered over ranks) here.
+    micro-batches and data-parallel ranks (normalising per micro-batch changes the objective). Either
+    pass the whole mini-batch here, or pass one micro-batch together with `log_mean`, the
+    mini-batch-global log mean_{routed} exp(-beta H) (reduced over micro-batches and ranks by the
+    caller; -inf when nothing is routed), which then replaces this batch's own normaliser.
     entropy: (B, T); sdpo_token_mask: bool (B, T) = z^SDPO_i and valid token. Returns (B, T).
     """
     if not beta >= 0:
@@ -625,11 +651,18 @@ def entropy_weights(entropy: torch.Tensor, sdpo_token_mask: torch.Tensor, *, bet
     with torch.no_grad():
         if beta == 0:
             return mask.to(_compute_dtype(entropy))
-        log_w = (-beta * _as_float(entropy.detach())).masked_fill(~mask, float("-inf"))  # (B, T)
-        count = mask.sum().clamp(min=1)
-        log_mean = torch.logsumexp(log_w.flatten(), dim=0) - torch.log(count.to(log_w.dtype))  # ()
+        # float64 for the (B, T) log weights: at H ~ 1e3 fp32 rounding alone would move the mean off 1 by 1e-4.
+        log_w = (-beta * entropy.detach().double()).masked_fill(~mask, float("-inf"))  # (B, T)
+        if log_mean is None:
+            count = mask.sum().clamp(min=1)
+            log_mean = torch.logsumexp(log_w.flatten(), dim=0) - torch.log(count.double())  # ()
+        else:
+            log_mean = torch.as_tensor(log_mean, dtype=torch.float64, device=log_w.device)
+            if torch.isnan(log_mean) or log_mean == float("inf"):
+                raise ValueError(f"log_mean must be finite or -inf, got {log_mean.item()!r}")
         # With no routed token log_mean is -inf; the masked_fill below still returns zeros.
-        return torch.exp(log_w - log_mean).masked_fill(~mask, 0.0)
+        weights = torch.exp(log_w - log_mean).masked_fill(~mask, 0.0)  # (B, T)
+        return weights.to(_compute_dtype(entropy))
 
 
 def srpo_loss(
@@ -666,7 +699,7 @@ def srpo_loss(
     )
     _check_positive_int("dp_size", dp_size)
     valid = response_mask.bool()  # (B, T)
-    routed = _per_token(sdpo_mask.bool(), valid, "sdpo_mask")  # (B, T) or (B, 1)
+    routed = _per_token(sdpo_mask.bool(), valid, "sdpo_mask", "response_mask")  # (B, T) or (B, 1)
     sdpo_sel, grpo_sel = valid & routed, valid & ~routed  # (B, T)
     l_sdpo = _as_float(sdpo_token_loss).masked_fill(~sdpo_sel, 0.0) * _as_float(weights).masked_fill(~sdpo_sel, 0.0)
     l_grpo = _as_float(grpo_token_loss).masked_fill(~grpo_sel, 0.0)  # (B, T)

@@ -1,18 +1,102 @@
-"""Opt-in CPU backend for verl 0.9.1 (platform, FSDP engine on CPU, HF-generate rollout).
+"""Opt-in CPU backend for verl 0.9.1: CPU platform, gloo, FSDP2 engine on CPU, HF-generate rollout.
 
-Activated only when SRPO_VERL_PLATFORM=cpu is set in the process environment (the shipped
-`platform=cpu` config sets it for the driver and every Ray worker). Placeholder: filled in by the
-CPU-backend work.
+Activated only when SRPO_VERL_PLATFORM=cpu is set in the process environment, never because a
+process sees no GPU. The `verl.plugins` entry point (`srpo_verl.plugin`) calls
+`activate_if_requested()` on every `import verl`, in the driver and in every Ray worker; the
+shipped `platform=cpu` config sets the variable for both. See README.md in this folder.
 """
 
+from __future__ import annotations
+
+import logging
 import os
+from typing import Any
 
 ENV_VAR = "SRPO_VERL_PLATFORM"
+
+logger = logging.getLogger(__name__)
+
+# What happened in this process: filled by activate(); read by status().
+_state: dict[str, Any] = {"active": False, "error": None}
 
 
 def requested() -> bool:
     return os.environ.get(ENV_VAR, "").strip().lower() == "cpu"
 
 
+def check_verl_version() -> None:
+    """Refuse any verl but the one the patches were written against (they hook private API)."""
+    import verl
+
+    from srpo_verl import SUPPORTED_VERL
+
+    installed = getattr(verl, "__version__", "unknown")
+    if installed != SUPPORTED_VERL:
+        raise RuntimeError(
+            f"srpo_verl's CPU backend ({ENV_VAR}=cpu) supports verl {SUPPORTED_VERL} only, but verl {installed} "
+            f"is installed. It patches verl internals (platform singleton, process-group init, engine and "
+            f"rollout registries, ReplayBuffer) that change between releases. Install verl=={SUPPORTED_VERL}, "
+            f"or unset {ENV_VAR} to run verl's own GPU path."
+        )
+
+
+def activate() -> None:
+    """Apply every CPU patch in this process (idempotent). Raises if verl is not SUPPORTED_VERL."""
+    check_verl_version()
+    from srpo_verl.cpu import hf_rollout, platform
+
+    # Order matters: the platform first, so modules imported below resolve device "cpu".
+    platform.install_platform()
+    platform.patch_process_group()
+    platform.register_engines()
+    platform.patch_replay_buffer_poll()
+    hf_rollout.register()
+    _state.update(active=True, error=None)
+
+
 def activate_if_requested() -> bool:
-    return False
+    """Activate when SRPO_VERL_PLATFORM=cpu; otherwise do nothing and return False.
+
+    verl swallows exceptions raised by plugins (DEBUG log only), so a failure is logged at ERROR
+    here before it is re-raised; `python -m srpo_verl check` shows it through `status()`.
+    """
+    if not requested():
+        return False
+    try:
+        activate()
+    except Exception as exc:
+        _state.update(active=False, error=f"{type(exc).__name__}: {exc}")
+        logger.error("%s=cpu is set but the srpo_verl CPU backend failed to activate: %s", ENV_VAR, exc)
+        raise
+    return True
+
+
+def status() -> dict[str, Any]:
+    """What the CPU backend did in this process, and why not if it did nothing."""
+    from srpo_verl import SUPPORTED_VERL
+
+    try:
+        import verl
+
+        installed = getattr(verl, "__version__", "unknown")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        installed = f"not importable ({type(exc).__name__}: {exc})"
+    info: dict[str, Any] = {
+        "requested": requested(),
+        "env": f"{ENV_VAR}={os.environ.get(ENV_VAR, '')!r}",
+        "active": _state["active"],
+        "verl_version": installed,
+        "supported_verl": SUPPORTED_VERL,
+        "error": _state["error"],
+    }
+    if not info["requested"]:
+        info["reason"] = f"not requested: set {ENV_VAR}=cpu (or pass platform=cpu to srpo_verl.main_ppo)"
+    elif installed != SUPPORTED_VERL:
+        info["reason"] = f"verl {installed} is not the supported {SUPPORTED_VERL}"
+    elif not _state["active"]:
+        info["reason"] = _state["error"] or "requested but activate() has not run in this process"
+    if _state["active"]:
+        from srpo_verl.cpu import hf_rollout, platform
+
+        info["patches"] = {**platform.patches_applied(), "rollout_hf": hf_rollout.registered()}
+    return info

@@ -72,14 +72,22 @@ def srpo_policy_loss(
 
 
 def register() -> None:
-    """Register with verl's registries (idempotent: the same function objects every time)."""
+    """Register with verl's registries (idempotent: the same function objects every time).
+
+    Importing the trainer module registers the `srpo` and `srpo_colocate_async` v1 trainers.
+    """
     verl_core_algos.register_adv_est(NAME)(srpo_advantage)
     verl_core_algos.register_policy_loss(NAME)(srpo_policy_loss)
+    import srpo_verl.integration.trainer  # noqa: F401
 
 
 def registered() -> dict[str, bool]:
     """What verl's registries currently hold under our names (used by the self-check)."""
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
     return {
         "adv_estimator:srpo": verl_core_algos.ADV_ESTIMATOR_REGISTRY.get(NAME) is srpo_advantage,
         "policy_loss:srpo": verl_core_algos.POLICY_LOSS_REGISTRY.get(NAME) is srpo_policy_loss,
+        "trainer:srpo": NAME in TRAINER_REGISTRY,
+        "trainer:srpo_colocate_async": "srpo_colocate_async" in TRAINER_REGISTRY,
     }

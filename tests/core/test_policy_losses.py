@@ -57,7 +57,9 @@ def test_ppo_clip_matches_reference(gen, clip_ratio_c, per_token_adv):
     loss, clipfrac = ca.ppo_clip_token_loss(
         lp, old, adv, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=clip_ratio_c, rollout_is_weights=w
     )
-    ref_loss, ref_clip = reference_ppo(lp.tolist(), old.tolist(), adv_full.tolist(), 0.2, 0.28, clip_ratio_c, w.tolist())
+    ref_loss, ref_clip = reference_ppo(
+        lp.tolist(), old.tolist(), adv_full.tolist(), 0.2, 0.28, clip_ratio_c, w.tolist()
+    )
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-9)
     assert torch.equal(clipfrac, ref_clip)
 

@@ -4,7 +4,6 @@ import math
 import statistics
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -116,7 +115,9 @@ def test_group_ids_unorderable_labels():
 
 
 @given(
-    st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.booleans()), min_size=1, max_size=12)
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.booleans()), min_size=1, max_size=12
+    )
 )
 def test_routing_matches_reference(rows):
     uids = np.array([f"u{g}" for g, _, _ in rows], dtype=object)

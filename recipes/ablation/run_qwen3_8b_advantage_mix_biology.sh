@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# advantage mix (lambda = 0.9) | Qwen3-8B | SciKnowEval Biology (L3 MCQ) — SRPO ablation, paper: 72.3 avg over the 5 tasks, best avg@16 within 10h
+# All knobs of ../common.sh apply (DATA_DIR, MODEL_PATH, INFER_BACKEND, NNODES, DRY_RUN=1, ...);
+# extra arguments are appended as Hydra overrides.
+set -xeuo pipefail
+export CELL_MODEL=qwen3_8b CELL_ALGO=advantage_mix CELL_TASK=biology
+exec bash "$(dirname "$0")/../common.sh" "$@"

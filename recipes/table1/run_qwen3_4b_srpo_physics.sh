@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# SRPO | Qwen3-4B | SciKnowEval Physics (L3 MCQ) — SRPO Table 1 cell, paper: 74.0 best avg@16 within 10h
+# All knobs of ../common.sh apply (DATA_DIR, MODEL_PATH, INFER_BACKEND, NNODES, DRY_RUN=1, ...);
+# extra arguments are appended as Hydra overrides.
+set -xeuo pipefail
+export CELL_MODEL=qwen3_4b CELL_ALGO=srpo CELL_TASK=physics
+exec bash "$(dirname "$0")/../common.sh" "$@"

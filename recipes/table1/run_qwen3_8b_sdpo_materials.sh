@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# SDPO | Qwen3-8B | SciKnowEval Materials (L3 MCQ) — SRPO Table 1 cell, paper: 76.6 best avg@16 within 10h
+# All knobs of ../common.sh apply (DATA_DIR, MODEL_PATH, INFER_BACKEND, NNODES, DRY_RUN=1, ...);
+# extra arguments are appended as Hydra overrides.
+set -xeuo pipefail
+export CELL_MODEL=qwen3_8b CELL_ALGO=sdpo CELL_TASK=materials
+exec bash "$(dirname "$0")/../common.sh" "$@"

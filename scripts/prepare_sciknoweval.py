@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Prepare SciKnowEval L3 multiple choice for the SRPO paper runs (verl RL parquet).
+
+Writes, for each domain (default: all four),
+
+    <out-dir>/<domain>/train.parquet
+    <out-dir>/<domain>/test.parquet        domain in chemistry, physics, biology, materials
+
+with verl's RL columns: data_source (`sciknoweval_<domain>`), prompt (system + user chat
+messages), ability, reward_model {style: rule, ground_truth: letter}, extra_info {split, index,
+domain, question, labels, choices, task, subtask, type}. Questions are the L3 records of type
+mcq-4-choices / mcq-2-choices of the domain, split 90/10 with seed 42 (paper sizes: Chemistry
+1890/210, Physics 720/80, Biology 450/50, Materials 841/94). Prints what it wrote.
+
+Source: the Hugging Face dataset hicai-zju/SciKnowEval (split `test`), downloaded with the
+`datasets` library; or, offline, --local-file with the upstream JSONL/JSON/parquet files (or a
+folder holding them), e.g. data/<Domain>/sciknoweval_<domain>_test.jsonl from the dataset repo.
+
+    python scripts/prepare_sciknoweval.py --out-dir ~/data/srpo
+    python scripts/prepare_sciknoweval.py --local-file ./SciKnowEval/data --out-dir ~/data/srpo
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Any, Iterable
+
+from srpo_verl.tasks import sciknoweval as ske
+from srpo_verl.tasks.common import describe_counts, hub_error
+
+# Per-domain configs of older revisions of the hub dataset (the current one has a single default config).
+_LEGACY_CONFIGS = ("Biology", "Chemistry", "Physics", "Material")
+
+
+def read_local(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Records from JSONL / JSON (a list) / parquet files, or folders searched for them."""
+    files: list[str] = []
+    for path in paths:
+        path = os.path.expanduser(path)
+        if os.path.isdir(path):
+            for ext in ("jsonl", "json", "parquet"):
+                files += sorted(glob.glob(os.path.join(path, "**", f"*.{ext}"), recursive=True))
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise SystemExit(f"error: --local-file {path} does not exist")
+    if not files:
+        raise SystemExit(f"error: no .jsonl/.json/.parquet file found in {', '.join(paths)}")
+    records: list[dict[str, Any]] = []
+    for file in files:
+        if file.endswith(".parquet"):
+            import pandas as pd
+
+            records += pd.read_parquet(file).to_dict(orient="records")
+        elif file.endswith(".jsonl"):
+            with open(file, encoding="utf-8") as fh:
+                records += [json.loads(line) for line in fh if line.strip()]
+        else:
+            with open(file, encoding="utf-8") as fh:
+                data = json.load(fh)
+            records += data if isinstance(data, list) else data.get("data", [])
+    return records
+
+
+def read_hub(revision: str | None) -> list[dict[str, Any]]:
+    """All records of hicai-zju/SciKnowEval (split test), via `datasets.load_dataset`."""
+    import datasets
+
+    where = f"https://huggingface.co/datasets/{ske.HF_DATASET}/tree/main/data"
+    try:
+        try:
+            ds = datasets.load_dataset(ske.HF_DATASET, split=ske.HF_SPLIT, revision=revision)
+            return [dict(r) for r in ds]
+        except ValueError as exc:
+            if "config" not in str(exc).lower():
+                raise
+            records = []
+            for config in _LEGACY_CONFIGS:
+                ds = datasets.load_dataset(ske.HF_DATASET, config, split=ske.HF_SPLIT, revision=revision)
+                records += [dict(r) for r in ds]
+            return records
+    except Exception as exc:  # noqa: BLE001 - any download failure gets the same offline advice
+        raise hub_error(ske.HF_DATASET, exc, local_flag="--local-file PATH", where=where) from exc
+
+
+def write_parquet(rows: list[dict[str, Any]], path: str) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    datasets.Dataset.from_list(rows).to_parquet(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)")
+    parser.add_argument("--domains", nargs="+", default=list(ske.DOMAINS), choices=list(ske.DOMAINS))
+    parser.add_argument("--local-file", action="append", default=None, metavar="PATH",
+                        help="upstream JSONL/JSON/parquet file or folder instead of the hub (repeatable)")
+    parser.add_argument("--revision", default=None, help="hub revision (commit) to pin, default: main")
+    parser.add_argument("--seed", type=int, default=ske.SEED, help="split seed (default: %(default)s)")
+    parser.add_argument("--test-fraction", type=float, default=ske.TEST_FRACTION, help="default: %(default)s")
+    args = parser.parse_args(argv)
+
+    records = read_local(args.local_file) if args.local_file else read_hub(args.revision)
+    out_dir = os.path.expanduser(args.out_dir)
+    print(f"read {len(records)} SciKnowEval records from {'local files' if args.local_file else ske.HF_DATASET}")
+    for domain in args.domains:
+        splits = ske.build_splits(records, domain, seed=args.seed, test_fraction=args.test_fraction)
+        paths = {}
+        for split, rows in splits.items():
+            paths[split] = os.path.join(out_dir, domain, f"{split}.parquet")
+            write_parquet(rows, paths[split])
+        counts = {split: len(rows) for split, rows in splits.items()}
+        paper = ske.PAPER_SPLITS[domain] if (args.seed, args.test_fraction) == (ske.SEED, ske.TEST_FRACTION) else None
+        print(f"{domain:10s} {describe_counts(counts, paper)}")
+        for split, path in paths.items():
+            print(f"           {split:5s} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

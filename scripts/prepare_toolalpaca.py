@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Prepare ToolAlpaca tool use for the SRPO paper runs (verl RL parquet).
+
+Writes
+
+    <out-dir>/toolalpaca/train.parquet     every training instance with a tool call (paper: 4046)
+    <out-dir>/toolalpaca/test.parquet      the simulated evaluation requests      (paper: 68)
+
+with verl's RL columns: data_source (`toolalpaca`), prompt (one user message: the API's tool
+documentation, the Action / Action Input format, the request), ability, reward_model {style:
+rule, ground_truth: JSON list of {"Action", "Action_Input"}}, extra_info {split, index, api,
+question, num_calls}. The split is upstream's own (train_data.json / eval_simulated.json), so no
+seed is involved. Prints what it wrote.
+
+Source: data/train_data.json and data/eval_simulated.json of the GitHub repository
+tangqiaoyu/ToolAlpaca, downloaded (and cached) with the `datasets` library's download manager;
+or, offline, --local-dir with a clone of the repository (or its data/ folder).
+
+    python scripts/prepare_toolalpaca.py --out-dir ~/data/srpo
+    git clone https://github.com/tangqiaoyu/ToolAlpaca && \\
+        python scripts/prepare_toolalpaca.py --local-dir ToolAlpaca --out-dir ~/data/srpo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from srpo_verl.tasks import toolalpaca as ta
+from srpo_verl.tasks.common import describe_counts, hub_error
+
+
+def find_local(local_dir: str, name: str) -> str:
+    """`name` in `local_dir` or `local_dir/data`."""
+    local_dir = os.path.expanduser(local_dir)
+    for candidate in (os.path.join(local_dir, name), os.path.join(local_dir, "data", name)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise SystemExit(f"error: {name} not found in {local_dir} or {os.path.join(local_dir, 'data')}")
+
+
+def download(name: str, revision: str) -> str:
+    """A cached local copy of data/<name> from GitHub, via `datasets.DownloadManager`."""
+    import datasets
+
+    url = f"https://raw.githubusercontent.com/{ta.GITHUB_REPO}/{revision}/data/{name}"
+    try:
+        return datasets.DownloadManager().download(url)
+    except Exception as exc:  # noqa: BLE001 - any download failure gets the same offline advice
+        where = f"git clone https://github.com/{ta.GITHUB_REPO}"
+        raise hub_error(url, exc, local_flag="--local-dir <clone of ToolAlpaca>", where=where) from exc
+
+
+def load_json(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, list):
+        raise SystemExit(f"error: {path} is not a JSON list of APIs (upstream ToolAlpaca format)")
+    return data
+
+
+def write_parquet(rows: list[dict[str, Any]], path: str) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    datasets.Dataset.from_list(rows).to_parquet(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)")
+    parser.add_argument("--local-dir", default=None, metavar="DIR",
+                        help="a ToolAlpaca clone (or its data/ folder) instead of downloading")
+    parser.add_argument("--revision", default="main",
+                        help="git revision of tangqiaoyu/ToolAlpaca to download (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    if args.local_dir:
+        train_path, test_path = find_local(args.local_dir, ta.TRAIN_FILE), find_local(args.local_dir, ta.TEST_FILE)
+    else:
+        train_path, test_path = download(ta.TRAIN_FILE, args.revision), download(ta.TEST_FILE, args.revision)
+    splits = {"train": ta.train_rows(load_json(train_path)), "test": ta.test_rows(load_json(test_path))}
+
+    out_dir = os.path.join(os.path.expanduser(args.out_dir), "toolalpaca")
+    print(f"read {train_path} and {test_path}")
+    for split, rows in splits.items():
+        if not rows:
+            source = train_path if split == "train" else test_path
+            raise SystemExit(f"error: no {split} rows: is {source} in the upstream format?")
+        write_parquet(rows, os.path.join(out_dir, f"{split}.parquet"))
+    print(f"toolalpaca {describe_counts({s: len(r) for s, r in splits.items()}, ta.PAPER_SPLITS)}")
+    for split in splits:
+        print(f"           {split:5s} -> {os.path.join(out_dir, split + '.parquet')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

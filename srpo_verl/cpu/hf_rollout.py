@@ -1,0 +1,536 @@
+"""Rollout backend `rollout.name=hf`: HuggingFace model forward passes in a Ray actor, for CPU runs.
+
+verl 0.9.1 reaches a rollout only through an inference-server actor (vLLM, SGLang, TRT-LLM), none
+of which runs on CPU. This module supplies the three pieces verl's rollout registries expect
+(VERL_CPU_ROLLOUT.md §2):
+
+* `HFServerAdapter` (a `BaseRollout`): lives in each training worker; forwards weight updates from
+  the FSDP engine to the server. Sleep/resume are no-ops (weights stay in host memory).
+* `HFServer`: the Ray actor verl's load balancer sends one `generate` request per sample to. A
+  micro-batcher groups concurrent requests by sampling parameters, left-pads them and decodes them
+  together with a KV cache; each row stops at its own EOS or token budget.
+* `HFReplica` (a `RolloutReplica`): launches one server per replica, named `hf_server_{replica}_0`.
+
+Log-probs are verl's "processed" ones: log_softmax(logits / T) over the whole vocabulary (T = 1
+when greedy), the quantity the training engine recomputes, so rollout IS weights are ~1.
+
+Sampling is reproducible given a seed: each request draws from its own `torch.Generator`, seeded
+from (rollout seed or `sampling_params["seed"]`, weight version, prompt tokens, sampling parameters,
+and k = how many identical requests this weight version has already served). The seed therefore
+does not depend on batch composition or arrival order; identical requests (the n samples of a
+GRPO group) are exchangeable, so only which session gets which of them can vary between runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import ray
+import torch
+
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+logger = logging.getLogger(__name__)
+
+NAME = "hf"
+
+# The micro-batcher closes a batch once no new request arrived for BATCH_QUIET_S (or when it holds
+# rollout.max_num_seqs requests, or after BATCH_MAX_WAIT_S). On a loaded 2-core host the agent loop
+# issues a step's 64 requests over ~0.3 s; one batched decode of 64 costs about as much as one of 8.
+BATCH_QUIET_S = 0.05
+BATCH_MAX_WAIT_S = 0.3
+
+
+def server_name(replica_rank: int, node_rank: int = 0, kind: str = "", suffix: str = "") -> str:
+    """Ray actor name of a replica's server; `kind` is "" (policy), "reward_" or "teacher_"."""
+    return f"hf_server_{kind}{replica_rank}_{node_rank}{suffix}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration with verl's rollout registries
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_replica() -> type[RolloutReplica]:
+    return HFReplica
+
+
+def register() -> None:
+    """Make `rollout.name=hf` resolvable: the adapter (by FQN) and the replica (by loader).
+
+    `_ROLLOUT_REGISTRY` is a private dict without a `register` function in verl 0.9.1.
+    """
+    from verl.workers.rollout import base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    base._ROLLOUT_REGISTRY[(NAME, "async")] = f"{__name__}.HFServerAdapter"
+    RolloutReplicaRegistry.register(NAME, _load_replica)
+
+
+def registered() -> bool:
+    from verl.workers.rollout import base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    return (
+        base._ROLLOUT_REGISTRY.get((NAME, "async")) == f"{__name__}.HFServerAdapter"
+        and RolloutReplicaRegistry._registry.get(NAME) is _load_replica
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Adapter (in the training worker)
+# ----------------------------------------------------------------------------------------------
+
+
+class HFServerAdapter(BaseRollout):
+    """The training worker's handle on its replica's `HFServer`.
+
+    Only the replica's first rank talks to the server; every rank still drains the weight
+    generator, because producing each full tensor is a collective over the FSDP ranks.
+    """
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1, **kwargs):
+        super().__init__(config, model_config, device_mesh)
+        import os
+
+        rank = int(os.environ.get("RANK", "0"))
+        world = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
+        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+        self.rollout_rank = rank % world
+        self._server = None
+
+    @property
+    def is_leader_rank(self) -> bool:
+        return self.rollout_rank == 0
+
+    def _server_handle(self):
+        # Looked up lazily: the server is launched after the worker's init_model.
+        if self._server is None:
+            self._server = ray.get_actor(server_name(self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(self, weights, wire_format: str = "named_tensors", global_steps=None, **kwargs):
+        from verl.workers.rollout.utils import ensure_async_iterator
+
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"rollout.name=hf receives full named tensors only, not {wire_format!r}")
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("rollout.name=hf does not take LoRA adapters; set model.lora.merge=True")
+        state = {}
+        async for name, tensor in ensure_async_iterator(weights):
+            if self.is_leader_rank:
+                state[name] = tensor.detach().to("cpu", copy=True)
+        if self.is_leader_rank:
+            await self._server_handle().update_weights.remote(state, global_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Server (a Ray actor; also usable as a plain object in tests)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingKey:
+    """Requests with equal keys can share one batched decode."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    key: SamplingKey
+    seed: int
+    future: asyncio.Future
+    tokens: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+
+
+def request_seed(base_seed: int, weight_version: Optional[int], prompt_ids, key: SamplingKey, k: int) -> int:
+    """A 63-bit seed from everything that identifies the k-th identical request of a weight version."""
+    prompt = ",".join(map(str, prompt_ids))
+    text = f"{base_seed}|{weight_version}|{key.temperature}|{key.top_k}|{key.top_p}|{k}|{prompt}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask to -inf what top-k (k > 0) and then top-p (p < 1) exclude; always keeps the argmax."""
+    logits = logits.clone()  # (B, V)
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits.masked_fill_(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # A token is dropped when the mass of the tokens ranked above it already reaches top_p.
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop[:, 0] = False
+        logits.scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return logits
+
+
+class HFServer:
+    """One replica's generation server: an HF causal LM with a request micro-batcher.
+
+    Methods called by verl: generate, wake_up, sleep, clear_kv_cache, release_kv_cache,
+    resume_kv_cache, abort_all_requests, resume_generation, abort_request, set_global_steps,
+    start_profile, stop_profile. `update_weights` is called by `HFServerAdapter`.
+    """
+
+    def __init__(self, config, model_config, replica_rank: int = 0, node_rank: int = 0):
+        from verl.utils.config import omega_conf_to_dataclass
+
+        self.config = omega_conf_to_dataclass(config)
+        self._model_config_node = model_config
+        self.replica_rank = replica_rank
+        self.node_rank = node_rank
+        self.model = None
+        self.eos_ids: set[int] = set()
+        self.pad_id = 0
+        self.global_steps: Optional[int] = None
+        self._occurrences: dict[tuple, int] = {}
+        self._queue: list[_Request] = []
+        self._wakeup: Optional[asyncio.Event] = None
+        self._batcher: Optional[asyncio.Task] = None
+        self._model_lock: Optional[asyncio.Lock] = None
+        self._inflight: list[_Request] = []
+        self._idle: Optional[asyncio.Event] = None
+        # Abort gate (the semantics of vLLM's server): closed by abort_all_requests, opened by
+        # resume_generation; while closed, new requests wait, or are refused when `_rejecting`.
+        self._abort_running = False
+        self._paused = False
+        self._rejecting = False
+        self._resume_event: Optional[asyncio.Event] = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def launch_server(self) -> None:
+        """Load the model and tokenizer from `actor_rollout_ref.model` (CPU, rollout.dtype)."""
+        from transformers import AutoModelForCausalLM
+
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.utils.torch_dtypes import PrecisionType
+
+        model_config = omega_conf_to_dataclass(self._model_config_node)
+        dtype = PrecisionType.to_dtype(self.config.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_config.local_path,
+            config=model_config.hf_config,
+            dtype=dtype,
+            trust_remote_code=model_config.trust_remote_code,
+        ).eval()
+        tokenizer = model_config.tokenizer
+        eos = getattr(model_config.generation_config, "eos_token_id", None) if model_config.generation_config else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        if tokenizer.eos_token_id is not None:
+            self.eos_ids.add(tokenizer.eos_token_id)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+
+    def _ensure_loop_state(self) -> None:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._model_lock = asyncio.Lock()
+            self._idle = asyncio.Event()
+            self._idle.set()
+            self._resume_event = asyncio.Event()
+            self._resume_event.set()
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _max_tokens(self, sampling_params: dict, prompt_len: int) -> int:
+        """vLLM's rule: explicit max_tokens/max_new_tokens, else what fits the configured lengths."""
+        max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
+        room = max_model_len - prompt_len
+        if room < 1:
+            raise ValueError(f"prompt of {prompt_len} tokens leaves no room within max_model_len={max_model_len}")
+        if "max_tokens" in sampling_params:
+            wanted = sampling_params["max_tokens"]
+        elif "max_new_tokens" in sampling_params:
+            wanted = sampling_params["max_new_tokens"]
+        else:
+            wanted = min(
+                self.config.response_length, self.config.prompt_length + self.config.response_length - prompt_len
+            )
+        return max(1, min(int(wanted), room))
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data=None,
+        video_data=None,
+        **kwargs,
+    ) -> TokenOutput:
+        if image_data is not None or video_data is not None or kwargs.get("audio_data") is not None:
+            raise NotImplementedError("rollout.name=hf is text-only")
+        if float(sampling_params.get("repetition_penalty", 1.0)) != 1.0:
+            raise NotImplementedError("rollout.name=hf supports repetition_penalty=1.0 only")
+        self._ensure_loop_state()
+        while self._paused:
+            if self._rejecting:
+                return self._aborted_output()
+            await self._resume_event.wait()
+
+        prompt_ids = [int(t) for t in prompt_ids]
+        key = SamplingKey(
+            temperature=float(sampling_params.get("temperature", 1.0)),
+            top_k=int(sampling_params.get("top_k", -1) or -1),
+            top_p=float(sampling_params.get("top_p", 1.0)),
+        )
+        occurrence_key = (key, tuple(prompt_ids))
+        k = self._occurrences.get(occurrence_key, 0)
+        self._occurrences[occurrence_key] = k + 1
+        base_seed = int(sampling_params.get("seed", self.config.seed))
+        request = _Request(
+            request_id=request_id,
+            prompt_ids=prompt_ids,
+            max_tokens=self._max_tokens(sampling_params, len(prompt_ids)),
+            key=key,
+            seed=request_seed(base_seed, self.global_steps, prompt_ids, key, k),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(request)
+        self._wakeup.set()
+        stop_reason = await request.future
+        return TokenOutput(
+            token_ids=request.tokens,
+            log_probs=request.log_probs if sampling_params.get("logprobs") else None,
+            stop_reason=stop_reason,
+            extra_fields={"global_steps": self.global_steps},
+        )
+
+    def _aborted_output(self) -> TokenOutput:
+        return TokenOutput(
+            token_ids=[], log_probs=None, stop_reason="aborted", extra_fields={"global_steps": self.global_steps}
+        )
+
+    async def _batch_loop(self) -> None:
+        max_batch = max(1, int(self.config.max_num_seqs))
+        while True:
+            await self._wakeup.wait()
+            start, seen = time.monotonic(), -1
+            while len(self._queue) != seen and len(self._queue) < max_batch:
+                if time.monotonic() - start > BATCH_MAX_WAIT_S:
+                    break
+                seen = len(self._queue)
+                await asyncio.sleep(BATCH_QUIET_S)
+            batch, self._queue = self._queue[:max_batch], self._queue[max_batch:]
+            if not self._queue:
+                self._wakeup.clear()
+            groups: dict[SamplingKey, list[_Request]] = {}
+            for request in batch:
+                groups.setdefault(request.key, []).append(request)
+            self._inflight = batch
+            self._idle.clear()
+            try:
+                for key, rows in groups.items():
+                    await self._run_group(rows, key)
+            finally:
+                self._inflight = []
+                self._idle.set()
+
+    async def _run_group(self, rows: list[_Request], key: SamplingKey) -> None:
+        async with self._model_lock:
+            try:
+                started = time.monotonic()
+                reasons = await asyncio.to_thread(self._decode, rows, key)
+                logger.debug("hf rollout: decoded %d requests in %.3f s", len(rows), time.monotonic() - started)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                logger.exception("hf rollout: batched decode failed")
+                reasons = exc
+        for i, request in enumerate(rows):
+            if request.future.done():
+                continue
+            if isinstance(reasons, Exception):
+                request.future.set_exception(reasons)
+            else:
+                request.future.set_result(reasons[i])
+
+    @torch.no_grad()
+    def _decode(self, rows: list[_Request], key: SamplingKey) -> list[str]:
+        """Left-pad the prompts, decode all rows with one KV cache; fills request.tokens/log_probs."""
+        batch, width = len(rows), max(len(r.prompt_ids) for r in rows)
+        if self._abort_running:
+            return ["aborted"] * batch
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)  # (B, L)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, L)
+        for i, request in enumerate(rows):
+            input_ids[i, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            attention_mask[i, width - len(request.prompt_ids) :] = 1
+        # Positions count real tokens only, as the trainer's unpadded forward does.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        generators = [torch.Generator().manual_seed(r.seed) for r in rows]
+        greedy = key.temperature <= 0.0
+        scale = 1.0 if greedy else key.temperature
+        finished = [False] * batch
+        reasons = ["completed"] * batch
+        past = None
+        for _step in range(max(r.max_tokens for r in rows)):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float() / scale  # (B, V)
+            log_probs = torch.log_softmax(logits, dim=-1)  # (B, V)
+            if greedy:
+                next_tokens = logits.argmax(dim=-1)  # (B,)
+            else:
+                probs = torch.softmax(filter_logits(logits, key.top_k, key.top_p), dim=-1)  # (B, V)
+                next_tokens = torch.stack(
+                    [torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(batch)]
+                )  # (B,)
+            for i, request in enumerate(rows):
+                if finished[i]:
+                    continue
+                token = int(next_tokens[i])
+                request.tokens.append(token)
+                request.log_probs.append(float(log_probs[i, token]))
+                if (token in self.eos_ids and not self.config.ignore_eos) or len(request.tokens) >= request.max_tokens:
+                    finished[i] = True
+            if self._abort_running:
+                for i in range(batch):
+                    if not finished[i]:
+                        finished[i], reasons[i] = True, "aborted"
+            if all(finished):
+                break
+            input_ids = next_tokens.unsqueeze(-1)  # (B, 1)
+            attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=torch.long)], dim=-1)
+            position_ids = position_ids[:, -1:] + 1  # (B, 1)
+        return reasons
+
+    # -- weights --------------------------------------------------------------------------------
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> None:
+        """Load the trainer's full HF-named tensors; the weight version becomes `global_steps`."""
+        self._ensure_loop_state()
+        async with self._model_lock:
+            result = self.model.load_state_dict(state_dict, strict=False)
+            tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+            missing = set(result.missing_keys) - tied
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"hf rollout weight update mismatch: missing={sorted(missing)} unexpected={result.unexpected_keys}"
+                )
+            self.global_steps = global_steps
+            self._occurrences.clear()
+
+    async def param_checksum(self) -> float:
+        """Sum of all parameters (float64); changes when an update changes the weights."""
+        return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = global_steps
+
+    # -- abort gate -----------------------------------------------------------------------------
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        """Stop queued and running requests (they return stop_reason="aborted" with the tokens
+        generated so far) and hold new ones until `resume_generation`."""
+        self._ensure_loop_state()
+        self._paused, self._rejecting = True, reject_request
+        self._resume_event.clear()
+        aborted = [r.request_id for r in self._queue + self._inflight if not r.future.done()]
+        for request in self._queue:
+            if not request.future.done():
+                request.future.set_result("aborted")
+        self._queue = []
+        # The running batch sees the flag after its current token and returns what it has.
+        self._abort_running = True
+        await self._idle.wait()
+        self._abort_running = False
+        return {"aborted_count": len(aborted), "request_ids": aborted}
+
+    async def resume_generation(self) -> None:
+        self._ensure_loop_state()
+        self._paused = self._rejecting = False
+        self._resume_event.set()
+
+    async def abort_request(self, request_id: str, reset_prefix_cache: bool = True) -> dict:
+        for request in self._queue:
+            if request.request_id == request_id and not request.future.done():
+                self._queue.remove(request)
+                request.future.set_result("aborted")
+                return {"aborted": True, "request_id": request_id}
+        return {"aborted": False, "request_id": request_id, "error": f"Request {request_id} not queued"}
+
+    # -- memory management and profiling: nothing to free or trace on CPU -----------------------
+
+    async def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        return None
+
+    async def sleep(self) -> None:
+        return None
+
+    async def clear_kv_cache(self) -> None:
+        return None
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def wait_for_requests_to_drain(self) -> None:
+        while self._queue or self._inflight:
+            await asyncio.sleep(0.01)
+
+    async def start_profile(self, **kwargs) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Replica (in the TaskRunner)
+# ----------------------------------------------------------------------------------------------
+
+
+class HFReplica(RolloutReplica):
+    """One `HFServer` per replica. In hybrid mode it shares the host with the training workers."""
+
+    def rollout_worker_use_gpu(self) -> bool:
+        return False
+
+    async def launch_servers(self):
+        kind = "reward_" if self.is_reward_model else "teacher_" if self.is_teacher_model else ""
+        name = server_name(self.replica_rank, 0, kind, self.name_suffix)
+        # num_cpus=0: the server does not hold one of Ray's CPU slots (they are all logical here).
+        server = (
+            ray.remote(HFServer)
+            .options(name=name, max_concurrency=self.max_concurrency, num_cpus=0)
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+        )
+        await server.launch_server.remote()
+        self.servers = [server]
+        self._server_handle = server
+        # Only a key in the load balancer's {address: handle} map; nothing listens on it.
+        self._server_address = f"{name}.local:0"

@@ -1,0 +1,162 @@
+"""The SRPO loss installed on the training workers with `set_loss_fn`.
+
+verl's FSDP engine calls one function in two roles (the hook verl's own top-K distillation uses):
+  1. as a logits processor, `fn(student_logits=(1, nnz, V), data=micro_batch)`, inside the forward,
+     returning per-token (1, nnz) tensors: here the top-K+tail divergence of SDPO-routed tokens
+     against the teacher log-probs stored by the teacher pass (never a (nnz, V) tensor);
+  2. as the loss, `fn(model_output=..., data=micro_batch, dp_group=...)`, returning the
+     one-denominator SRPO objective of `core_algos.srpo_loss` and metrics.
+Nothing here holds math: every formula is a `srpo_verl.core_algos` function.
+
+Fields the trainer step puts in the batch (response-aligned nested tensors unless noted):
+  srpo_route (B,) int        1 = SDPO-routed (distillation branch), 0 = GRPO branch
+  srpo_topk_ids (B, R, K)    student top-K token ids from the teacher pass
+  srpo_teacher_topk (B, R, K) teacher log q at those ids (full-vocabulary normalised)
+  srpo_teacher_entropy (B, R) teacher entropy used for the weights
+  srpo_sampled_adv (B, R)    log q(y_t) - log p_old(y_t) (sampled-token mode)
+and, per optimiser mini-batch, the non-tensor `srpo_log_mean_weight` (see worker.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.padding import no_padding_2_padding
+
+from srpo_verl import core_algos
+from srpo_verl.algo_config import SRPOConfig
+
+DIVERGENCE_KEY = "srpo_divergence"
+TOPK_MATCH_KEY = "srpo_topk_match"
+
+
+def response_positions(data) -> torch.Tensor:
+    """Packed (rmpad) positions of the logits that score each response token, row-major.
+
+    A row's packed sequence is [prompt | response]; the logit at position p scores token p + 1, so
+    response token t of a row ending at offset e with R response tokens is scored at e - R - 1 + t
+    (the same left shift as verl's `no_padding_2_padding`).
+    """
+    prompt_lens = data["prompts"].offsets().diff()
+    response_lens = data["responses"].offsets().diff()
+    ends = (prompt_lens + response_lens).cumsum(0)
+    starts = ends - response_lens - 1
+    return torch.cat([torch.arange(s, s + r) for s, r in zip(starts.tolist(), response_lens.tolist())])
+
+
+def _rows_of_response_tokens(data) -> torch.Tensor:
+    response_lens = data["responses"].offsets().diff()
+    return torch.repeat_interleave(torch.arange(len(response_lens)), response_lens)
+
+
+def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig) -> dict[str, torch.Tensor]:
+    """Logits-processor role: per-token divergence D_alpha on SDPO-routed response tokens."""
+    logits = student_logits.squeeze(0)  # (nnz, V)
+    nnz = logits.shape[0]
+    divergence = logits.new_zeros(nnz, dtype=torch.float32)
+    match = logits.new_zeros(nnz, dtype=torch.float32)
+    if srpo.distill_mode == "sampled_token" or "srpo_topk_ids" not in data:
+        return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
+    positions = response_positions(data).to(logits.device)  # (R_total,)
+    routed = data["srpo_route"].bool()[_rows_of_response_tokens(data)].to(logits.device)  # (R_total,)
+    positions = positions[routed]
+    if positions.numel() > 0:
+        topk_ids = data["srpo_topk_ids"].values()[routed].long()  # (n, K)
+        teacher_topk = data["srpo_teacher_topk"].values()[routed]  # (n, K)
+        # Scatter the K ids into a (nnz, K) index so the chunked gather reads the logits in place
+        # (no (n, V) copy); non-routed rows point at id 0 and are masked out below.
+        index = torch.zeros(nnz, topk_ids.shape[-1], dtype=torch.long, device=logits.device)
+        index[positions] = topk_ids
+        log_q = torch.zeros(index.shape, dtype=torch.float32, device=logits.device)
+        log_q[positions] = teacher_topk.float()
+        token_div = core_algos.topk_tail_divergence(
+            logits, log_q, index, alpha=srpo.alpha, tail=True, chunk_size=srpo.chunk_size
+        )  # (nnz,)
+        divergence = torch.zeros_like(token_div).index_copy(0, positions, token_div[positions])
+        with torch.no_grad():
+            current = core_algos.student_topk(logits[positions], k=topk_ids.shape[-1])  # (n, K)
+            same = (current.sort(-1).values == topk_ids.sort(-1).values).all(-1).float()
+            match[positions] = same
+    return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
+
+
+def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig):
+    """Loss role: the one-denominator SRPO objective on this micro-batch."""
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)  # (B, T)
+    fields = ["response_mask", "old_log_probs", "advantages", "srpo_teacher_entropy", "srpo_sampled_adv"]
+    if "rollout_is_weights" in data:
+        fields.append("rollout_is_weights")
+    padded = data.select(*fields).to_padded_tensor()
+    mask = padded["response_mask"].bool()  # (B, T)
+    old_log_prob, rho = padded["old_log_probs"], padded.get("rollout_is_weights", None)
+    route = data["srpo_route"].bool()  # (B,)
+
+    clip_kwargs = dict(
+        clip_ratio_low=actor_config.clip_ratio_low,
+        clip_ratio_high=actor_config.clip_ratio_high,
+        clip_ratio_c=actor_config.get("clip_ratio_c", None),
+        rollout_is_weights=rho,
+    )
+    grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
+    if srpo.distill_mode == "sampled_token":
+        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["srpo_sampled_adv"], **clip_kwargs)
+        divergence = torch.zeros_like(log_prob)
+    else:
+        divergence = no_padding_2_padding(model_output[DIVERGENCE_KEY], data)  # (B, T)
+        sdpo_loss = core_algos.sdpo_token_loss(
+            divergence, log_prob, old_log_prob, is_clip=srpo.is_clip, rollout_is_weights=rho
+        )
+    sdpo_tokens = mask & route.unsqueeze(-1)  # (B, T)
+    weights = core_algos.entropy_weights(
+        padded["srpo_teacher_entropy"],
+        sdpo_tokens,
+        beta=srpo.beta,
+        log_mean=data["srpo_log_mean_weight"],
+    )
+    num_tokens, dp_size = data["batch_num_tokens"], data["dp_size"]
+    loss = core_algos.srpo_loss(
+        grpo_loss, sdpo_loss, route, weights, mask, num_tokens=num_tokens, dp_size=dp_size
+    )
+
+    # Metrics summed over micro-batches and ranks are normalised by the global token counts.
+    def share(x: torch.Tensor, sel: torch.Tensor) -> Metric:
+        return Metric(value=(x.float() * sel).sum().item() / max(num_tokens, 1) * dp_size, aggregation=AggregationType.SUM)
+
+    grpo_tokens = mask & ~route.unsqueeze(-1)
+    metrics: dict[str, Any] = {
+        "actor/pg_loss": Metric(value=loss.detach(), aggregation=AggregationType.SUM),
+        "srpo/grpo_loss": share(grpo_loss.detach(), grpo_tokens),
+        "srpo/sdpo_loss": share((sdpo_loss * weights).detach(), sdpo_tokens),
+        "srpo/grpo_token_share": share(torch.ones_like(log_prob), grpo_tokens),
+        "srpo/sdpo_token_share": share(torch.ones_like(log_prob), sdpo_tokens),
+        "actor/pg_clipfrac": share(clipped, grpo_tokens),
+    }
+    if sdpo_tokens.any():
+        w = weights[sdpo_tokens]
+        metrics.update(
+            {
+                "srpo/divergence_mean": divergence[sdpo_tokens].mean().item(),
+                "srpo/weight_max": w.max().item(),
+                "srpo/weight_std": w.std(unbiased=False).item(),
+            }
+        )
+        if TOPK_MATCH_KEY in model_output:
+            match = no_padding_2_padding(model_output[TOPK_MATCH_KEY], data)
+            metrics["srpo/topk_match_fraction"] = match[sdpo_tokens].mean().item()
+    return loss, metrics
+
+
+def srpo_loss_fn(
+    actor_config,
+    srpo: SRPOConfig,
+    model_output: Optional[dict] = None,
+    data=None,
+    dp_group=None,
+    student_logits: Optional[torch.Tensor] = None,
+):
+    """Both roles in one picklable function (bind the first two arguments with functools.partial)."""
+    if student_logits is not None:
+        return distillation_divergence(student_logits, data, srpo)
+    return srpo_policy_objective(model_output, data, actor_config=actor_config, srpo=srpo)

@@ -1,0 +1,265 @@
+"""The SRPO step as verl v1 trainers: `trainer.v1.trainer_mode=srpo` (sync) and `srpo_colocate_async`.
+
+verl's step is kept whole; three hooks add SRPO after the rewards and the GRPO advantage:
+  _compute_advantage  routing -> teacher prompts for the rows that need one -> teacher pass on the
+                      workers (only those rows) -> per-row route, entropies, advantages in the batch;
+  _update_actor       verl's update with the SRPO loss (installed by `srpo_setup`), then the EMA step;
+  _load_checkpoint    builds the EMA teacher before verl restores a checkpoint (so it is restored too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import ray
+import torch
+import transfer_queue as tq
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+
+from srpo_verl import core_algos
+from srpo_verl.algo_config import srpo_config_of
+from srpo_verl.integration.teacher_prompt import teacher_prompt_ids
+from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+
+def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+class SRPOStepMixin:
+    """SRPO's additions to a verl v1 trainer (see the module docstring)."""
+
+    # -------------------------------------------------------------- setup
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        for role in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(SRPOActorRolloutRefWorker)
+
+    def _load_checkpoint(self):
+        self.srpo = srpo_config_of(self.config)
+        if self.srpo is None:
+            raise ValueError("trainer_mode=srpo needs an algorithm.srpo block: launch with algorithm=srpo or sdpo")
+        if self.srpo.teacher != "ema":
+            raise NotImplementedError(
+                f"algorithm.srpo.teacher={self.srpo.teacher!r} is not implemented yet; use teacher=ema"
+            )
+        if self.config.actor_rollout_ref.rollout.n < 2:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.n={self.config.actor_rollout_ref.rollout.n}: SRPO needs groups of >= 2 "
+                "responses (a sample is never its own demonstration)"
+            )
+        vocab = len(self.tokenizer)
+        k = vocab if self.srpo.distill_mode == "full_vocab" else min(self.srpo.topk, vocab)
+        if self.srpo.distill_mode == "sampled_token" or self.srpo.method == "advantage_mix":
+            k = 1  # only the sampled-token log-prob is used
+        node = OmegaConf.to_container(self.config.algorithm.srpo, resolve=True)
+        self.actor_rollout_wg.srpo_setup(node, k)
+        self._srpo_k = k
+        return super()._load_checkpoint()
+
+    # -------------------------------------------------------------- step
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_advantage(batch, metrics)
+        with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
+            self._srpo_route_and_teach(batch, metrics)
+        return batch
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._update_actor(batch, metrics)
+        with marked_timer("srpo_ema", self.timing_raw, color="purple"):
+            metrics.update(self.actor_rollout_wg.srpo_ema_update()[0])
+        return batch
+
+    def _srpo_route_and_teach(self, batch: KVBatchMeta, metrics: dict) -> None:
+        srpo = self.srpo
+        fields = ["uid", "rm_scores", "responses", "response_mask", "old_log_probs", "advantages", "raw_prompt"]
+        if srpo.use_feedback:
+            fields.append(srpo.feedback_key)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        n = len(batch.keys)
+        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])  # (B,)
+        rewards = torch.stack([r.float().sum() for r in data["rm_scores"].unbind()])  # (B,)
+        uid = np.array([str(u) for u in list(data["uid"])], dtype=object)
+        # Padding rows (added by verl to fill dp/mini-batch multiples) form their own groups.
+        uid = np.array([u if real[i] else f"__pad_{i}" for i, u in enumerate(uid)], dtype=object)
+        feedback = [""] * n
+        if srpo.use_feedback:
+            feedback = [str(f) if f is not None else "" for f in list(data[srpo.feedback_key])]
+        has_feedback = torch.tensor([bool(f.strip()) for f in feedback]) & real
+        routing = core_algos.routing_mask(
+            rewards, uid, success_threshold=srpo.success_threshold, has_feedback=has_feedback
+        )
+        teacher_ok = routing.teacher_available & real
+        if srpo.method == "srpo":
+            route, teacher_rows = routing.sdpo & real, routing.sdpo & real
+        elif srpo.method == "sdpo":
+            route, teacher_rows = teacher_ok, teacher_ok
+        else:  # advantage_mix: every sample keeps the PPO loss
+            route, teacher_rows = torch.zeros(n, dtype=torch.bool), teacher_ok
+
+        responses = list(data["responses"].unbind())
+        teacher_idx = teacher_rows.nonzero().flatten().tolist()
+        truncated = self._srpo_put_teacher_prompts(batch, data, routing, feedback, teacher_idx, responses)
+        scored = self._srpo_teacher_pass(batch, teacher_idx, responses)
+
+        # Per-row fields for the loss; advantages rewritten for sdpo / advantage_mix.
+        out = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TEACHER_FIELDS)
+        )
+        old = list(data["old_log_probs"].unbind())
+        adv = list(data["advantages"].unbind())
+        t_logp = list(out["srpo_teacher_log_prob"].unbind())
+        sampled_adv = [
+            core_algos.sampled_token_advantage(t_logp[i], old[i]) if teacher_rows[i] else torch.zeros_like(old[i])
+            for i in range(n)
+        ]
+        if srpo.method == "sdpo":
+            adv = [torch.zeros_like(a) for a in adv]  # SDPO as published: no GRPO term
+        elif srpo.method == "advantage_mix":
+            adv = [core_algos.advantage_mix(adv[i], sampled_adv[i], mix_lambda=srpo.mix_lambda) for i in range(n)]
+        entropy_key = "srpo_teacher_entropy" if srpo.entropy_mode == "full" else "srpo_teacher_entropy_topk"
+        fields_out = {
+            "srpo_route": route.long(),
+            "srpo_sampled_adv": _nested(sampled_adv),
+            "advantages": _nested(adv),
+        }
+        if entropy_key != "srpo_teacher_entropy":
+            fields_out["srpo_teacher_entropy"] = _nested(list(out[entropy_key].unbind()))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields_out, batch_size=n))
+
+        # Metrics (SRPO_SPEC §4: teacher entropy, response length and routed share foretell collapse).
+        groups = core_algos.group_ids(uid)
+        correct = routing.correct.float()
+        group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, correct)
+        group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
+        real_groups = torch.zeros_like(group_correct).index_add_(0, groups, real.float()) > 0
+        n_real = max(int(real.sum()), 1)
+        metrics.update(
+            {
+                "srpo/routed_share": float(route.sum()) / n_real,
+                "srpo/grpo_share": float((~route & real).sum()) / n_real,
+                "srpo/correct_share": float((routing.correct & real).sum()) / n_real,
+                "srpo/all_wrong_group_share": float(((group_correct == 0) & real_groups).sum())
+                / max(int(real_groups.sum()), 1),
+                "srpo/all_correct_group_share": float(((group_correct == group_size) & real_groups).sum())
+                / max(int(real_groups.sum()), 1),
+                "srpo/teacher_rows": len(teacher_idx),
+                "srpo/teacher_pass_rows": scored,
+                "srpo/feedback_rows": int((teacher_rows & ~core_algos.teacher_availability(routing.correct, uid)).sum()),
+                "srpo/teacher_prompt_truncated": truncated,
+            }
+        )
+        if teacher_idx:
+            mask = list(data["response_mask"].unbind())
+            sel = lambda key: torch.cat([out[key].unbind()[i][mask[i].bool()] for i in teacher_idx])  # noqa: E731
+            topk = torch.cat([out["srpo_teacher_topk"].unbind()[i][mask[i].bool()] for i in teacher_idx])
+            metrics.update(
+                {
+                    "srpo/teacher_entropy_full": sel("srpo_teacher_entropy").mean().item(),
+                    "srpo/teacher_entropy_topk": sel("srpo_teacher_entropy_topk").mean().item(),
+                    "srpo/teacher_tail_mass": (1 - topk.double().exp().sum(-1)).clamp(min=0).mean().item(),
+                    "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in teacher_idx])),
+                }
+            )
+
+    def _srpo_put_teacher_prompts(self, batch, data, routing, feedback, teacher_idx, responses) -> int:
+        """Tokenise the teacher prompt of each teacher row and store [teacher prompt | response]."""
+        srpo = self.srpo
+        n = len(batch.keys)
+        max_len = srpo.max_teacher_prompt_length or (
+            self.config.data.max_prompt_length + self.config.data.max_response_length
+        )
+        template_kwargs = dict(self.config.data.get("apply_chat_template_kwargs", {}) or {})
+        groups = core_algos.group_ids(np.array(list(data["uid"]), dtype=object)).tolist()
+        correct = routing.correct.tolist()
+        raw_prompts = list(data["raw_prompt"])
+        rng = np.random.default_rng([int(self.config.data.get("seed", 1) or 1), int(self.global_steps)])
+        ids: list[torch.Tensor] = [responses[i][:1] for i in range(n)]  # placeholder for other rows
+        truncated = 0
+        for i in teacher_idx:
+            siblings = [j for j in range(n) if groups[j] == groups[i] and correct[j] and j != i]
+            solution = None
+            if siblings:
+                j = int(rng.choice(siblings))
+                solution = self.tokenizer.decode(responses[j].tolist(), skip_special_tokens=True)
+            prompt, cut = teacher_prompt_ids(
+                self.tokenizer,
+                list(raw_prompts[i]),
+                solution=solution,
+                feedback=feedback[i] if solution is None else None,
+                reprompt_template=srpo.reprompt_template,
+                feedback_template=srpo.feedback_template,
+                strip_think=srpo.strip_thinking,
+                max_length=max_len,
+                overflow=srpo.teacher_prompt_overflow,
+                apply_chat_template_kwargs=template_kwargs,
+            )
+            truncated += int(cut > 0)
+            ids[i] = torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]])
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({"srpo_teacher_input_ids": _nested(ids)}, batch_size=n),
+        )
+        return truncated
+
+    def _srpo_teacher_pass(self, batch, teacher_idx, responses) -> int:
+        """Run the teacher on exactly the teacher rows; store zeros for the others."""
+        n, k = len(batch.keys), self._srpo_k
+        others = [i for i in range(n) if i not in set(teacher_idx)]
+        zeros = {
+            "srpo_topk_ids": [torch.zeros(len(responses[i]), k, dtype=torch.int32) for i in others],
+            "srpo_teacher_topk": [torch.zeros(len(responses[i]), k) for i in others],
+        }
+        for key in ("srpo_teacher_entropy", "srpo_teacher_entropy_topk", "srpo_teacher_log_prob"):
+            zeros[key] = [torch.zeros(len(responses[i])) for i in others]
+        if others:
+            tq.kv_batch_put(
+                keys=[batch.keys[i] for i in others],
+                partition_id=batch.partition_id,
+                fields=TensorDict({key: _nested(v) for key, v in zeros.items()}, batch_size=len(others)),
+            )
+        if not teacher_idx:
+            return 0
+        dp = self._srpo_dp_size()
+        rows = list(teacher_idx) + [teacher_idx[i % len(teacher_idx)] for i in range(-len(teacher_idx) % dp)]
+        meta = KVBatchMeta(
+            keys=[batch.keys[i] for i in rows],
+            tags=[batch.tags[i] for i in rows],
+            partition_id=batch.partition_id,
+            extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
+        )
+        before = sum(self.actor_rollout_wg.srpo_teacher_rows_seen())
+        self.actor_rollout_wg.compute_srpo_teacher(meta)
+        # Rows the workers actually scored (padding repeats excluded), logged next to the routing.
+        return sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - (len(rows) - len(teacher_idx))
+
+    def _srpo_dp_size(self) -> int:
+        info = self.actor_rollout_wg._dispatch_info.get("actor")
+        if info is None:
+            info = self.actor_rollout_wg._query_dispatch_info("actor")
+            self.actor_rollout_wg._dispatch_info["actor"] = info
+        return max(info) + 1
+
+
+@register_trainer("srpo")
+class SRPOTrainerSync(SRPOStepMixin, PPOTrainerSync):
+    """verl's synchronous v1 trainer with the SRPO step."""
+
+
+@register_trainer("srpo_colocate_async")
+class SRPOTrainerColocateAsync(SRPOStepMixin, PPOTrainerColocateAsync):
+    """verl's colocated asynchronous v1 trainer (partial rollout, staleness 1) with the SRPO step."""
