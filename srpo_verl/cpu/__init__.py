@@ -50,6 +50,7 @@ def activate() -> None:
     platform.patch_process_group()
     platform.register_engines()
     platform.patch_replay_buffer_poll()
+    platform.patch_forward_only_offload()
     hf_rollout.register()
     _state.update(active=True, error=None)
 

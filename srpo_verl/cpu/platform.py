@@ -229,6 +229,30 @@ def register_engines() -> None:
             )
 
 
+def _unpinned(policy_cls):
+    """CPUOffloadPolicy without pinned memory (pinning needs an accelerator)."""
+
+    @functools.wraps(policy_cls)
+    def make(*args, pin_memory=True, **kwargs):
+        return policy_cls(*args, pin_memory=False, **kwargs)
+
+    setattr(make, _PATCHED, True)
+    return make
+
+
+def patch_forward_only_offload() -> None:
+    """Let forward-only FSDP2 engines (verl's reference model, SRPO's EMA teacher) build on CPU.
+
+    verl always gives them `CPUOffloadPolicy(pin_memory=True)`; on a host without an accelerator
+    `pin_memory()` raises "Cannot access accelerator device". Offloading to the CPU is a no-op
+    here, so only the pinning is dropped.
+    """
+    from verl.workers.engine.fsdp import transformer_impl
+
+    if not getattr(transformer_impl.CPUOffloadPolicy, _PATCHED, False):
+        transformer_impl.CPUOffloadPolicy = _unpinned(transformer_impl.CPUOffloadPolicy)
+
+
 def _fast_poll(init_fn):
     @functools.wraps(init_fn)
     def __init__(self, *args, **kwargs):
@@ -265,6 +289,7 @@ def patches_applied() -> dict[str, bool]:
         "gloo_process_group": False,
         "fsdp2_engine_for_cpu": False,
         "replay_buffer_poll": False,
+        "forward_only_offload_unpinned": False,
     }
     distributed = sys.modules.get("verl.utils.distributed")
     if distributed is not None:
@@ -277,5 +302,8 @@ def patches_applied() -> dict[str, bool]:
     replay_buffer = sys.modules.get("verl.trainer.ppo.v1.replay_buffer")
     if replay_buffer is not None:
         state["replay_buffer_poll"] = getattr(replay_buffer.ReplayBuffer.__init__, _PATCHED, False)
+    impl = sys.modules.get("verl.workers.engine.fsdp.transformer_impl")
+    if impl is not None:
+        state["forward_only_offload_unpinned"] = getattr(impl.CPUOffloadPolicy, _PATCHED, False)
     return state
 

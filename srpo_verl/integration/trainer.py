@@ -61,6 +61,11 @@ class SRPOStepMixin:
                 f"actor_rollout_ref.rollout.n={self.config.actor_rollout_ref.rollout.n}: SRPO needs groups of >= 2 "
                 "responses (a sample is never its own demonstration)"
             )
+        if not self.config.actor_rollout_ref.model.get("use_remove_padding", True):
+            raise ValueError(
+                "actor_rollout_ref.model.use_remove_padding=False: the SRPO teacher pass and loss work on packed "
+                "sequences; set it to True (verl's default)"
+            )
         vocab = len(self.tokenizer)
         k = vocab if self.srpo.distill_mode == "full_vocab" else min(self.srpo.topk, vocab)
         if self.srpo.distill_mode == "sampled_token" or self.srpo.method == "advantage_mix":
@@ -112,7 +117,10 @@ class SRPOStepMixin:
 
         responses = list(data["responses"].unbind())
         teacher_idx = teacher_rows.nonzero().flatten().tolist()
-        truncated = self._srpo_put_teacher_prompts(batch, data, routing, feedback, teacher_idx, responses)
+        groups = core_algos.group_ids(uid)
+        truncated = self._srpo_put_teacher_prompts(
+            batch, list(data["raw_prompt"]), groups.tolist(), routing.correct.tolist(), feedback, teacher_idx, responses
+        )
         scored = self._srpo_teacher_pass(batch, teacher_idx, responses)
 
         # Per-row fields for the loss; advantages rewritten for sdpo / advantage_mix.
@@ -138,10 +146,13 @@ class SRPOStepMixin:
         }
         if entropy_key != "srpo_teacher_entropy":
             fields_out["srpo_teacher_entropy"] = _nested(list(out[entropy_key].unbind()))
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields_out, batch_size=n))
+        stored = tq.kv_batch_put(
+            keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields_out, batch_size=n)
+        )
+        if batch.fields is not None:  # the update fetches only the listed fields; the teacher prompts stay behind
+            batch.fields = [f for f in stored.fields if f != "srpo_teacher_input_ids"]
 
         # Metrics (SRPO_SPEC §4: teacher entropy, response length and routed share foretell collapse).
-        groups = core_algos.group_ids(uid)
         correct = routing.correct.float()
         group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, correct)
         group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
@@ -175,7 +186,7 @@ class SRPOStepMixin:
                 }
             )
 
-    def _srpo_put_teacher_prompts(self, batch, data, routing, feedback, teacher_idx, responses) -> int:
+    def _srpo_put_teacher_prompts(self, batch, raw_prompts, groups, correct, feedback, teacher_idx, responses) -> int:
         """Tokenise the teacher prompt of each teacher row and store [teacher prompt | response]."""
         srpo = self.srpo
         n = len(batch.keys)
@@ -183,9 +194,6 @@ class SRPOStepMixin:
             self.config.data.max_prompt_length + self.config.data.max_response_length
         )
         template_kwargs = dict(self.config.data.get("apply_chat_template_kwargs", {}) or {})
-        groups = core_algos.group_ids(np.array(list(data["uid"]), dtype=object)).tolist()
-        correct = routing.correct.tolist()
-        raw_prompts = list(data["raw_prompt"])
         rng = np.random.default_rng([int(self.config.data.get("seed", 1) or 1), int(self.global_steps)])
         ids: list[torch.Tensor] = [responses[i][:1] for i in range(n)]  # placeholder for other rows
         truncated = 0
@@ -195,18 +203,14 @@ class SRPOStepMixin:
             if siblings:
                 j = int(rng.choice(siblings))
                 solution = self.tokenizer.decode(responses[j].tolist(), skip_special_tokens=True)
-            prompt, cut = teacher_prompt_ids(
-                self.tokenizer,
-                list(raw_prompts[i]),
-                solution=solution,
-                feedback=feedback[i] if solution is None else None,
-                reprompt_template=srpo.reprompt_template,
-                feedback_template=srpo.feedback_template,
-                strip_think=srpo.strip_thinking,
-                max_length=max_len,
-                overflow=srpo.teacher_prompt_overflow,
-                apply_chat_template_kwargs=template_kwargs,
-            )
+            try:
+                prompt, cut = self._srpo_teacher_prompt(raw_prompts[i], solution, feedback[i], max_len, template_kwargs)
+            except ValueError as err:
+                if srpo.max_teacher_prompt_length is None:
+                    raise ValueError(
+                        f"{err} (unset, the limit is data.max_prompt_length + data.max_response_length = {max_len})"
+                    ) from err
+                raise
             truncated += int(cut > 0)
             ids[i] = torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]])
         tq.kv_batch_put(
@@ -215,6 +219,21 @@ class SRPOStepMixin:
             fields=TensorDict({"srpo_teacher_input_ids": _nested(ids)}, batch_size=n),
         )
         return truncated
+
+    def _srpo_teacher_prompt(self, raw_prompt, solution, feedback, max_len, template_kwargs):
+        srpo = self.srpo
+        return teacher_prompt_ids(
+            self.tokenizer,
+            list(raw_prompt),
+            solution=solution,
+            feedback=feedback if solution is None else None,
+            reprompt_template=srpo.reprompt_template,
+            feedback_template=srpo.feedback_template,
+            strip_think=srpo.strip_thinking,
+            max_length=max_len,
+            overflow=srpo.teacher_prompt_overflow,
+            apply_chat_template_kwargs=template_kwargs,
+        )
 
     def _srpo_teacher_pass(self, batch, teacher_idx, responses) -> int:
         """Run the teacher on exactly the teacher rows; store zeros for the others."""

@@ -140,6 +140,10 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             ref.ppo_micro_batch_size_per_gpu = ref.pop("log_prob_micro_batch_size_per_gpu", None)
             ref.use_dynamic_bsz = ref.pop("log_prob_use_dynamic_bsz", False)
             ref.ppo_max_token_len_per_gpu = ref.pop("log_prob_max_token_len_per_gpu", None)
+            # The teacher runs inside the actor's micro-batches (see _TeacherPass), never through its
+            # own batching; any valid value satisfies verl's config check.
+            if ref.ppo_micro_batch_size is None and ref.ppo_micro_batch_size_per_gpu is None and not ref.use_dynamic_bsz:
+                ref.ppo_micro_batch_size_per_gpu = 1
         ref_config = omega_conf_to_dataclass(ref)
         actor_model = self.actor.config.model_config
         ref_config.model_config = deepcopy(actor_model)
@@ -172,7 +176,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     @torch.no_grad()
     def _copy_student_into_teacher(self, teacher: TrainingWorker) -> None:
         for _, t, s in self._param_pairs(teacher):
-            t.copy_(s)
+            t.copy_(s.to(t.device, t.dtype))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     @torch.no_grad()
@@ -181,8 +185,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         rate = self.srpo.ema_rate
         gap = 0.0
         for _, t, s in self._param_pairs():
-            t.lerp_(s.to(t.dtype), rate)
-            gap += float((t.float() - s.float()).pow(2).sum())
+            t.lerp_(s.to(t.device, t.dtype), rate)  # verl offloads forward-only engines to host
+            gap += float((t.float() - s.to(t.device).float()).pow(2).sum())
         return {"srpo/teacher_student_l2": math.sqrt(gap)}
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -202,7 +206,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         saved, self.actor.loss_fn = self.actor.loss_fn, collector
         try:
             with self.teacher.engine.eval_mode():
-                self.actor.infer_batch(data)
+                for part in self._teacher_parts(data):
+                    self.actor.infer_batch(part)
         finally:
             self.actor.loss_fn = saved
         self.srpo_teacher_rows_total = getattr(self, "srpo_teacher_rows_total", 0) + len(collector.rows)
@@ -214,6 +219,24 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             for key in TEACHER_FIELDS
         }
         return tu.get_tensordict(fields)
+
+    def _teacher_parts(self, data):
+        """The rows in pieces verl's fixed-size micro-batching accepts.
+
+        With fixed micro-batches verl requires rows % micro_batch_size == 0; the teacher rows are
+        as many as the routing says, so the remainder goes in its own piece (never padded with
+        rows the teacher does not need). Dynamic batch sizes take any row count.
+        """
+        engine_config = self.actor.engine_config
+        n = data.batch_size[0]
+        size = engine_config.infer_micro_batch_size_per_gpu
+        if engine_config.use_dynamic_bsz or not size or n % size == 0:
+            yield data
+            return
+        for start in range(0, n, size):
+            part = tu.index_select_tensor_dict(data, list(range(start, min(start + size, n))))
+            tu.assign_non_tensor(part, micro_batch_size_per_gpu=min(size, n - start))
+            yield part
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
