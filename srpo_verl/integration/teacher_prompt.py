@@ -41,6 +41,12 @@ def teacher_messages(
     if last_user is None:
         raise ValueError("the prompt has no user turn to rewrite for the teacher")
     question = messages[last_user]["content"]
+    if not isinstance(question, str):
+        # Structured (multimodal) content would be formatted as its Python repr: refuse it.
+        raise ValueError(
+            f"the last user turn's content is a {type(question).__name__}, not text: teacher prompts support "
+            "text-only chats"
+        )
     if solution is not None:
         content = reprompt_template.format(question=question, solution=solution)
     else:
@@ -69,6 +75,10 @@ def teacher_prompt_ids(
     generation prompt): with overflow="truncate" the demonstration loses tokens from its left;
     with overflow="error", or when even an empty demonstration does not fit, ValueError.
     """
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length={max_length!r}: the teacher prompt budget must be an integer >= 1")
+    if overflow not in ("truncate", "error"):
+        raise ValueError(f"overflow={overflow!r}: must be truncate or error")
     kwargs = apply_chat_template_kwargs or {}
     demo = solution if solution is not None else feedback
     if strip_think and demo is not None:

@@ -76,6 +76,22 @@ class SRPOStepMixin:
         return super()._load_checkpoint()
 
     # -------------------------------------------------------------- step
+    def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        """Put the rows in a content-defined order before verl balances them across ranks.
+
+        verl's agent loop stores rows in the order requests finish, which varies between launches;
+        every later sum (log-prob micro-batches, the loss, the gradient) then adds in a different
+        order, and an interrupted-and-resumed run drifts from an uninterrupted one in the last
+        bits. Sorting by (prompt, response) tokens first makes a step a function of its data only.
+        """
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"])
+        rows = [
+            (p.tolist(), r.tolist(), i)
+            for i, (p, r) in enumerate(zip(data["prompts"].unbind(), data["responses"].unbind()))
+        ]
+        batch.reorder([i for *_, i in sorted(rows)])
+        return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_advantage(batch, metrics)
         with marked_timer("srpo_teacher", self.timing_raw, color="purple"):

@@ -10,13 +10,11 @@ Two launches share one checkpoint directory (module fixture, ~3.5 min on 2 cores
 Metrics come from verl's `file` logger (one JSON line per step, VERL_FILE_LOGGER_PATH).
 """
 
-import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
+
+from srpo_verl.launch import latest_checkpoint, launch
 
 pytestmark = pytest.mark.slow
 
@@ -58,64 +56,22 @@ def overrides(model_path: str, data: dict, ckpt_dir: str, total_steps: int) -> l
     ]
 
 
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of the launch's session: the driver, Ray's gcs/raylet and its workers."""
-    ps = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    for line in ps.splitlines():
-        pid, session = map(int, line.split())
-        if session == sid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def launch(workdir: str, name: str, args: list[str]) -> dict:
-    """Run the trainer; return its exit code, log text and per-step metrics."""
-    metrics_path = os.path.join(workdir, f"{name}.jsonl")
-    log_path = os.path.join(workdir, f"{name}.log")
-    env = {k: v for k, v in os.environ.items() if k not in ("SRPO_VERL_PLATFORM", "VERL_PLATFORM")}
-    env.update(HF_HUB_OFFLINE="1", VERL_FILE_LOGGER_PATH=metrics_path)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "srpo_verl.main_ppo", *args],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            returncode = proc.wait(timeout=LAUNCH_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            kill_session(proc.pid)
-            returncode = "timeout"
-    with open(log_path) as f:
-        text = f.read()
-    steps = {}
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            for line in f:
-                record = json.loads(line)
-                steps[record["step"]] = record["data"]
-    return {"returncode": returncode, "log": text, "steps": steps}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_path, addition_data):
     workdir = str(tmp_path_factory.mktemp("cpu_grpo"))
     ckpt = os.path.join(workdir, "checkpoints")
-    first = launch(workdir, "first", overrides(tiny_model_path, addition_data, ckpt, STEPS))
-    assert first["returncode"] == 0, first["log"][-6000:]
-    with open(os.path.join(ckpt, "latest_checkpointed_iteration.txt")) as f:
-        first["latest_checkpoint"] = f.read().strip()
-    second = launch(workdir, "resumed", overrides(tiny_model_path, addition_data, ckpt, STEPS + MORE_STEPS))
-    assert second["returncode"] == 0, second["log"][-6000:]
-    return {"first": first, "second": second, "ckpt": ckpt}
+    first = launch(workdir, "first", overrides(tiny_model_path, addition_data, ckpt, STEPS), timeout_s=LAUNCH_TIMEOUT_S)
+    assert first.returncode == 0, first.log[-6000:]
+    latest = latest_checkpoint(ckpt)
+    second = launch(
+        workdir, "resumed", overrides(tiny_model_path, addition_data, ckpt, STEPS + MORE_STEPS), timeout_s=LAUNCH_TIMEOUT_S
+    )
+    assert second.returncode == 0, second.log[-6000:]
+    return {"first": first, "second": second, "ckpt": ckpt, "latest": latest}
 
 
 def test_every_step_logs_metrics(runs):
-    steps = runs["first"]["steps"]
+    steps = runs["first"].steps
     assert sorted(steps) == list(range(1, STEPS + 1))
     for step, metrics in steps.items():
         for key in ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/step", "timing_s/gen"):
@@ -124,7 +80,7 @@ def test_every_step_logs_metrics(runs):
 
 def test_checkpoint_saved_after_last_step(runs):
     ckpt = runs["ckpt"]
-    assert runs["first"]["latest_checkpoint"] == str(STEPS)
+    assert runs["latest"] == STEPS
     actor = os.path.join(ckpt, f"global_step_{STEPS}", "actor")
     assert any(name.startswith("model_world_size_1") for name in os.listdir(actor))
     assert os.path.exists(os.path.join(ckpt, f"global_step_{STEPS}", "data.pt"))
@@ -132,20 +88,20 @@ def test_checkpoint_saved_after_last_step(runs):
 
 def test_second_launch_resumes_global_step(runs):
     second = runs["second"]
-    assert f"Resuming from {runs['ckpt']}/global_step_{STEPS}" in second["log"]
-    assert sorted(second["steps"]) == list(range(STEPS + 1, STEPS + MORE_STEPS + 1))
+    assert f"Resuming from {runs['ckpt']}/global_step_{STEPS}" in second.log
+    assert sorted(second.steps) == list(range(STEPS + 1, STEPS + MORE_STEPS + 1))
 
 
 def test_rollout_log_probs_match_trainer_every_step(runs):
     # verl's own check: max |p_rollout - p_trainer| per token, in probability space.
     for run in ("first", "second"):
-        for step, metrics in runs[run]["steps"].items():
+        for step, metrics in runs[run].steps.items():
             assert metrics["training/rollout_probs_diff_max"] < 1e-6, (run, step)
             assert abs(metrics["rollout_corr/rollout_is_mean"] - 1.0) < 1e-5, (run, step)
 
 
 def test_grpo_raises_reward_on_easy_task(runs):
-    scores = [runs["first"]["steps"][s]["critic/score/mean"] for s in range(1, STEPS + 1)]
+    scores = [runs["first"].steps[s]["critic/score/mean"] for s in range(1, STEPS + 1)]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     # 192 responses per 3 steps: the step-mean's noise is ~0.02; a random model scores ~0.08.
     assert last > first + 0.1, scores

@@ -1,0 +1,511 @@
+"""Input checks for SRPO: the trainer configuration (driver), the data files (driver) and each
+step's batch (trainer). Pure functions: no Ray, no TransferQueue; the callers pass plain values.
+
+Every bad input ends in one of two ways, never in a silent wrong update:
+  - an error naming the field, the offending value and, for batch/data problems, the rows;
+  - a documented behaviour that is counted in the returned metrics (and logged at WARNING when it
+    means a row cannot take part in SRPO), e.g. an empty response is never routed to the teacher.
+docs/reliability.md lists every case, its outcome and the test that holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from srpo_verl import core_algos
+from srpo_verl.algo_config import SRPOConfig, srpo_config_of
+
+logger = logging.getLogger(__name__)
+
+SRPO_TRAINER_MODES = ("srpo", "srpo_colocate_async")
+METRIC_PREFIX = "srpo/check/"
+
+
+def _rows(indices: Iterable[int], limit: int = 10) -> str:
+    """`[3, 7, 9]`, or the first `limit` and a count: error messages stay one line."""
+    indices = list(indices)
+    shown = ", ".join(str(i) for i in indices[:limit])
+    return f"[{shown}]" if len(indices) <= limit else f"[{shown}, ...] ({len(indices)} rows)"
+
+
+# ============================================================================ trainer configuration
+
+
+def verl_version_problem(installed: str, supported: str) -> Optional[str]:
+    """Why `installed` verl cannot run the SRPO trainer, or None. The trainer and worker subclass
+    verl's v1 trainer and engine worker and override private hooks that change between releases."""
+    if installed == supported:
+        return None
+    return (
+        f"srpo_verl's SRPO trainer supports verl {supported} only, but verl {installed} is installed: it "
+        f"overrides private hooks of verl's v1 trainer and engine worker. Install verl=={supported}."
+    )
+
+
+def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optional[SRPOConfig]:
+    """Driver-side checks of a composed trainer config, before Ray starts.
+
+    Returns the validated `algorithm.srpo` block (None for a plain verl algorithm such as grpo).
+    Raises ValueError for invalid or contradictory settings and NotImplementedError for declared
+    but unimplemented ones, naming the key; logs a WARNING for settings that change the method in
+    a documented way. `verl_version` defaults to the installed one (a parameter for the tests).
+    """
+    mode = config.trainer.get("v1", {}).get("trainer_mode", None)
+    srpo = srpo_config_of(config)  # SRPOConfig validation: unknown keys, ranges, types
+    srpo_mode = mode in SRPO_TRAINER_MODES
+    if srpo_mode and srpo is None:
+        raise ValueError(
+            f"trainer.v1.trainer_mode={mode} needs an algorithm.srpo block: launch with algorithm=srpo or algorithm=sdpo"
+        )
+    if srpo is not None and not srpo_mode:
+        # The SRPO step lives in the SRPO trainers; any other trainer would silently run plain GRPO.
+        raise ValueError(
+            f"algorithm.srpo is set but trainer.v1.trainer_mode={mode}: the routing, teacher pass and EMA "
+            f"teacher would not run. Use trainer.v1.trainer_mode=srpo or srpo_colocate_async."
+        )
+    if srpo is None:
+        return None
+
+    if verl_version is None:
+        import verl
+
+        verl_version = getattr(verl, "__version__", "unknown")
+    from srpo_verl import SUPPORTED_VERL
+
+    problem = verl_version_problem(str(verl_version), SUPPORTED_VERL)
+    if problem:
+        raise RuntimeError(problem)
+
+    arr = config.actor_rollout_ref
+    n = arr.rollout.n
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.n={n!r}: SRPO needs groups of >= 2 responses per prompt "
+            "(a sample is never its own demonstration, so with n=1 no sample could ever have a teacher)"
+        )
+    if srpo.teacher != "ema":
+        raise NotImplementedError(f"algorithm.srpo.teacher={srpo.teacher!r} is not implemented yet; use teacher=ema")
+    for key, node in (("actor_rollout_ref.model", arr.model), ("actor_rollout_ref.actor", arr.actor)):
+        if node.get("use_remove_padding", True) is False:
+            raise ValueError(
+                f"{key}.use_remove_padding=False: the SRPO teacher pass and loss work on packed sequences; "
+                "set actor_rollout_ref.model.use_remove_padding=True"
+            )
+    for key in ("actor", "ref"):
+        sp = arr[key].get("ulysses_sequence_parallel_size", 1) or 1
+        if sp > 1:
+            raise NotImplementedError(
+                f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size={sp}: Ulysses sequence parallelism is "
+                "not implemented in the SRPO teacher pass; set it to 1"
+            )
+    max_prompt = config.data.get("max_prompt_length", None)
+    if srpo.max_teacher_prompt_length is not None and max_prompt is not None and srpo.max_teacher_prompt_length < max_prompt:
+        # The teacher prompt contains the whole student prompt plus the template and a demonstration.
+        raise ValueError(
+            f"algorithm.srpo.max_teacher_prompt_length={srpo.max_teacher_prompt_length} < "
+            f"data.max_prompt_length={max_prompt}: a prompt at the data limit could never fit in its teacher "
+            "prompt (which contains it); raise the teacher limit or leave it null"
+        )
+    actor = arr.actor
+    mini = actor.get("ppo_mini_batch_size", None)
+    batch = config.data.get("train_batch_size", None)
+    if actor.get("ppo_epochs", 1) > 1 or (mini is not None and batch is not None and mini < batch):
+        logger.warning(
+            "SRPO with several optimiser steps per batch (ppo_epochs=%s, ppo_mini_batch_size=%s < "
+            "train_batch_size=%s): later mini-batches distil on the student's top-K ids taken before the "
+            "first step (docs/design.md, 'Top-K ids from the pre-update policy'); "
+            "actor/srpo/topk_match_fraction shows how far they drift",
+            actor.get("ppo_epochs", 1),
+            mini,
+            batch,
+        )
+    return srpo
+
+
+# ============================================================================ data files
+
+
+class DataReport(NamedTuple):
+    rows: int
+    overlong_rows: list[int]  # rows whose prompt exceeds max_prompt_length (allowed by the config)
+    max_prompt_tokens: Optional[int]  # None when lengths were not measured
+
+
+def _as_list(value) -> Optional[list]:
+    if isinstance(value, np.ndarray):
+        return list(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def check_data_rows(
+    rows: Sequence[dict],
+    *,
+    source: str = "data",
+    prompt_key: str = "prompt",
+    require_reward_fields: bool = True,
+    tokenizer=None,
+    max_prompt_length: Optional[int] = None,
+    overlong: str = "error",
+    apply_chat_template_kwargs: Optional[dict] = None,
+) -> DataReport:
+    """Check verl RL rows ({prompt_key: chat messages, data_source, reward_model.ground_truth, ...}).
+
+    Errors (ValueError naming `source`, the field and the row indices):
+      - `prompt_key` missing, or not a list of {"role", "content"} messages;
+      - a prompt without a user turn (the teacher prompt rewrites the last user turn), or whose
+        user turns are all empty;
+      - with `require_reward_fields` (verl's built-in reward managers read both), a missing
+        `data_source` or `reward_model.ground_truth`;
+      - with a tokenizer and `max_prompt_length`, prompts longer than the limit when
+        overlong="error". overlong="filter" (verl drops them: data.filter_overlong_prompts) and
+        "truncate" (verl 0.9.1's agent loop keeps the last max_prompt_length tokens) only report them.
+    """
+    if overlong not in ("error", "filter", "truncate"):
+        raise ValueError(f"overlong={overlong!r}: must be error, filter or truncate")
+    problems: dict[str, list[int]] = {}
+
+    def bad(what: str, i: int) -> None:
+        problems.setdefault(what, []).append(i)
+
+    messages_of: list[Optional[list]] = []
+    for i, row in enumerate(rows):
+        messages = _as_list(row.get(prompt_key)) if prompt_key in row else None
+        if prompt_key not in row or _missing(row.get(prompt_key)):
+            bad(f"missing `{prompt_key}`", i)
+        elif messages is None or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+            bad(f"`{prompt_key}` is not a list of {{role, content}} chat messages", i)
+            messages = None
+        elif not messages:
+            bad(f"empty `{prompt_key}` (no messages)", i)
+            messages = None
+        else:
+            users = [m for m in messages if m.get("role") == "user"]
+            if not users:
+                bad(f"`{prompt_key}` has no user turn (the teacher prompt rewrites the last user turn)", i)
+            elif all(not str(m.get("content") or "").strip() for m in users):
+                bad(f"`{prompt_key}` has only empty user turns", i)
+        messages_of.append(messages)
+        if require_reward_fields:
+            if _missing(row.get("data_source")) or str(row.get("data_source")).strip() == "":
+                bad("missing `data_source`", i)
+            reward_model = row.get("reward_model")
+            if not isinstance(reward_model, dict) or _missing(reward_model.get("ground_truth")):
+                bad("missing `reward_model.ground_truth`", i)
+    if problems:
+        detail = "; ".join(f"{what} at rows {_rows(idx)}" for what, idx in problems.items())
+        raise ValueError(f"{source}: {detail}")
+
+    if tokenizer is None or max_prompt_length is None:
+        return DataReport(rows=len(rows), overlong_rows=[], max_prompt_tokens=None)
+    kwargs = dict(apply_chat_template_kwargs or {})
+    lengths = []
+    for messages in messages_of:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        lengths.append(len(ids))
+    over = [i for i, n in enumerate(lengths) if n > max_prompt_length]
+    if over and overlong == "error":
+        raise ValueError(
+            f"{source}: prompts longer than data.max_prompt_length={max_prompt_length} at rows {_rows(over)} "
+            f"(longest {max(lengths)} tokens). verl 0.9.1 would cut them from the left, dropping the system "
+            "prompt and the start of the question, while the teacher prompt keeps them. Raise "
+            "data.max_prompt_length, or set data.filter_overlong_prompts=True to drop them, or "
+            "data.truncation=left to accept the cut"
+        )
+    if over:
+        logger.warning(
+            "%s: %d prompt(s) longer than data.max_prompt_length=%d (rows %s) will be %s",
+            source,
+            len(over),
+            max_prompt_length,
+            _rows(over),
+            "dropped by verl (data.filter_overlong_prompts=True)" if overlong == "filter" else "cut from the left by verl",
+        )
+    return DataReport(rows=len(rows), overlong_rows=over, max_prompt_tokens=max(lengths) if lengths else 0)
+
+
+def _read_rows(path: str) -> list[dict]:
+    import pandas as pd
+
+    if path.endswith(".parquet"):
+        frame = pd.read_parquet(path)
+    elif path.endswith(".json") or path.endswith(".jsonl"):
+        frame = pd.read_json(path, lines=path.endswith(".jsonl"))
+    else:
+        raise ValueError(f"data file {path}: unsupported format (verl reads .parquet, .json, .jsonl)")
+    return frame.to_dict(orient="records")
+
+
+def _load_tokenizer(config):
+    """The model's tokenizer in the driver, or None (with a WARNING) when it cannot be loaded here."""
+    path = config.actor_rollout_ref.model.path
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(
+            os.path.expanduser(str(path)), trust_remote_code=bool(config.data.get("trust_remote_code", False))
+        )
+    except Exception as exc:  # noqa: BLE001 - the length check is skipped, loudly; verl loads it later
+        logger.warning("prompt length check skipped: tokenizer of %s not loadable in the driver (%s)", path, exc)
+        return None
+
+
+def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport]:
+    """`check_data_rows` on every local file of data.train_files and data.val_files.
+
+    Remote paths (hdfs://, s3://, ...) are left to verl, as are custom dataset classes and
+    multimodal data. tokenizer="auto" loads the model's tokenizer; None skips the length check.
+    """
+    data = config.data
+    if (data.get("custom_cls", {}) or {}).get("path"):
+        logger.info("data checks skipped: custom dataset class %s", data.custom_cls.path)
+        return {}
+    reward = config.get("reward", {}) or {}
+    require_reward_fields = (reward.get("reward_manager", {}) or {}).get("source", "register") == "register" and not (
+        (reward.get("reward_model", {}) or {}).get("enable", False)
+    )
+    if data.get("filter_overlong_prompts", False):
+        overlong = "filter"
+    else:
+        overlong = "error" if data.get("truncation", "error") == "error" else "truncate"
+    if tokenizer == "auto":
+        tokenizer = _load_tokenizer(config)
+    reports = {}
+    for key in ("train_files", "val_files"):
+        files = data.get(key, None)
+        if files is None:
+            continue
+        for path in [files] if isinstance(files, str) else list(files):
+            path = str(path)
+            if "://" in path:
+                continue
+            local = os.path.expanduser(path)
+            if not os.path.exists(local):
+                raise ValueError(f"data.{key}: {path} does not exist")
+            reports[path] = check_data_rows(
+                _read_rows(local),
+                source=f"data.{key} {path}",
+                prompt_key=data.get("prompt_key", "prompt"),
+                require_reward_fields=require_reward_fields,
+                tokenizer=tokenizer,
+                max_prompt_length=data.get("max_prompt_length", None),
+                overlong=overlong,
+                apply_chat_template_kwargs=dict(data.get("apply_chat_template_kwargs", {}) or {}),
+            )
+    return reports
+
+
+# ============================================================================ one step's batch
+
+
+class StepInputs(NamedTuple):
+    """Checked per-row inputs of one SRPO step (B rows)."""
+
+    rewards: torch.Tensor  # (B,) float32, finite: the sequence-level reward r_i
+    uid: np.ndarray  # (B,) object: group labels; padding rows get their own "__pad_<i>" group
+    real: torch.Tensor  # (B,) bool: not a padding row added by verl
+    usable: torch.Tensor  # (B,) bool: real and with >= 1 valid response token
+    metrics: dict  # counts to log, keys "srpo/check/..."
+
+
+class StepRouting(NamedTuple):
+    """Routing of one checked step, all bool (B,).
+
+    correct: c_i; demonstration: rows that may serve as a sibling's demonstration (correct and
+    usable); teacher_available: m_i over demonstrations (or feedback), usable rows only;
+    sdpo: failed usable rows with a teacher; grpo: the rest.
+    """
+
+    correct: torch.Tensor
+    demonstration: torch.Tensor
+    teacher_available: torch.Tensor
+    sdpo: torch.Tensor
+    grpo: torch.Tensor
+
+
+def _missing_uid(u) -> bool:
+    if u is None or (isinstance(u, float) and math.isnan(u)):
+        return True
+    text = str(u).strip()
+    # "None"/"nan" are what str() makes of a missing value upstream; a real uid is never that.
+    return text == "" or text.lower() in ("none", "nan")
+
+
+def _reward_value(x) -> Optional[float]:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        if x.dim() > 1:
+            raise ValueError(f"rewards: a row has shape {tuple(x.shape)}; pass one scalar or a 1-D token-level row per response")
+        return float(x.detach().double().sum())  # token-level rewards: verl puts the score on one token
+    if isinstance(x, (bool, int, float, np.integer, np.floating)):
+        return float(x)
+    raise ValueError(f"rewards: value {x!r} of type {type(x).__name__} is not a number")
+
+
+def _unbind(rows, name: str, n: int) -> list:
+    """Per-row values of a (B, T) tensor, a nested (jagged) tensor or a list, checked to be B."""
+    if isinstance(rows, torch.Tensor):
+        rows = list(rows.unbind())
+    rows = list(rows)
+    if len(rows) != n:
+        raise ValueError(f"{name}: {len(rows)} rows for a batch of {n}")
+    return [torch.as_tensor(r).reshape(-1) for r in rows]
+
+
+def check_step_inputs(
+    rewards,
+    uid,
+    response_mask,
+    *,
+    real=None,
+    group_size: Optional[int] = None,
+    responses=None,
+    eos_token_id=None,
+    max_response_length: Optional[int] = None,
+) -> StepInputs:
+    """Check one step's rewards, group labels and responses before the advantage and the routing.
+
+    rewards: B per-row rewards: a (B,) tensor, or a list of numbers / 0-d or 1-D (token-level,
+        summed) tensors / None. uid: B group labels (verl's `uid`), or None if the field is absent.
+    response_mask: B per-row 0/1 masks (a (B, T) tensor or a list of 1-D tensors, e.g. a nested
+        tensor's unbind()). real: (B,) bool, False for padding rows (default all True).
+    group_size: actor_rollout_ref.rollout.n; responses, eos_token_id (int or ints) and
+        max_response_length: only to count responses truncated without EOS.
+
+    Raises ValueError naming the field and the rows for: rewards None / NaN / inf / non-numeric /
+    of the wrong length; uid absent, missing (None, NaN, "", "None") on a real row, or shared by
+    more than `group_size` real rows (two prompts would exchange demonstrations); response_mask or
+    responses of the wrong length or not row-aligned.
+    Counts (returned `metrics`, WARNING-logged when a row cannot take part in SRPO):
+      empty_response_rows  real rows with no valid response token: never routed to the teacher nor
+                           used as a demonstration; their tokens contribute nothing to the loss;
+      singleton_groups     real groups of one row: no sibling, so no teacher; GRPO advantage 0;
+      incomplete_groups    real groups with 1 < size < group_size (routing works within them);
+      truncated_rows       responses at max_response_length without EOS: treated as any other
+                           response (the reward decides c_i);
+      non_binary_rewards   rewards other than 0/1: c_i = [r_i >= success_threshold], A_i uses r_i.
+    """
+    if uid is None:
+        raise ValueError("uid: the batch has no `uid` field; SRPO groups responses by the prompt's uid")
+    if isinstance(rewards, torch.Tensor):
+        if not rewards.is_nested and rewards.dim() != 1:
+            raise ValueError(
+                f"rewards: shape {tuple(rewards.shape)}; pass (B,) sequence-level rewards or a list of token-level rows"
+            )
+        rewards = list(rewards.unbind())
+    rewards = list(rewards)
+    uid = list(uid)
+    n = len(uid)
+    if len(rewards) != n:
+        raise ValueError(f"rewards: {len(rewards)} values for a batch of {n} rows (uid has {n})")
+    real = torch.ones(n, dtype=torch.bool) if real is None else torch.as_tensor(real, dtype=torch.bool).reshape(-1)
+    if real.numel() != n:
+        raise ValueError(f"real: {real.numel()} flags for a batch of {n} rows")
+
+    values = [_reward_value(r) for r in rewards]
+    none_rows = [i for i, v in enumerate(values) if v is None]
+    if none_rows:
+        raise ValueError(
+            f"rewards: None at rows {_rows(none_rows)}: the reward function returned no score; a missing "
+            "reward is not a wrong answer, fix the reward function"
+        )
+    bad_rows = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad_rows:
+        raise ValueError(
+            f"rewards: non-finite values at rows {_rows(bad_rows)} ({', '.join(str(values[i]) for i in bad_rows[:3])}); "
+            "a NaN/inf reward would corrupt the group advantage and the routing"
+        )
+
+    missing = [i for i, u in enumerate(uid) if real[i] and _missing_uid(u)]
+    if missing:
+        raise ValueError(f"uid: missing (None, NaN or empty) at rows {_rows(missing)}; every response needs its prompt's uid")
+    # Padding rows (added by verl for divisibility) form their own groups.
+    labels = np.array([str(u) if real[i] else f"__pad_{i}" for i, u in enumerate(uid)], dtype=object)
+    sizes = Counter(labels[i] for i in range(n) if real[i])
+    if group_size is not None:
+        oversized = sorted(label for label, size in sizes.items() if size > group_size)
+        if oversized:
+            rows = [i for i in range(n) if labels[i] in set(oversized)]
+            raise ValueError(
+                f"uid: {len(oversized)} group(s) have more than actor_rollout_ref.rollout.n={group_size} rows "
+                f"(e.g. {oversized[0]!r}: {sizes[oversized[0]]}, rows {_rows(rows)}): different prompts share a uid "
+                "and would use each other's responses as demonstrations"
+            )
+
+    masks = [m.bool() for m in _unbind(response_mask, "response_mask", n)]
+    valid = [int(m.sum()) for m in masks]
+    resp = None
+    if responses is not None:
+        resp = _unbind(responses, "responses", n)
+        misaligned = [i for i in range(n) if resp[i].numel() != masks[i].numel()]
+        if misaligned:
+            raise ValueError(f"responses: length differs from response_mask at rows {_rows(misaligned)}")
+    usable = real & torch.tensor([v > 0 for v in valid], dtype=torch.bool)
+    empty = [i for i in range(n) if real[i] and valid[i] == 0]
+
+    truncated = 0
+    if resp is not None and eos_token_id is not None and max_response_length is not None:
+        eos = {int(eos_token_id)} if isinstance(eos_token_id, (int, np.integer)) else {int(e) for e in eos_token_id}
+        for i in range(n):
+            if real[i] and valid[i] >= max_response_length:
+                truncated += int(int(resp[i][masks[i]][-1]) not in eos)
+
+    singletons = [label for label, size in sizes.items() if size == 1]
+    incomplete = [label for label, size in sizes.items() if group_size is not None and 1 < size < group_size]
+    reward_t = torch.tensor(values, dtype=torch.float32)
+    non_binary = int(((reward_t != 0) & (reward_t != 1) & real).sum())
+    if empty:
+        logger.warning(
+            "SRPO step: %d response(s) with no valid token (rows %s): never routed to the teacher nor used as "
+            "a demonstration",
+            len(empty),
+            _rows(empty),
+        )
+    if singletons:
+        logger.warning(
+            "SRPO step: %d group(s) of a single response (e.g. uid %r): no sibling, so no teacher; GRPO advantage 0",
+            len(singletons),
+            singletons[0],
+        )
+    metrics = {
+        METRIC_PREFIX + "empty_response_rows": len(empty),
+        METRIC_PREFIX + "singleton_groups": len(singletons),
+        METRIC_PREFIX + "incomplete_groups": len(incomplete),
+        METRIC_PREFIX + "truncated_rows": truncated,
+        METRIC_PREFIX + "non_binary_rewards": non_binary,
+    }
+    return StepInputs(rewards=reward_t, uid=labels, real=real, usable=usable, metrics=metrics)
+
+
+def route_step(step: StepInputs, *, success_threshold: float, has_feedback=None) -> StepRouting:
+    """SRPO routing of a checked step (core_algos.routing_mask restricted to usable rows).
+
+    A row without a valid response token can neither be distilled (nothing to score) nor serve
+    as a demonstration (an empty "correct solution" teaches nothing); padding rows neither.
+    has_feedback: optional (B,) bool, a non-empty feedback string (algorithm.srpo.use_feedback).
+    """
+    correct = core_algos.correctness(step.rewards, success_threshold=success_threshold)  # (B,)
+    demonstration = correct & step.usable
+    feedback = None
+    if has_feedback is not None:
+        feedback = torch.as_tensor(has_feedback, dtype=torch.bool).reshape(-1)
+        if feedback.numel() != correct.numel():
+            raise ValueError(f"has_feedback: {feedback.numel()} flags for a batch of {correct.numel()} rows")
+        feedback = feedback & step.usable
+    available = core_algos.teacher_availability(demonstration, step.uid, has_feedback=feedback) & step.usable
+    sdpo = ~correct & available
+    return StepRouting(correct=correct, demonstration=demonstration, teacher_available=available, sdpo=sdpo, grpo=~sdpo)
