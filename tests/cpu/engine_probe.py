@@ -14,79 +14,32 @@ server agrees again.
 
 import asyncio
 import json
-import os
-import socket
 import sys
 
-os.environ["SRPO_VERL_PLATFORM"] = "cpu"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-with socket.socket() as _sock:
-    _sock.bind(("127.0.0.1", 0))
-    _port = _sock.getsockname()[1]
-os.environ.update(
-    RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port)
-)
+from srpo_verl.cpu.local import as_batch, compose, local_env, response_log_probs, update_info
+
+local_env()
 
 import torch  # noqa: E402
 
 BATCH = 16  # rollout requests; also the engine's micro-batch size
 
 
-def compose(model_path: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import srpo_verl.main_ppo
-
-    config_dir = os.path.join(os.path.dirname(srpo_verl.main_ppo.__file__), "config")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return hydra_compose(
-            "srpo_trainer",
-            overrides=[
-                "algorithm=grpo",
-                "platform=cpu",
-                f"actor_rollout_ref.model.path={model_path}",
-                "data.max_prompt_length=32",
-                "data.max_response_length=8",
-                f"actor_rollout_ref.actor.ppo_mini_batch_size={BATCH}",
-                f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={BATCH}",
-                f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={BATCH}",
-                "actor_rollout_ref.actor.optim.lr=0.01",
-                "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
-            ],
-        )
-
-
-def as_batch(sequences, **extra_rows):
-    """The TensorDict layout verl's agent loop stores: one jagged row per (prompt, response)."""
-    import verl.utils.tensordict_utils as tu
-
-    rows = []
-    for i, (prompt, response) in enumerate(sequences):
-        prompt, response = torch.tensor(prompt), torch.tensor(response)
-        ids = torch.cat([prompt, response])
-        row = dict(
-            prompts=prompt,
-            responses=response,
-            response_mask=torch.ones_like(response),
-            loss_mask=torch.ones_like(response),
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(len(ids)),
-        )
-        row.update({key: values[i] for key, values in extra_rows.items()})
-        rows.append(row)
-    return tu.list_of_dict_to_tensordict(rows)
-
-
-def engine_log_probs(worker, sequences):
-    """Per-sequence response log-probs (T=1) from the worker's compute_log_prob."""
-    import verl.utils.tensordict_utils as tu
-
-    data = as_batch(sequences)
-    tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=False, compute_loss=False)
-    out = worker.compute_log_prob(data)["log_probs"]
-    return [out[i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
+def tiny_config(model_path: str):
+    return compose(
+        [
+            "algorithm=grpo",
+            "platform=cpu",
+            f"actor_rollout_ref.model.path={model_path}",
+            "data.max_prompt_length=32",
+            "data.max_response_length=8",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={BATCH}",
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={BATCH}",
+            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={BATCH}",
+            "actor_rollout_ref.actor.optim.lr=0.01",
+            "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
+        ]
+    )
 
 
 def max_diff(a, b) -> float:
@@ -108,11 +61,10 @@ def main(model_path: str) -> dict:
     import verl  # noqa: F401  (loads the plugin: the CPU backend activates here)
     from transformers import AutoModelForCausalLM
 
-    import verl.utils.tensordict_utils as tu
     from srpo_verl.cpu.hf_rollout import HFServer, HFServerAdapter
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
-    config = compose(model_path)
+    config = tiny_config(model_path)
     worker = ActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
     worker.init_model()
     result = {"engine": type(worker.actor.engine).__name__}
@@ -133,7 +85,7 @@ def main(model_path: str) -> dict:
         with torch.no_grad():
             logits = hf(ids).logits[0, len(prompt) - 1 : -1]
         reference.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0])
-    result["engine_vs_hf_max_abs"] = max_diff(engine_log_probs(worker, sequences), reference)
+    result["engine_vs_hf_max_abs"] = max_diff(response_log_probs(worker, sequences), reference)
 
     # 2. Weight sync through the adapter, then the server's log-probs of its own samples.
     rollout_config = config.actor_rollout_ref.rollout
@@ -162,33 +114,22 @@ def main(model_path: str) -> dict:
     prompts = [p for p, _ in sequences]
     outs = rollout(prompts)
     samples = [(p, o.token_ids) for p, o in zip(prompts, outs)]
-    result["server_vs_engine_max_abs"] = max_diff([o.log_probs for o in outs], engine_log_probs(worker, samples))
+    result["server_vs_engine_max_abs"] = max_diff([o.log_probs for o in outs], response_log_probs(worker, samples))
     result["server_weight_version"] = outs[0].extra_fields["global_steps"]
 
     # 3. One optimizer step on those samples (ratio 1, advantages +1/-1), then stale vs re-synced.
-    old = engine_log_probs(worker, samples)
+    old = response_log_probs(worker, samples)
     advantages = [torch.full((len(r),), 1.0 if i % 2 else -1.0) for i, (_, r) in enumerate(samples)]
     data = as_batch(samples, old_log_probs=old, advantages=advantages, rollout_log_probs=old)
-    tu.assign_non_tensor(
-        data,
-        temperature=1.0,
-        calculate_entropy=False,
-        distillation_use_topk=False,
-        distillation_only=False,
-        global_batch_size=BATCH,
-        mini_batch_size=BATCH,
-        epochs=1,
-        seed=1,
-        dataloader_kwargs={"shuffle": False},
-    )
+    update_info(data, BATCH)
     worker.update_actor(data)
-    new = engine_log_probs(worker, samples)
+    new = response_log_probs(worker, samples)
     result["stale_server_vs_engine_max_abs"] = max_diff([o.log_probs for o in outs], new)
     result["checksum_synced_1"] = sync(1)
     outs = rollout(prompts)
     samples = [(p, o.token_ids) for p, o in zip(prompts, outs)]
     result["resynced_server_vs_engine_max_abs"] = max_diff(
-        [o.log_probs for o in outs], engine_log_probs(worker, samples)
+        [o.log_probs for o in outs], response_log_probs(worker, samples)
     )
     result["resynced_weight_version"] = outs[0].extra_fields["global_steps"]
     for task in asyncio.all_tasks(loop):

@@ -14,51 +14,37 @@ checkpoint, the loss and gradient that `srpo_verl.core_algos` gives on the whole
 import os
 import sys
 
-os.environ["SRPO_VERL_PLATFORM"] = "cpu"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-for key, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533").items():
-    os.environ.setdefault(key, value)
-os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
-os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+from srpo_verl.cpu.local import as_batch, compose, local_env, response_log_probs, update_info
+
+local_env()
 
 import torch  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from engine_probe import as_batch  # noqa: E402
 
 ROWS = 8  # two groups of four responses
 TOPK = 8  # below the 100-token vocabulary, so the tail bucket is exercised
 ROUTED = [1, 2, 5, 6]  # rows on the SDPO branch (failed, with a correct sibling)
 
 
-def compose(model_path: str, micro_batch: int):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import srpo_verl.main_ppo
-
-    config_dir = os.path.join(os.path.dirname(srpo_verl.main_ppo.__file__), "config")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return hydra_compose(
-            "srpo_trainer",
-            overrides=[
-                "algorithm=srpo",
-                "platform=cpu",
-                f"algorithm.srpo.topk={TOPK}",
-                f"actor_rollout_ref.model.path={model_path}",
-                "actor_rollout_ref.model.use_remove_padding=True",
-                f"actor_rollout_ref.actor.ppo_mini_batch_size={ROWS}",
-                f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
-                f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
-                "actor_rollout_ref.rollout.n=1",
-                # theta_0 - theta_1 = gradient.
-                "actor_rollout_ref.actor.optim.optimizer=SGD",
-                "actor_rollout_ref.actor.optim.lr=1.0",
-                "actor_rollout_ref.actor.optim.weight_decay=0.0",
-                "actor_rollout_ref.actor.optim.clip_grad=1e9",
-                "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
-            ],
-        )
+def srpo_config(model_path: str, micro_batch: int):
+    return compose(
+        [
+            "algorithm=srpo",
+            "platform=cpu",
+            f"algorithm.srpo.topk={TOPK}",
+            f"actor_rollout_ref.model.path={model_path}",
+            "actor_rollout_ref.model.use_remove_padding=True",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={ROWS}",
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
+            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
+            "actor_rollout_ref.rollout.n=1",
+            # theta_0 - theta_1 = gradient.
+            "actor_rollout_ref.actor.optim.optimizer=SGD",
+            "actor_rollout_ref.actor.optim.lr=1.0",
+            "actor_rollout_ref.actor.optim.weight_decay=0.0",
+            "actor_rollout_ref.actor.optim.clip_grad=1e9",
+            "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
+        ]
+    )
 
 
 def fixed_batch():
@@ -76,15 +62,6 @@ def fixed_batch():
     return prompts, responses, teacher_prompts, advantages, old_offsets, is_weights
 
 
-def log_probs_of(worker, sequences):
-    import verl.utils.tensordict_utils as tu
-
-    data = as_batch(sequences)
-    tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=False, compute_loss=False)
-    out = worker.compute_log_prob(data)["log_probs"]
-    return [out[i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
-
-
 def full_params(worker) -> dict[str, torch.Tensor]:
     return {
         name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().clone()
@@ -100,7 +77,7 @@ def engine_update(model_path: str, micro_batch: int) -> dict:
     from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    config = compose(model_path, micro_batch)
+    config = srpo_config(model_path, micro_batch)
     worker = SRPOActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
     worker.init_model()
     worker.srpo_setup(OmegaConf.to_container(config.algorithm.srpo, resolve=True), TOPK)
@@ -108,7 +85,7 @@ def engine_update(model_path: str, micro_batch: int) -> dict:
     prompts, responses, teacher_prompts, advantages, old_offsets, is_weights = fixed_batch()
     sequences = list(zip(prompts, responses))
     # Every rank runs the no-grad passes on the whole batch (FSDP forwards are collective).
-    old = [lp + off for lp, off in zip(log_probs_of(worker, sequences), old_offsets)]
+    old = [lp + off for lp, off in zip(response_log_probs(worker, sequences), old_offsets)]
     teacher_in = as_batch(
         [sequences[i] for i in ROUTED],
         srpo_teacher_input_ids=[torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED],
@@ -135,24 +112,16 @@ def engine_update(model_path: str, micro_batch: int) -> dict:
         **{key: pick(values) for key, values in fields.items()},
     )
     data["srpo_route"] = torch.tensor([int(i in ROUTED) for i in mine])
-    tu.assign_non_tensor(
-        data,
-        temperature=1.0,
-        calculate_entropy=False,
-        distillation_only=False,
-        global_batch_size=ROWS,
-        mini_batch_size=ROWS,
-        epochs=1,
-        seed=1,
-        dataloader_kwargs={"shuffle": False},
-    )
+    update_info(data, ROWS)
     output = worker.update_actor(data)
     theta1 = full_params(worker)
     metrics = output["metrics"] if output is not None else {}
     pg_loss = [v for k, v in metrics.items() if k.endswith("pg_loss")]
     value = sum(pg_loss[0]) if pg_loss and isinstance(pg_loss[0], list) else (pg_loss[0] if pg_loss else 0.0)
     loss = torch.tensor(float(value), dtype=torch.float64)
-    torch.distributed.all_reduce(loss)  # the metric is each rank's share of the global objective
+    # Each rank reports local_sum / global_tokens * dp_size; verl's trainer logs the mean over ranks.
+    torch.distributed.all_reduce(loss)
+    loss /= world
     result = {
         "loss": float(loss),
         "grad": {name: theta0[name] - theta1[name] for name in theta0},
