@@ -27,6 +27,31 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ValueError(f"algorithm.srpo.{key}={value!r}: {why}")
 
 
+# Field types, checked before any range check: a Hydra override like `beta=abc` arrives as a str,
+# `use_feedback=yes` as a truthy str, `topk=true` as a bool (an int in Python). Each would pass or
+# crash in a range check with an error that does not name the key.
+_REALS = ("success_threshold", "beta", "alpha", "is_clip", "ema_rate", "trust_region_mix", "mix_lambda")
+_INTS = ("topk", "chunk_size", "max_teacher_prompt_length")
+_BOOLS = ("use_feedback", "strip_thinking")
+_STRS = ("method", "entropy_mode", "distill_mode", "teacher", "feedback_key", "reprompt_template",
+         "feedback_template", "teacher_prompt_overflow")
+
+
+def _check_types(cfg) -> None:
+    for key in _REALS:
+        value = getattr(cfg, key)
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "must be a number")
+    for key in _INTS:
+        value = getattr(cfg, key)
+        if key == "max_teacher_prompt_length" and value is None:
+            continue
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "must be an integer")
+    for key in _BOOLS:
+        _check(isinstance(getattr(cfg, key), bool), key, getattr(cfg, key), "must be true or false")
+    for key in _STRS:
+        _check(isinstance(getattr(cfg, key), str), key, getattr(cfg, key), "must be a string")
+
+
 @dataclass
 class SRPOConfig(BaseConfig):
     """SRPO / SDPO switches (SRPO_SPEC.md §1-2; paper defaults from SRPO Table 3).
@@ -88,9 +113,15 @@ class SRPOConfig(BaseConfig):
     chunk_size: int = 1024
 
     def __post_init__(self):
+        _check_types(self)
         _check(self.method in METHODS, "method", self.method, f"must be one of {METHODS}")
         _check(math.isfinite(self.success_threshold), "success_threshold", self.success_threshold, "must be finite")
-        _check(self.beta >= 0 and math.isfinite(self.beta), "beta", self.beta, "must be >= 0 (0 turns weighting off)")
+        _check(
+            self.beta >= 0 and math.isfinite(self.beta),
+            "beta",
+            self.beta,
+            "must be finite and >= 0 (0 turns weighting off)",
+        )
         _check(self.entropy_mode in ENTROPY_MODES, "entropy_mode", self.entropy_mode, f"must be one of {ENTROPY_MODES}")
         _check(self.distill_mode in DISTILL_MODES, "distill_mode", self.distill_mode, f"must be one of {DISTILL_MODES}")
         _check(isinstance(self.topk, int) and self.topk >= 1, "topk", self.topk, "must be an integer >= 1")

@@ -197,8 +197,11 @@ def _check_rewards(rewards: torch.Tensor) -> None:
             "sum token-level rewards over the response first"
         )
     if not torch.isfinite(rewards).all():
-        bad = rewards[~torch.isfinite(rewards)]
-        raise ValueError(f"rewards must be finite, got {bad.numel()} non-finite value(s), e.g. {bad[0].item()}")
+        rows = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"rewards must be finite, got {len(rows)} non-finite value(s) at rows {rows[:10]}, "
+            f"e.g. {rewards[rows[0]].item()}"
+        )
 
 
 def correctness(rewards: torch.Tensor, *, success_threshold: float = 0.5) -> torch.Tensor:

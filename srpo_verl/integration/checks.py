@@ -50,7 +50,8 @@ def verl_version_problem(installed: str, supported: str) -> Optional[str]:
 
 
 def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optional[SRPOConfig]:
-    """Driver-side checks of a composed trainer config, before Ray starts.
+    """Checks of a composed trainer config: in the driver before Ray starts (main_ppo.prepare), and
+    again where the SRPO trainer builds its block (launches through verl's own entry point skip prepare).
 
     Returns the validated `algorithm.srpo` block (None for a plain verl algorithm such as grpo).
     Raises ValueError for invalid or contradictory settings and NotImplementedError for declared
@@ -62,7 +63,8 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
     srpo_mode = mode in SRPO_TRAINER_MODES
     if srpo_mode and srpo is None:
         raise ValueError(
-            f"trainer.v1.trainer_mode={mode} needs an algorithm.srpo block: launch with algorithm=srpo or algorithm=sdpo"
+            f"trainer.v1.trainer_mode={mode} needs an algorithm.srpo block: launch with algorithm=srpo or "
+            "algorithm=sdpo"
         )
     if srpo is not None and not srpo_mode:
         # The SRPO step lives in the SRPO trainers; any other trainer would silently run plain GRPO.
@@ -106,7 +108,8 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
                 "not implemented in the SRPO teacher pass; set it to 1"
             )
     max_prompt = config.data.get("max_prompt_length", None)
-    if srpo.max_teacher_prompt_length is not None and max_prompt is not None and srpo.max_teacher_prompt_length < max_prompt:
+    teacher_limit = srpo.max_teacher_prompt_length
+    if teacher_limit is not None and max_prompt is not None and teacher_limit < max_prompt:
         # The teacher prompt contains the whole student prompt plus the template and a demonstration.
         raise ValueError(
             f"algorithm.srpo.max_teacher_prompt_length={srpo.max_teacher_prompt_length} < "
@@ -232,7 +235,9 @@ def check_data_rows(
             len(over),
             max_prompt_length,
             _rows(over),
-            "dropped by verl (data.filter_overlong_prompts=True)" if overlong == "filter" else "cut from the left by verl",
+            "dropped by verl (data.filter_overlong_prompts=True)"
+            if overlong == "filter"
+            else "cut from the left by verl",
         )
     return DataReport(rows=len(rows), overlong_rows=over, max_prompt_tokens=max(lengths) if lengths else 0)
 
@@ -251,13 +256,17 @@ def _read_rows(path: str) -> list[dict]:
 
 def _load_tokenizer(config):
     """The model's tokenizer in the driver, or None (with a WARNING) when it cannot be loaded here."""
-    path = config.actor_rollout_ref.model.path
+    model = config.actor_rollout_ref.model
+    path = model.path
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(
-            os.path.expanduser(str(path)), trust_remote_code=bool(config.data.get("trust_remote_code", False))
+        tokenizer = AutoTokenizer.from_pretrained(
+            os.path.expanduser(str(path)), trust_remote_code=bool(model.get("trust_remote_code", False))
         )
+        if model.get("custom_chat_template", None):  # verl applies it to the tokenizer it loads
+            tokenizer.chat_template = model.custom_chat_template
+        return tokenizer
     except Exception as exc:  # noqa: BLE001 - the length check is skipped, loudly; verl loads it later
         logger.warning("prompt length check skipped: tokenizer of %s not loadable in the driver (%s)", path, exc)
         return None
@@ -349,7 +358,9 @@ def _reward_value(x) -> Optional[float]:
         return None
     if isinstance(x, torch.Tensor):
         if x.dim() > 1:
-            raise ValueError(f"rewards: a row has shape {tuple(x.shape)}; pass one scalar or a 1-D token-level row per response")
+            raise ValueError(
+                f"rewards: a row has shape {tuple(x.shape)}; pass one scalar or a 1-D token-level row per response"
+            )
         return float(x.detach().double().sum())  # token-level rewards: verl puts the score on one token
     if isinstance(x, (bool, int, float, np.integer, np.floating)):
         return float(x)
@@ -426,13 +437,16 @@ def check_step_inputs(
     bad_rows = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad_rows:
         raise ValueError(
-            f"rewards: non-finite values at rows {_rows(bad_rows)} ({', '.join(str(values[i]) for i in bad_rows[:3])}); "
+            f"rewards: non-finite values at rows {_rows(bad_rows)} "
+            f"({', '.join(str(values[i]) for i in bad_rows[:3])}); "
             "a NaN/inf reward would corrupt the group advantage and the routing"
         )
 
     missing = [i for i, u in enumerate(uid) if real[i] and _missing_uid(u)]
     if missing:
-        raise ValueError(f"uid: missing (None, NaN or empty) at rows {_rows(missing)}; every response needs its prompt's uid")
+        raise ValueError(
+            f"uid: missing (None, NaN or empty) at rows {_rows(missing)}; every response needs its prompt's uid"
+        )
     # Padding rows (added by verl for divisibility) form their own groups.
     labels = np.array([str(u) if real[i] else f"__pad_{i}" for i, u in enumerate(uid)], dtype=object)
     sizes = Counter(labels[i] for i in range(n) if real[i])

@@ -26,7 +26,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 
 from srpo_verl import core_algos
-from srpo_verl.algo_config import srpo_config_of
+from srpo_verl.integration import checks
 from srpo_verl.integration.teacher_prompt import teacher_prompt_ids
 from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
 
@@ -49,23 +49,8 @@ class SRPOStepMixin:
                 self.role_worker_mapping[role] = ray.remote(SRPOActorRolloutRefWorker)
 
     def _load_checkpoint(self):
-        self.srpo = srpo_config_of(self.config)
-        if self.srpo is None:
-            raise ValueError("trainer_mode=srpo needs an algorithm.srpo block: launch with algorithm=srpo or sdpo")
-        if self.srpo.teacher != "ema":
-            raise NotImplementedError(
-                f"algorithm.srpo.teacher={self.srpo.teacher!r} is not implemented yet; use teacher=ema"
-            )
-        if self.config.actor_rollout_ref.rollout.n < 2:
-            raise ValueError(
-                f"actor_rollout_ref.rollout.n={self.config.actor_rollout_ref.rollout.n}: SRPO needs groups of >= 2 "
-                "responses (a sample is never its own demonstration)"
-            )
-        if not self.config.actor_rollout_ref.model.get("use_remove_padding", True):
-            raise ValueError(
-                "actor_rollout_ref.model.use_remove_padding=False: the SRPO teacher pass and loss work on packed "
-                "sequences; set it to True (verl's default)"
-            )
+        # Again here: launches through verl's own entry point skip srpo_verl.main_ppo.prepare.
+        self.srpo = checks.check_trainer_config(self.config)
         vocab = len(self.tokenizer)
         k = vocab if self.srpo.distill_mode == "full_vocab" else min(self.srpo.topk, vocab)
         if self.srpo.distill_mode == "sampled_token" or self.srpo.method == "advantage_mix":
@@ -93,6 +78,21 @@ class SRPOStepMixin:
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        # Rewards and groups are checked before verl's estimator sees them (a NaN is named, not averaged).
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "response_mask", "responses"]
+        )
+        self._srpo_inputs = checks.check_step_inputs(
+            data["rm_scores"],
+            list(data["uid"]),
+            data["response_mask"],
+            real=[not tag.get("is_padding", False) for tag in batch.tags],
+            group_size=self.config.actor_rollout_ref.rollout.n,
+            responses=data["responses"],
+            eos_token_id=self.tokenizer.eos_token_id,
+            max_response_length=self.config.actor_rollout_ref.rollout.response_length,
+        )
+        metrics.update(self._srpo_inputs.metrics)
         batch = super()._compute_advantage(batch, metrics)
         with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
             self._srpo_route_and_teach(batch, metrics)
@@ -111,21 +111,17 @@ class SRPOStepMixin:
             fields.append(srpo.feedback_key)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         n = len(batch.keys)
-        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])  # (B,)
-        rewards = torch.stack([r.float().sum() for r in data["rm_scores"].unbind()])  # (B,)
-        uid = np.array([str(u) for u in list(data["uid"])], dtype=object)
-        # Padding rows (added by verl to fill dp/mini-batch multiples) form their own groups.
-        uid = np.array([u if real[i] else f"__pad_{i}" for i, u in enumerate(uid)], dtype=object)
+        step = self._srpo_inputs
+        real, uid = step.real, step.uid  # padding rows carry their own "__pad_<i>" group
         feedback = [""] * n
         if srpo.use_feedback:
             feedback = [str(f) if f is not None else "" for f in list(data[srpo.feedback_key])]
         has_feedback = torch.tensor([bool(f.strip()) for f in feedback]) & real
-        routing = core_algos.routing_mask(
-            rewards, uid, success_threshold=srpo.success_threshold, has_feedback=has_feedback
-        )
-        teacher_ok = routing.teacher_available & real
+        # teacher_available and sdpo are limited to real rows with a non-empty response.
+        routing = checks.route_step(step, success_threshold=srpo.success_threshold, has_feedback=has_feedback)
+        teacher_ok = routing.teacher_available
         if srpo.method == "srpo":
-            route, teacher_rows = routing.sdpo & real, routing.sdpo & real
+            route, teacher_rows = routing.sdpo, routing.sdpo
         elif srpo.method == "sdpo":
             route, teacher_rows = teacher_ok, teacher_ok
         else:  # advantage_mix: every sample keeps the PPO loss
@@ -135,7 +131,13 @@ class SRPOStepMixin:
         teacher_idx = teacher_rows.nonzero().flatten().tolist()
         groups = core_algos.group_ids(uid)
         truncated = self._srpo_put_teacher_prompts(
-            batch, list(data["raw_prompt"]), groups.tolist(), routing.correct.tolist(), feedback, teacher_idx, responses
+            batch,
+            list(data["raw_prompt"]),
+            groups.tolist(),
+            routing.demonstration.tolist(),
+            feedback,
+            teacher_idx,
+            responses,
         )
         scored = self._srpo_teacher_pass(batch, teacher_idx, responses)
 
@@ -185,7 +187,7 @@ class SRPOStepMixin:
                 / max(int(real_groups.sum()), 1),
                 "srpo/teacher_rows": len(teacher_idx),
                 "srpo/teacher_pass_rows": scored,
-                "srpo/feedback_rows": int((teacher_rows & ~core_algos.teacher_availability(routing.correct, uid)).sum()),
+                "srpo/feedback_rows": int((teacher_rows & ~core_algos.teacher_availability(routing.demonstration, uid)).sum()),
                 "srpo/teacher_prompt_truncated": truncated,
             }
         )

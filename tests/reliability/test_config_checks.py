@@ -1,0 +1,112 @@
+"""Bad trainer configurations, composed with Hydra exactly as `python -m srpo_verl.main_ppo` does, and
+refused by `check_trainer_config` in the driver before Ray starts (srpo_verl/integration/checks.py)."""
+
+import logging
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from srpo_verl import SUPPORTED_VERL
+from srpo_verl.algo_config import SRPOConfig
+from srpo_verl.integration.checks import check_trainer_config
+
+# A valid SRPO launch (packed sequences, as the SRPO teacher pass needs).
+BASE = ("algorithm=srpo", "actor_rollout_ref.model.use_remove_padding=True")
+
+
+def _compose(*overrides):
+    with initialize_config_module("srpo_verl.config", version_base=None):
+        return compose("srpo_trainer", overrides=list(overrides))
+
+
+def _check(*overrides, **kw):
+    return check_trainer_config(_compose(*BASE, *overrides), verl_version=kw.pop("verl_version", SUPPORTED_VERL))
+
+
+ERRORS = [
+    # (id, overrides, exception, text the message must contain)
+    ("rollout_n_1", ["actor_rollout_ref.rollout.n=1"], ValueError, "actor_rollout_ref.rollout.n=1"),
+    ("beta_inf", ["algorithm.srpo.beta=inf"], ValueError, "algorithm.srpo.beta=inf"),
+    ("beta_string", ["algorithm.srpo.beta=abc"], ValueError, "algorithm.srpo.beta='abc': must be a number"),
+    ("topk_float", ["algorithm.srpo.topk=2.5"], ValueError, "algorithm.srpo.topk=2.5: must be an integer"),
+    ("topk_bool", ["algorithm.srpo.topk=true"], ValueError, "algorithm.srpo.topk=True: must be an integer"),
+    ("alpha_negative", ["algorithm.srpo.alpha=-0.1"], ValueError, "algorithm.srpo.alpha=-0.1"),
+    ("alpha_nan", ["algorithm.srpo.alpha=nan"], ValueError, "algorithm.srpo.alpha=nan"),
+    ("ema_rate_0", ["algorithm.srpo.ema_rate=0"], ValueError, "algorithm.srpo.ema_rate=0"),
+    ("threshold_nan", ["algorithm.srpo.success_threshold=nan"], ValueError, "algorithm.srpo.success_threshold=nan"),
+    ("is_clip_0", ["algorithm.srpo.is_clip=0"], ValueError, "algorithm.srpo.is_clip=0"),
+    ("chunk_size_0", ["algorithm.srpo.chunk_size=0"], ValueError, "algorithm.srpo.chunk_size=0"),
+    ("teacher_limit_0", ["algorithm.srpo.max_teacher_prompt_length=0"], ValueError, "max_teacher_prompt_length=0"),
+    ("overflow_mode", ["algorithm.srpo.teacher_prompt_overflow=drop"], ValueError, "teacher_prompt_overflow='drop'"),
+    ("use_feedback_string", ["algorithm.srpo.use_feedback=yes"], ValueError, "use_feedback='yes': must be true or false"),
+    ("entropy_mode", ["algorithm.srpo.entropy_mode=topk"], ValueError, "algorithm.srpo.entropy_mode='topk'"),
+    ("distill_mode", ["algorithm.srpo.distill_mode=kl"], ValueError, "algorithm.srpo.distill_mode='kl'"),
+    ("feedback_template", ["algorithm.srpo.feedback_template=no_slot"], ValueError, "must contain ['{question}', '{feedback}']"),
+    ("appended_unknown_key", ["+algorithm.srpo.bta=0"], ValueError, "Unknown key(s) under algorithm.srpo: ['bta']"),
+    ("teacher_trust_region", ["algorithm.srpo.teacher=trust_region"], NotImplementedError, "algorithm.srpo.teacher='trust_region'"),
+    ("padded_model", ["actor_rollout_ref.model.use_remove_padding=False"], ValueError, "actor_rollout_ref.model.use_remove_padding=False"),
+    ("padded_actor", ["actor_rollout_ref.actor.use_remove_padding=False"], ValueError, "actor_rollout_ref.actor.use_remove_padding=False"),
+    ("cpu_platform_padding", ["platform=cpu", "actor_rollout_ref.model.use_remove_padding=False"], ValueError, "use_remove_padding=False"),
+    ("ulysses", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], NotImplementedError, "ulysses_sequence_parallel_size=2"),
+    ("trainer_mode_sync", ["trainer.v1.trainer_mode=sync"], ValueError, "algorithm.srpo is set but trainer.v1.trainer_mode=sync"),
+    ("srpo_trainer_without_block", ["algorithm=grpo", "trainer.v1.trainer_mode=srpo"], ValueError, "needs an algorithm.srpo block"),
+    (
+        "teacher_limit_below_prompt",
+        ["data.max_prompt_length=512", "algorithm.srpo.max_teacher_prompt_length=256"],
+        ValueError,
+        "max_teacher_prompt_length=256 < data.max_prompt_length=512",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides, error, text", [c[1:] for c in ERRORS], ids=[c[0] for c in ERRORS])
+def test_config_error_names_the_key(overrides, error, text):
+    with pytest.raises(error, match=re.escape(text)):
+        _check(*overrides)
+
+
+@pytest.mark.parametrize("installed", ["0.9.2", "0.10.0"], ids=["patch", "minor"])
+def test_unsupported_verl_version_is_refused_naming_both(installed):
+    with pytest.raises(RuntimeError) as err:
+        _check(verl_version=installed)
+    assert f"verl {installed} is installed" in str(err.value) and f"verl {SUPPORTED_VERL} only" in str(err.value)
+
+
+def test_several_optimiser_steps_per_batch_is_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+        _check("actor_rollout_ref.actor.ppo_mini_batch_size=8", "data.train_batch_size=32")
+    assert "several optimiser steps per batch" in caplog.text and "ppo_mini_batch_size=8" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+        _check()  # the paper's setting: one step per batch, nothing logged
+    assert "several optimiser steps" not in caplog.text
+
+
+def test_valid_configs_pass():
+    # Control: the shipped switches pass (so the refusals above are specific), grpo has no block.
+    block = _check("algorithm.srpo.beta=0", "algorithm.srpo.topk=20")
+    assert isinstance(block, SRPOConfig) and (block.beta, block.topk) == (0.0, 20)
+    assert isinstance(_check("algorithm=sdpo"), SRPOConfig)
+    assert _check("trainer.v1.trainer_mode=srpo_colocate_async").method == "srpo"
+    assert check_trainer_config(_compose("algorithm=grpo")) is None
+
+
+def test_teacher_sharing_storage_with_the_student_is_refused():
+    # The EMA teacher's parameter pairs are checked every EMA step (worker._param_pairs): a
+    # teacher whose tensor is the student's would be the live student (SRPO_SPEC §4).
+    from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
+
+    def engine(module):
+        return SimpleNamespace(engine=SimpleNamespace(module=module))
+
+    student = torch.nn.Linear(2, 2)
+    separate = torch.nn.Linear(2, 2)
+    worker = SimpleNamespace(actor=engine(student))
+    assert len(list(SRPOActorRolloutRefWorker._param_pairs(worker, engine(separate)))) == 2
+    shared = torch.nn.Linear(2, 2)
+    shared.weight = student.weight  # the same Parameter object: shared storage
+    with pytest.raises(RuntimeError, match="EMA teacher parameter weight is the live student's tensor"):
+        list(SRPOActorRolloutRefWorker._param_pairs(worker, engine(shared)))
