@@ -46,6 +46,7 @@ def parse_args():
 def main():
     args = parse_args()
     import verl  # noqa: F401  (plugin: CPU backend)
+    import verl.utils.tensordict_utils as tu
     from omegaconf import OmegaConf
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
@@ -93,6 +94,7 @@ def main():
         if not idx:
             return {}
         data = as_batch([sequences[i] for i in idx], srpo_teacher_input_ids=[teacher_ids[i] for i in idx])
+        tu.assign_non_tensor(data, temperature=1.0)
         out = worker.compute_srpo_teacher(data)
         return {key: dict(zip(idx, out[key].unbind())) for key in TEACHER_FIELDS}
 
