@@ -138,6 +138,7 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         metrics.update(
             {
                 "srpo/divergence_mean": divergence[sdpo_tokens].mean().item(),
+                "srpo/weight_mean": w.mean().item(),  # 1 over the mini-batch; per micro-batch it varies
                 "srpo/weight_max": w.max().item(),
                 "srpo/weight_std": w.std(unbiased=False).item(),
             }

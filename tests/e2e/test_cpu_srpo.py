@@ -96,7 +96,17 @@ def test_teacher_pass_runs_for_exactly_the_routed_rows(runs):
             assert m["srpo/teacher_pass_rows"] == routed, (name, step)  # counted on the workers
             if routed:
                 routed_steps += 1
-                for key in ("srpo/teacher_entropy_full", "actor/srpo/divergence_mean", "actor/srpo/weight_max"):
+                for key in (
+                    "srpo/teacher_entropy_full",
+                    "srpo/teacher_entropy_topk",
+                    "srpo/teacher_tail_mass",
+                    "actor/srpo/divergence_mean",
+                    "actor/srpo/weight_mean",
+                    "actor/srpo/weight_max",
+                    "actor/srpo/weight_std",
+                    "actor/srpo/sdpo_loss",
+                    "actor/srpo/grpo_loss",
+                ):
                     assert key in m, (name, step, key)
                 # With one optimiser step per batch the student's top-K at the update equals the
                 # top-K taken from the (same) parameters in the teacher pass.
