@@ -69,7 +69,8 @@ class SRPOConfig(BaseConfig):
         topk: K >= 1; K >= vocabulary size means the whole vocabulary.
         alpha: generalised JSD in [0, 1]: 0 forward KL(q||p), 0.5 JSD, 1 reverse KL(p||q).
         is_clip: upper clamp (> 0) of the detached ratio exp(log p - log p_old) on SDPO tokens.
-        teacher: "ema" (default) or "trust_region" (q ∝ exp((1-m) log q_ref + m log q_ema)).
+        teacher: "ema" (default) or "trust_region" (q ∝ exp((1-m) log q_ref + m log q_theta): q_ref the
+            frozen initial model, q_theta the current student, both on the teacher prompt).
             A live-student teacher is not offered: it collapses training (SRPO_SPEC.md §4).
         ema_rate: theta' <- (1 - rate) theta' + rate theta, in (0, 1). 1 would make the teacher the
             live student and is refused.

@@ -92,8 +92,6 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
             f"actor_rollout_ref.rollout.n={n!r}: SRPO needs groups of >= 2 responses per prompt "
             "(a sample is never its own demonstration, so with n=1 no sample could ever have a teacher)"
         )
-    if srpo.teacher != "ema":
-        raise NotImplementedError(f"algorithm.srpo.teacher={srpo.teacher!r} is not implemented yet; use teacher=ema")
     for key, node in (("actor_rollout_ref.model", arr.model), ("actor_rollout_ref.actor", arr.actor)):
         if node.get("use_remove_padding", True) is False:
             raise ValueError(

@@ -50,8 +50,11 @@ class _TeacherPass:
     (dynamic batch sizes) cannot misalign them.
     """
 
-    def __init__(self, teacher_engine, k: int, chunk_size: int):
+    def __init__(self, teacher_engine, k: int, chunk_size: int, student_engine=None, mix: float | None = None):
         self.teacher_engine, self.k, self.chunk_size = teacher_engine, k, chunk_size
+        # Trust-region teacher: the teacher engine holds the frozen initial weights (q_ref) and the
+        # student's own forward on the teacher sequences gives q_theta.
+        self.student_engine, self.mix = student_engine, mix
         self.rows: dict[int, dict[str, torch.Tensor]] = {}
 
     def __call__(self, student_logits=None, data=None, model_output=None, dp_group=None):
@@ -105,6 +108,11 @@ class _TeacherPass:
         engine = self.teacher_engine
         inputs, output_args = engine.prepare_model_inputs(micro_batch=mb)
         logits = engine.module(**inputs, use_cache=False).logits.squeeze(0)  # (nnz_t, V)
+        if self.mix is not None:
+            # log_softmax((1 - m) a + m b) = log_softmax((1 - m) log_softmax(a) + m log_softmax(b)):
+            # mixing raw logits is the geometric mixture of the two distributions.
+            student = self.student_engine.module(**inputs, use_cache=False).logits.squeeze(0)
+            logits = core_algos.trust_region_teacher_log_probs(logits, student, mix=self.mix)
         temperature = output_args["temperature_rmpad"].reshape(-1, 1)  # (nnz_t, 1), as verl scales
         logits = logits / temperature.to(logits.dtype)
         ends = seq_lens.cumsum(0)
@@ -181,11 +189,14 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     @torch.no_grad()
     def srpo_ema_update(self) -> dict:
-        """theta' <- (1 - rate) theta' + rate theta, shard by shard (no communication)."""
-        rate = self.srpo.ema_rate
+        """theta' <- (1 - rate) theta' + rate theta, shard by shard (no communication).
+
+        The trust-region teacher keeps theta' = theta_0 (its reference) and only reports the gap."""
+        rate = self.srpo.ema_rate if self.srpo.teacher == "ema" else 0.0
         gap = 0.0
         for _, t, s in self._param_pairs():
-            t.lerp_(s.to(t.device, t.dtype), rate)  # verl offloads forward-only engines to host
+            if rate:
+                t.lerp_(s.to(t.device, t.dtype), rate)  # verl offloads forward-only engines to host
             gap += float((t.float() - s.to(t.device).float()).pow(2).sum())
         return {"srpo/teacher_student_l2": math.sqrt(gap)}
 
@@ -202,7 +213,14 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         tu.assign_non_tensor(
             data, compute_loss=True, calculate_entropy=False, distillation_use_topk=True, distillation_only=True
         )
-        collector = _TeacherPass(self.teacher.engine, self.srpo_k, self.srpo.chunk_size)
+        trust_region = self.srpo.teacher == "trust_region"
+        collector = _TeacherPass(
+            self.teacher.engine,
+            self.srpo_k,
+            self.srpo.chunk_size,
+            student_engine=self.actor.engine if trust_region else None,
+            mix=self.srpo.trust_region_mix if trust_region else None,
+        )
         saved, self.actor.loss_fn = self.actor.loss_fn, collector
         try:
             with self.teacher.engine.eval_mode():

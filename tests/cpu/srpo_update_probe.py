@@ -25,9 +25,14 @@ TOPK = 8  # below the 100-token vocabulary, so the tail bucket is exercised
 ROUTED = [1, 2, 5, 6]  # rows on the SDPO branch (failed, with a correct sibling)
 
 
-def srpo_config(model_path: str, micro_batch: int):
+TRUST_REGION_MIX = 0.3
+
+
+def srpo_config(model_path: str, micro_batch: int, teacher: str = "ema"):
     return compose(
         [
+            f"algorithm.srpo.teacher={teacher}",
+            f"algorithm.srpo.trust_region_mix={TRUST_REGION_MIX}",
             "algorithm=srpo",
             "platform=cpu",
             f"algorithm.srpo.topk={TOPK}",
@@ -69,7 +74,7 @@ def full_params(worker) -> dict[str, torch.Tensor]:
     }
 
 
-def engine_update(model_path: str, micro_batch: int) -> dict:
+def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> dict:
     import verl  # noqa: F401  (activates the CPU backend through the plugin)
     from omegaconf import OmegaConf
 
@@ -77,7 +82,7 @@ def engine_update(model_path: str, micro_batch: int) -> dict:
     from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    config = srpo_config(model_path, micro_batch)
+    config = srpo_config(model_path, micro_batch, teacher)
     worker = SRPOActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
     worker.init_model()
     worker.srpo_setup(OmegaConf.to_container(config.algorithm.srpo, resolve=True), TOPK)
@@ -128,6 +133,11 @@ def engine_update(model_path: str, micro_batch: int) -> dict:
         "teacher_fields": {key: [fields[key][i] for i in ROUTED] for key in TEACHER_FIELDS},
         "old": old,
     }
+    if teacher == "trust_region":
+        # After the step the trust-region teacher mixes the frozen theta_0 with the moved student.
+        after = worker.compute_srpo_teacher(teacher_in)
+        result["teacher_after_step"] = {key: list(after[key].unbind()) for key in TEACHER_FIELDS}
+        result["theta1"] = {name: p.float() for name, p in theta1.items()}
     torch.distributed.destroy_process_group()
     return result
 
@@ -182,9 +192,41 @@ def reference_update(model_path: str, result: dict) -> dict:
     }
 
 
+def reference_trust_region(model_path: str, result: dict) -> dict:
+    """Trust-region teacher after the step, float64: log_softmax((1-m) z(theta_0) + m z(theta_1))."""
+    from transformers import AutoModelForCausalLM
+
+    from srpo_verl import core_algos
+
+    load = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
+        model_path, dtype=torch.float64, attn_implementation="eager"
+    ).eval()
+    ref, student = load(), load()
+    student.load_state_dict({k: v.double() for k, v in result["theta1"].items()}, strict=False)
+    prompts, responses, teacher_prompts, *_ = fixed_batch()
+    out = {"entropy": [], "topk_ids": [], "teacher_topk": []}
+    with torch.no_grad():
+        for i in ROUTED:
+            scored = lambda model, prompt: model(torch.tensor([prompt + responses[i]])).logits[  # noqa: E731
+                0, len(prompt) - 1 : -1
+            ]
+            mixed = core_algos.trust_region_teacher_log_probs(
+                torch.log_softmax(scored(ref, teacher_prompts[i]), -1),
+                torch.log_softmax(scored(student, teacher_prompts[i]), -1),
+                mix=TRUST_REGION_MIX,
+            ).double()
+            ids = scored(student, prompts[i]).topk(TOPK, dim=-1).indices
+            out["entropy"].append(-(mixed.exp() * mixed).sum(-1))
+            out["topk_ids"].append(ids)
+            out["teacher_topk"].append(mixed.gather(-1, ids))
+    return out
+
+
 if __name__ == "__main__":
     model_path, out_path, micro_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    result = engine_update(model_path, micro_batch)
+    result = engine_update(model_path, micro_batch, *(sys.argv[4:5] or ["ema"]))
     if os.environ["RANK"] == "0":
         result["reference"] = reference_update(model_path, result) if os.environ.get("SRPO_PROBE_REFERENCE") else None
+        if "theta1" in result:
+            result["reference_trust_region"] = reference_trust_region(model_path, result)
         torch.save(result, out_path)

@@ -26,7 +26,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_probe(model_path: str, out_dir: str, name: str, micro_batch: int, world: int, reference: bool = False):
+def run_probe(
+    model_path: str, out_dir: str, name: str, micro_batch: int, world: int, reference: bool = False, teacher="ema"
+):
     port = free_port()
     procs = []
     for rank in range(world):
@@ -38,7 +40,7 @@ def run_probe(model_path: str, out_dir: str, name: str, micro_batch: int, world:
         out = os.path.join(out_dir, f"{name}.pt")
         procs.append(
             subprocess.Popen(
-                [sys.executable, PROBE, model_path, out, str(micro_batch)],
+                [sys.executable, PROBE, model_path, out, str(micro_batch), teacher],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -58,6 +60,7 @@ def updates(tiny_model_path, tmp_path_factory):
         "mb8": run_probe(tiny_model_path, out, "mb8", micro_batch=8, world=1, reference=True),
         "mb2": run_probe(tiny_model_path, out, "mb2", micro_batch=2, world=1),
         "dp2": run_probe(tiny_model_path, out, "dp2", micro_batch=2, world=2),
+        "trust_region": run_probe(tiny_model_path, out, "tr", micro_batch=4, world=1, teacher="trust_region"),
     }
 
 
@@ -105,3 +108,20 @@ def test_micro_batch_size_leaves_loss_and_gradient_unchanged(updates):
 def test_two_data_parallel_ranks_equal_one(updates):
     assert updates["dp2"]["loss"] == pytest.approx(updates["mb8"]["loss"], rel=1e-6, abs=1e-8)
     assert max_rel(updates["dp2"]["grad"], updates["mb8"]["grad"]) < 1e-5
+
+
+def test_trust_region_teacher_mixes_frozen_start_and_current_student(updates):
+    run = updates["trust_region"]
+    engine, ref = run["teacher_after_step"], run["reference_trust_region"]
+    for got, expected in zip(engine["srpo_teacher_entropy"], ref["entropy"]):
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4)
+    for ids, got, ref_ids, expected in zip(
+        engine["srpo_topk_ids"], engine["srpo_teacher_topk"], ref["topk_ids"], ref["teacher_topk"]
+    ):
+        assert torch.equal(ids.long().sort(-1).values, ref_ids.sort(-1).values)
+        torch.testing.assert_close(
+            got.gather(-1, ids.long().argsort(-1)).double(), expected.gather(-1, ref_ids.argsort(-1)), rtol=0, atol=1e-4
+        )
+    # The step moved the student, so the mixture differs from the teacher before the step.
+    before = run["teacher_fields"]["srpo_teacher_entropy"]
+    assert max(float((a - b).abs().max()) for a, b in zip(engine["srpo_teacher_entropy"], before)) > 1e-3

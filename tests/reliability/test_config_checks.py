@@ -46,7 +46,7 @@ ERRORS = [
     ("distill_mode", ["algorithm.srpo.distill_mode=kl"], ValueError, "algorithm.srpo.distill_mode='kl'"),
     ("feedback_template", ["algorithm.srpo.feedback_template=no_slot"], ValueError, "must contain ['{question}', '{feedback}']"),
     ("appended_unknown_key", ["+algorithm.srpo.bta=0"], ValueError, "Unknown key(s) under algorithm.srpo: ['bta']"),
-    ("teacher_trust_region", ["algorithm.srpo.teacher=trust_region"], NotImplementedError, "algorithm.srpo.teacher='trust_region'"),
+    ("teacher_student", ["algorithm.srpo.teacher=student"], ValueError, "algorithm.srpo.teacher='student'"),
     ("padded_model", ["actor_rollout_ref.model.use_remove_padding=False"], ValueError, "actor_rollout_ref.model.use_remove_padding=False"),
     ("padded_actor", ["actor_rollout_ref.actor.use_remove_padding=False"], ValueError, "actor_rollout_ref.actor.use_remove_padding=False"),
     ("cpu_platform_padding", ["platform=cpu", "actor_rollout_ref.model.use_remove_padding=False"], ValueError, "use_remove_padding=False"),
