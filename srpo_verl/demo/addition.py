@@ -78,7 +78,8 @@ def compute_digit_score(data_source, solution_str: str, ground_truth: str, extra
     """The fraction of response characters that are digits (0.0 for an empty response)."""
     text = solution_str.strip()
     score = sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
-    return {"score": score, "acc": float(text == str(ground_truth).strip()), "feedback": ""}
+    feedback = "" if score == 1.0 else "The answer should contain digits only."
+    return {"score": score, "acc": float(text == str(ground_truth).strip()), "feedback": feedback}
 
 
 if __name__ == "__main__":

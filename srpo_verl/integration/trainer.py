@@ -34,6 +34,18 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 
+def reward_extra(extra_fields, key: str) -> str:
+    """One row's `key` from the reward function's extra output ("" when absent).
+
+    verl stores what compute_score returns beside the score per sample under
+    extra_fields["reward_extra_info"] (the place its own DAPO filter reads).
+    """
+    extra_fields = getattr(extra_fields, "data", extra_fields)  # NonTensorData unwrapped
+    info = extra_fields.get("reward_extra_info", {}) if isinstance(extra_fields, dict) else {}
+    value = info.get(key) if isinstance(info, dict) else None
+    return "" if value is None else str(value)
+
+
 def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
@@ -108,14 +120,14 @@ class SRPOStepMixin:
         srpo = self.srpo
         fields = ["uid", "rm_scores", "responses", "response_mask", "old_log_probs", "advantages", "raw_prompt"]
         if srpo.use_feedback:
-            fields.append(srpo.feedback_key)
+            fields.append("extra_fields")  # the reward function's extra values live here (verl 0.9)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         n = len(batch.keys)
         step = self._srpo_inputs
         real, uid = step.real, step.uid  # padding rows carry their own "__pad_<i>" group
         feedback = [""] * n
         if srpo.use_feedback:
-            feedback = [str(f) if f is not None else "" for f in list(data[srpo.feedback_key])]
+            feedback = [reward_extra(row, srpo.feedback_key) for row in list(data["extra_fields"])]
         has_feedback = torch.tensor([bool(f.strip()) for f in feedback]) & real
         # teacher_available and sdpo are limited to real rows with a non-empty response.
         routing = checks.route_step(step, success_threshold=srpo.success_threshold, has_feedback=has_feedback)

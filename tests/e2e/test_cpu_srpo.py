@@ -7,7 +7,7 @@ Six launches of `python -m srpo_verl.main_ppo` share this module (~8 min on 2 co
   srpo_straight the same run, steps 1-3 without interruption                  (dir B)
   sdpo_first    algorithm=sdpo, steps 1-2, checkpoint at 2                     (dir C)
   sdpo_resumed  resumes to step 3                                              (dir C)
-  srpo_async    trainer.v1.trainer_mode=srpo_colocate_async, steps 1-2         (dir D)
+  srpo_async    trainer.v1.trainer_mode=srpo_colocate_async, use_feedback, 1-2 (dir D)
 
 The tiny model starts untrained, so the reward is `compute_digit_score` (fraction of digit
 characters, ~0.1) with success_threshold 0.15: a random model then has both correct and failed
@@ -58,7 +58,7 @@ def runs(tmp_path_factory, tiny_model_path, addition_data):
         ckpt=dirs["D"],
         steps=2,
         save_freq=-1,
-        extra=["trainer.v1.trainer_mode=srpo_colocate_async"],
+        extra=["trainer.v1.trainer_mode=srpo_colocate_async", "algorithm.srpo.use_feedback=True"],
         **common,
     )
     return out
@@ -197,3 +197,12 @@ def test_colocate_async_mode_runs_the_srpo_step(runs):
     steps = runs["srpo_async"].steps
     assert sorted(steps) == [1, 2]
     assert any(m["srpo/teacher_pass_rows"] > 0 for m in steps.values())
+
+
+def test_feedback_from_the_reward_function_gives_a_teacher(runs):
+    # compute_digit_score returns a feedback string for every non-digit answer; with use_feedback a
+    # failed sample without a correct sibling is taught from it (verl keeps it in reward_extra_info).
+    steps = runs["srpo_async"].steps
+    assert sum(m["srpo/feedback_rows"] for m in steps.values()) > 0
+    for m in runs["srpo_straight"].steps.values():
+        assert m["srpo/feedback_rows"] == 0  # use_feedback off
