@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 
 def _fresh_python(code: str, env_extra=None) -> subprocess.CompletedProcess:

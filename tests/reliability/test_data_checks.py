@@ -58,7 +58,7 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize("make, text", [c[1:] for c in BAD_ROWS], ids=[c[0] for c in BAD_ROWS])
 def test_bad_row_is_an_error_naming_field_and_rows(make, text):
-    with pytest.raises(ValueError, match=re.escape(f"train.parquet: ") + ".*" + re.escape(text)):
+    with pytest.raises(ValueError, match=re.escape("train.parquet: ") + ".*" + re.escape(text)):
         check_data_rows(make(), source="train.parquet")
 
 
