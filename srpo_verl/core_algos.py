@@ -156,10 +156,12 @@ def _upcast_into(buffer: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
 class Routing(NamedTuple):
     """Per-response routing decision, all bool (B,).
 
-    correct: c_i; teacher_available: m_i; sdpo: z_i^SDPO = (1 - c_i) m_i; grpo: z_i^GRPO = 1 - z_i^SDPO.
+    correct: c_i; demonstration: rows that may serve as a sibling's demonstration (correct, usable
+    and with content); teacher_available: m_i; sdpo: z_i^SDPO = (1 - c_i) m_i; grpo: 1 - z_i^SDPO.
     """
 
     correct: torch.Tensor
+    demonstration: torch.Tensor
     teacher_available: torch.Tensor
     sdpo: torch.Tensor
     grpo: torch.Tensor
@@ -204,6 +206,14 @@ def _check_rewards(rewards: torch.Tensor) -> None:
         )
 
 
+def _row_mask(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """An optional per-row bool mask (tensor, array or list) on `like`'s device, checked to be (B,)."""
+    mask = torch.as_tensor(value, dtype=torch.bool, device=like.device).reshape(-1)
+    if mask.shape != like.shape:
+        raise ValueError(f"mismatched shapes: {name}{tuple(mask.shape)} for a batch of {like.shape[0]} rows")
+    return mask
+
+
 def correctness(rewards: torch.Tensor, *, success_threshold: float = 0.5) -> torch.Tensor:
     """c_i = 1[r_i >= tau]  (SRPO Sec. 3.1; spec step 1).
 
@@ -221,8 +231,9 @@ def teacher_availability(
     """m_i = 1[exists j != i in group(i) with c_j = 1]  OR  has_feedback_i  (SRPO Sec. 3.1; spec step 2).
 
     A sample is never its own demonstration, so a correct sample without a correct sibling has m_i = 0.
-    correct: bool (B,); index: group labels (B,); has_feedback: optional bool (B,), True where the
-    environment returned non-empty feedback (SDPO Sec. 3 "rich feedback"). Returns bool (B,).
+    correct: bool (B,) (in general: the rows that may serve as a demonstration); index: group labels
+    (B,); has_feedback: optional bool (B,), True where the environment returned non-empty feedback
+    (SDPO Sec. 3 "rich feedback"). Returns bool (B,).
     """
     if correct.dim() != 1:
         raise ValueError(f"correct must be 1-D (B,), got shape {tuple(correct.shape)}")
@@ -235,9 +246,7 @@ def teacher_availability(
     # Siblings only: remove the sample's own vote.
     available = (correct_per_group[gid] - c) > 0  # (B,)
     if has_feedback is not None:
-        feedback = torch.as_tensor(has_feedback, dtype=torch.bool, device=correct.device)
-        _check_same_shape(correct=correct, has_feedback=feedback)
-        available = available | feedback
+        available = available | _row_mask("has_feedback", has_feedback, correct)
     return available
 
 
@@ -247,17 +256,30 @@ def routing_mask(
     *,
     success_threshold: float = 0.5,
     has_feedback: torch.Tensor | np.ndarray | None = None,
+    usable: torch.Tensor | np.ndarray | None = None,
+    demonstrable: torch.Tensor | np.ndarray | None = None,
 ) -> Routing:
     """z_i^SDPO = (1 - c_i) m_i,  z_i^GRPO = 1 - z_i^SDPO  (SRPO Sec. 3.1, Eq. routing; spec step 3).
 
     Wrong samples with a teacher go to SDPO; everything else (correct samples, lone-correct samples,
     all-wrong groups) goes to GRPO, where an all-wrong group's advantage is 0.
-    rewards: (B,); index: group labels (B,). Returns Routing of bool (B,) tensors.
+
+    The trainer restricts the paper's rule to rows that can take part: `usable` (default all) marks
+    rows that exist and have a response token to score (padding rows and empty responses can neither
+    be distilled nor demonstrate); `demonstrable` (default all) marks responses with content a
+    teacher can read (not only whitespace or thinking). m_i then counts siblings that are correct,
+    usable and demonstrable, and feedback only on usable rows.
+    rewards: (B,); index: group labels (B,); masks: bool (B,). Returns Routing of bool (B,) tensors.
     """
     correct = correctness(rewards, success_threshold=success_threshold)  # (B,)
-    available = teacher_availability(correct, index, has_feedback=has_feedback)  # (B,)
+    ok = torch.ones_like(correct) if usable is None else _row_mask("usable", usable, correct)  # (B,)
+    demonstration = correct & ok
+    if demonstrable is not None:
+        demonstration = demonstration & _row_mask("demonstrable", demonstrable, correct)
+    feedback = None if has_feedback is None else _row_mask("has_feedback", has_feedback, correct) & ok
+    available = teacher_availability(demonstration, index, has_feedback=feedback) & ok  # (B,)
     sdpo = ~correct & available  # (B,)
-    return Routing(correct=correct, teacher_available=available, sdpo=sdpo, grpo=~sdpo)
+    return Routing(correct=correct, demonstration=demonstration, teacher_available=available, sdpo=sdpo, grpo=~sdpo)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -328,21 +328,6 @@ class StepInputs(NamedTuple):
     metrics: dict  # counts to log, keys "srpo/check/..."
 
 
-class StepRouting(NamedTuple):
-    """Routing of one checked step, all bool (B,).
-
-    correct: c_i; demonstration: rows that may serve as a sibling's demonstration (correct and
-    usable); teacher_available: m_i over demonstrations (or feedback), usable rows only;
-    sdpo: failed usable rows with a teacher; grpo: the rest.
-    """
-
-    correct: torch.Tensor
-    demonstration: torch.Tensor
-    teacher_available: torch.Tensor
-    sdpo: torch.Tensor
-    grpo: torch.Tensor
-
-
 def _missing_uid(u) -> bool:
     if u is None or (isinstance(u, float) and math.isnan(u)):
         return True
@@ -503,21 +488,19 @@ def check_step_inputs(
     return StepInputs(rewards=reward_t, uid=labels, real=real, usable=usable, metrics=metrics)
 
 
-def route_step(step: StepInputs, *, success_threshold: float, has_feedback=None) -> StepRouting:
-    """SRPO routing of a checked step (core_algos.routing_mask restricted to usable rows).
+def route_step(step: StepInputs, *, success_threshold: float, has_feedback=None, demonstrable=None) -> core_algos.Routing:
+    """SRPO routing of a checked step: `core_algos.routing_mask` restricted to the step's usable rows.
 
-    A row without a valid response token can neither be distilled (nothing to score) nor serve
-    as a demonstration (an empty "correct solution" teaches nothing); padding rows neither.
-    has_feedback: optional (B,) bool, a non-empty feedback string (algorithm.srpo.use_feedback).
+    A row without a valid response token can neither be distilled (nothing to score) nor serve as a
+    demonstration (an empty "correct solution" teaches nothing); padding rows neither.
+    has_feedback: optional (B,) bool, a non-empty feedback string (algorithm.srpo.use_feedback);
+    demonstrable: optional (B,) bool, responses with content a teacher can read.
     """
-    correct = core_algos.correctness(step.rewards, success_threshold=success_threshold)  # (B,)
-    demonstration = correct & step.usable
-    feedback = None
-    if has_feedback is not None:
-        feedback = torch.as_tensor(has_feedback, dtype=torch.bool).reshape(-1)
-        if feedback.numel() != correct.numel():
-            raise ValueError(f"has_feedback: {feedback.numel()} flags for a batch of {correct.numel()} rows")
-        feedback = feedback & step.usable
-    available = core_algos.teacher_availability(demonstration, step.uid, has_feedback=feedback) & step.usable
-    sdpo = ~correct & available
-    return StepRouting(correct=correct, demonstration=demonstration, teacher_available=available, sdpo=sdpo, grpo=~sdpo)
+    return core_algos.routing_mask(
+        step.rewards,
+        step.uid,
+        success_threshold=success_threshold,
+        has_feedback=has_feedback,
+        usable=step.usable,
+        demonstrable=demonstrable,
+    )

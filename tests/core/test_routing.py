@@ -172,3 +172,22 @@ def test_advantage_mix_and_sampled_token_advantage():
     adv = ca.sampled_token_advantage(teacher, old)
     torch.testing.assert_close(adv, torch.tensor([[0.4, -1.0]]))
     assert not adv.requires_grad
+
+
+def test_usable_and_demonstrable_restrict_routing_by_hand():
+    # Group a: rows 0 (correct, empty response), 1 (correct, only thinking), 2 (wrong), 3 (wrong, empty).
+    # Group b: rows 4 (correct), 5 (wrong).
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    uids = np.array(["a", "a", "a", "a", "b", "b"], dtype=object)
+    usable = torch.tensor([False, True, True, False, True, True])
+    demonstrable = torch.tensor([True, False, True, True, True, True])
+    r = ca.routing_mask(rewards, uids, usable=usable, demonstrable=demonstrable)
+    # Row 0 is unusable and row 1 has no content: group a has no demonstration, so row 2 keeps GRPO.
+    assert r.demonstration.tolist() == [False, False, False, False, True, False]
+    assert r.teacher_available.tolist() == [False, False, False, False, False, True]
+    assert r.sdpo.tolist() == [False, False, False, False, False, True]
+    # Without the masks the paper's rule alone routes both failed rows of group a.
+    assert ca.routing_mask(rewards, uids).sdpo.tolist() == [False, False, True, True, False, True]
+    # Feedback gives a teacher only to usable rows.
+    fb = ca.routing_mask(rewards, uids, usable=usable, demonstrable=demonstrable, has_feedback=[False] * 3 + [True] * 3)
+    assert fb.sdpo.tolist() == [False, False, False, False, False, True]
