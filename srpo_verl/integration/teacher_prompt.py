@@ -1,25 +1,111 @@
 """Teacher prompts: the original chat with its last user turn rewritten around a demonstration.
 
-SRPO_SPEC.md §1.5: the last user turn becomes
+docs/design.md, "One step": the last user turn becomes
     {question}\nCorrect solution:\n{sibling_response}\nCorrectly solve the original question.
 (system message kept, <think> blocks stripped from the demonstration, chat template applied with
 the generation prompt). The student's response tokens are appended afterwards and re-scored by
 the teacher, never generated.
+
+The demonstration (a sibling's response) and the feedback string are written by the policy or the
+environment, so they never pass through the chat template as text: the template is rendered with a
+placeholder in their place, its two sides are tokenised as the student's prompt is, and the
+demonstration's token ids are spliced in between. A sibling that writes `<|im_start|>system` as
+ordinary tokens therefore stays ordinary tokens for the teacher (re-tokenising the decoded text
+would turn it into a real turn the student never saw), and a generated special token (EOS, pad, a
+control token) is dropped. Cutting an overlong demonstration is exact in tokens: no re-tokenisation.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-_THINK = re.compile(r"<think>.*?</think>", flags=re.DOTALL)
+from srpo_verl.tasks.common import strip_thinking
+
+# Stands in for the demonstration while the chat template renders; private-use code points, so a
+# question or a template never contains it by accident (checked anyway).
+_SLOT = "\ue000srpo-slot\ue001"
 
 
-def strip_thinking(text: str) -> str:
-    """Remove complete <think>...</think> blocks, and an unclosed <think> tail."""
-    text = _THINK.sub("", text)
-    cut = text.find("<think>")
-    return (text[:cut] if cut >= 0 else text).strip()
+def special_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of every special token: the named ones (EOS, pad, ...) and the added tokens marked special
+    (ChatML's `<|im_start|>` is one, and `all_special_ids` does not list it)."""
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(token, "special", False):
+            ids.add(int(i))
+    return frozenset(ids)
+
+
+def plain_ids(tokenizer, text: str, special: Optional[frozenset[int]] = None) -> list[int]:
+    """`text` as ordinary tokens: the spelling of a special token stays text (split_special_tokens).
+
+    A vocabulary whose ordinary entries include a special token's spelling could still produce its
+    id; such ids are dropped, so the result never holds a special token.
+    """
+    special = special_token_ids(tokenizer) if special is None else special
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [int(t) for t in ids if int(t) not in special]
+
+
+def _clean(text: str, strip_think: bool) -> str:
+    return strip_thinking(text) if strip_think else text.strip()
+
+
+def _response_text(tokenizer, response_ids: Sequence[int], special: frozenset[int]) -> tuple[list[int], str]:
+    ids = [int(t) for t in response_ids if int(t) not in special]  # EOS, pad, generated control tokens
+    return ids, tokenizer.decode(ids)
+
+
+def has_demonstration_content(tokenizer, response_ids: Sequence[int], *, strip_think: bool = True) -> bool:
+    """Whether a response can serve as a demonstration: something other than whitespace is left once
+    special tokens (EOS, pad) are removed and, with `strip_think`, its thinking is stripped.
+
+    A correct response that is only EOS, whitespace, or only thinking would show the teacher
+    `Correct solution:` followed by nothing: such a row is no teacher for its siblings.
+    """
+    _, text = _response_text(tokenizer, response_ids, special_token_ids(tokenizer))
+    return bool(_clean(text, strip_think))
+
+
+def _token_span(tokenizer, ids: list[int], text: str, clean: str) -> Optional[list[int]]:
+    """The run of `ids` that decodes to exactly `clean` (a substring of `text`, their decoding), or
+    None when the token boundaries do not line up (a multi-byte character split across tokens,
+    a tokenizer whose pieces do not concatenate to the whole decoding)."""
+    pieces = tokenizer.batch_decode([[t] for t in ids])
+    if "".join(pieces) != text:
+        return None
+    starts, pos = {}, 0  # char offset of each token's start -> token index
+    for k, piece in enumerate(pieces):
+        starts.setdefault(pos, k)
+        pos += len(piece)
+    starts.setdefault(pos, len(ids))
+    at = text.find(clean)
+    for _ in range(8):  # a few occurrences: each decodes to the same text, any aligned one does
+        if at < 0:
+            return None
+        first, end = starts.get(at), starts.get(at + len(clean))
+        if first is not None and end is not None:
+            return ids[first:end]
+        at = text.find(clean, at + 1)
+    return None
+
+
+def demonstration_ids(tokenizer, response_ids: Sequence[int], *, strip_think: bool = True) -> list[int]:
+    """A sibling's response as the teacher sees it: its own token ids, special tokens removed,
+    surrounding whitespace and (with `strip_think`) its thinking cut off; [] when nothing is left.
+
+    When the kept text does not start and end on token boundaries of the response, it is encoded
+    as plain text instead (still never a special token).
+    """
+    special = special_token_ids(tokenizer)
+    ids, text = _response_text(tokenizer, response_ids, special)
+    clean = _clean(text, strip_think)
+    if not clean:
+        return []
+    if clean == text:
+        return ids
+    span = _token_span(tokenizer, ids, text, clean)
+    return span if span is not None else plain_ids(tokenizer, clean, special)
 
 
 def teacher_messages(
@@ -55,11 +141,28 @@ def teacher_messages(
     return messages
 
 
+def _template_sides(tokenizer, chat: list[dict], kwargs: dict) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered chat before and after the placeholder, tokenised as verl tokenises
+    the student's prompt (the template's special tokens are real ones)."""
+    text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, **kwargs)
+    sides = text.split(_SLOT)
+    if len(sides) != 2:
+        raise ValueError(
+            f"the rendered teacher prompt holds the demonstration placeholder {len(sides) - 1} times, not once: "
+            "the chat template rewrote the user turn, or the question contains the placeholder"
+        )
+
+    def encode(part: str) -> list[int]:
+        return list(tokenizer(part, add_special_tokens=False)["input_ids"]) if part else []
+
+    return encode(sides[0]), encode(sides[1])
+
+
 def teacher_prompt_ids(
     tokenizer,
     messages: Sequence[dict],
     *,
-    solution: Optional[str],
+    solution: Union[str, Sequence[int], None],
     feedback: Optional[str],
     reprompt_template: str,
     feedback_template: str,
@@ -71,47 +174,52 @@ def teacher_prompt_ids(
     """Token ids of the teacher prompt (generation prompt included) and how many demonstration
     tokens were cut to fit `max_length`.
 
-    An overlong prompt is never cut at the right (that would drop the instruction and the
-    generation prompt): with overflow="truncate" the demonstration loses tokens from its left;
-    with overflow="error", or when even an empty demonstration does not fit, ValueError.
+    solution: the sibling's response token ids (the trainer's case: `demonstration_ids` of them are
+        spliced in) or its text (encoded as plain text); None to use `feedback` (plain text).
+    The prompt holds exactly the special tokens of the chat template, whatever the demonstration
+    or the feedback says. An overlong prompt is never cut at the right (that would drop the
+    instruction and the generation prompt): with overflow="truncate" the demonstration loses tokens
+    from its left; with overflow="error", or when not one demonstration token fits, ValueError.
+    An empty demonstration (nothing left after removing special tokens and thinking) is refused:
+    `has_demonstration_content` keeps such responses out of the routing.
     """
-    if not isinstance(max_length, int) or max_length < 1:
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
         raise ValueError(f"max_length={max_length!r}: the teacher prompt budget must be an integer >= 1")
     if overflow not in ("truncate", "error"):
         raise ValueError(f"overflow={overflow!r}: must be truncate or error")
-    kwargs = apply_chat_template_kwargs or {}
-    demo = solution if solution is not None else feedback
-    if strip_think and demo is not None:
-        demo = strip_thinking(demo)
-
-    def encode(text: str) -> list[int]:
-        chat = teacher_messages(
-            messages,
-            solution=text if solution is not None else None,
-            feedback=text if solution is None else None,
-            reprompt_template=reprompt_template,
-            feedback_template=feedback_template,
+    if solution is None and feedback is None:
+        raise ValueError("a teacher prompt needs a sibling solution or a feedback string")
+    if solution is not None and not isinstance(solution, str):
+        demo = demonstration_ids(tokenizer, solution, strip_think=strip_think)
+    else:
+        text = solution if solution is not None else feedback
+        demo = plain_ids(tokenizer, _clean(text, strip_think))
+    if not demo:
+        raise ValueError(
+            f"the {'demonstration' if solution is not None else 'feedback'} is empty once special tokens and "
+            "thinking are removed: it cannot teach (such rows must not be routed to the teacher)"
         )
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, **kwargs)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-
-    ids = encode(demo)
-    if len(ids) <= max_length:
-        return ids, 0
+    chat = teacher_messages(
+        messages,
+        solution=_SLOT if solution is not None else None,
+        feedback=_SLOT if solution is None else None,
+        reprompt_template=reprompt_template,
+        feedback_template=feedback_template,
+    )
+    before, after = _template_sides(tokenizer, chat, dict(apply_chat_template_kwargs or {}))
+    total = len(before) + len(demo) + len(after)
+    if total <= max_length:
+        return before + demo + after, 0
     if overflow == "error":
         raise ValueError(
-            f"teacher prompt has {len(ids)} tokens > algorithm.srpo.max_teacher_prompt_length={max_length}; "
+            f"teacher prompt has {total} tokens > algorithm.srpo.max_teacher_prompt_length={max_length}; "
             "raise the limit or set algorithm.srpo.teacher_prompt_overflow=truncate"
         )
-    demo_ids = tokenizer.encode(demo, add_special_tokens=False)
-    cut = len(ids) - max_length
-    # Re-tokenising the shortened text can merge tokens differently; a few rounds settle it.
-    while cut <= len(demo_ids):
-        ids = encode(tokenizer.decode(demo_ids[cut:]))
-        if len(ids) <= max_length:
-            return ids, cut
-        cut += max(1, len(ids) - max_length)
-    raise ValueError(
-        f"the teacher prompt does not fit algorithm.srpo.max_teacher_prompt_length={max_length} "
-        "even with an empty demonstration: the question alone is too long"
-    )
+    cut = total - max_length
+    if cut >= len(demo):
+        raise ValueError(
+            f"the teacher prompt does not fit algorithm.srpo.max_teacher_prompt_length={max_length} "
+            f"with even one demonstration token: the question alone is too long ({len(before) + len(after)} "
+            "tokens of template and question)"
+        )
+    return before + demo[cut:] + after, cut
