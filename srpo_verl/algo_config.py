@@ -9,6 +9,7 @@ field so `omega_conf_to_dataclass(config.algorithm)` keeps working with the extr
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -52,6 +53,36 @@ def _check_types(cfg) -> None:
         _check(isinstance(getattr(cfg, key), str), key, getattr(cfg, key), "must be a string")
 
 
+def _check_template(template: str, key: str, slot: str) -> None:
+    """A teacher-prompt template holds bare `{question}` (at least once) and `{<slot>}` (exactly once:
+    the demonstration is spliced there as tokens) and nothing else `str.format` would interpret.
+
+    Checked when the config is built, so a bad template fails at launch naming its key rather than
+    at the first teacher step; `{{question}}` (a literal, which would silently drop the question),
+    `{0}`, `{}`, a stray brace, `{question!r}` or `{question.attr}` are refused.
+    """
+    try:
+        fields_ = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:  # a stray "{" or "}"
+        raise ValueError(f"algorithm.srpo.{key}={template!r}: {err} (write a literal brace as {{{{ or }}}})") from err
+    allowed = ("question", slot)
+    odd = [
+        "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        for name, conv, spec in fields_
+        if name not in allowed or conv or spec
+    ]
+    _check(
+        not odd,
+        key,
+        template,
+        f"placeholders other than {{question}} and {{{slot}}}: {odd} (write a literal brace as {{{{ or }}}})",
+    )
+    names = [name for name, _, _ in fields_]
+    missing = [f"{{{n}}}" for n in allowed if n not in names]
+    _check(not missing, key, template, f"must contain {missing} ({{{{...}}}} is a literal, not a placeholder)")
+    _check(names.count(slot) == 1, key, template, f"must contain {{{slot}}} exactly once, not {names.count(slot)} times")
+
+
 @dataclass
 class SRPOConfig(BaseConfig):
     """SRPO / SDPO switches (SRPO_SPEC.md §1-2; paper defaults from SRPO Table 3).
@@ -78,9 +109,11 @@ class SRPOConfig(BaseConfig):
         mix_lambda: lambda in [0, 1] of the advantage-mix ablation.
         use_feedback: a non-empty feedback string from the reward function also makes a teacher
             available (used only when no correct sibling exists).
-        feedback_key: the reward function's extra field holding that string.
-        reprompt_template: teacher's last user turn; must contain {question} and {solution}.
-        feedback_template: teacher's last user turn from feedback; {question} and {feedback}.
+        feedback_key: the reward function's extra field holding that string (non-empty with
+            use_feedback).
+        reprompt_template: teacher's last user turn: {question} (once or more) and {solution}
+            (exactly once), no other placeholder; literal braces doubled.
+        feedback_template: teacher's last user turn from feedback; {question} and {feedback}, the same way.
         strip_thinking: remove <think>...</think> from the demonstration.
         max_teacher_prompt_length: teacher prompt token budget; None = max_prompt_length +
             max_response_length (room for the question plus one demonstration).
@@ -137,9 +170,14 @@ class SRPOConfig(BaseConfig):
         )
         _check(0.0 <= self.trust_region_mix <= 1.0, "trust_region_mix", self.trust_region_mix, "must be in [0, 1]")
         _check(0.0 <= self.mix_lambda <= 1.0, "mix_lambda", self.mix_lambda, "must be in [0, 1]")
-        for key, names in (("reprompt_template", ("{question}", "{solution}")), ("feedback_template", ("{question}", "{feedback}"))):
-            missing = [n for n in names if n not in getattr(self, key)]
-            _check(not missing, key, getattr(self, key), f"must contain {missing}")
+        _check_template(self.reprompt_template, "reprompt_template", "solution")
+        _check_template(self.feedback_template, "feedback_template", "feedback")
+        _check(
+            not self.use_feedback or bool(self.feedback_key.strip()),
+            "feedback_key",
+            self.feedback_key,
+            "must name the reward function's feedback field when use_feedback is true",
+        )
         _check(
             self.max_teacher_prompt_length is None or self.max_teacher_prompt_length >= 1,
             "max_teacher_prompt_length",

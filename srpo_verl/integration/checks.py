@@ -38,6 +38,24 @@ def _rows(indices: Iterable[int], limit: int = 10) -> str:
 # ============================================================================ trainer configuration
 
 
+def _int_setting(node, key: str, name: str, default=None):
+    """An integer verl setting, or `default` when absent. A Hydra override such as `rollout.n='8'`
+    arrives as a str and would otherwise end in a bare TypeError at the first comparison."""
+    value = node.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: must be an integer, not a {type(value).__name__}")
+    return value
+
+
+def _bool_setting(node, key: str, name: str, default: bool) -> bool:
+    value = node.get(key, default)
+    if not isinstance(value, bool):  # the string "False" is truthy: it would silently mean True
+        raise ValueError(f"{name}={value!r}: must be true or false, not a {type(value).__name__}")
+    return value
+
+
 def verl_version_problem(installed: str, supported: str) -> Optional[str]:
     """Why `installed` verl cannot run the SRPO trainer, or None. The trainer and worker subclass
     verl's v1 trainer and engine worker and override private hooks that change between releases."""
@@ -86,26 +104,27 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
         raise RuntimeError(problem)
 
     arr = config.actor_rollout_ref
-    n = arr.rollout.n
-    if not isinstance(n, int) or n < 2:
+    n = _int_setting(arr.rollout, "n", "actor_rollout_ref.rollout.n")
+    if n is None or n < 2:
         raise ValueError(
             f"actor_rollout_ref.rollout.n={n!r}: SRPO needs groups of >= 2 responses per prompt "
             "(a sample is never its own demonstration, so with n=1 no sample could ever have a teacher)"
         )
     for key, node in (("actor_rollout_ref.model", arr.model), ("actor_rollout_ref.actor", arr.actor)):
-        if node.get("use_remove_padding", True) is False:
+        if not _bool_setting(node, "use_remove_padding", f"{key}.use_remove_padding", True):
             raise ValueError(
                 f"{key}.use_remove_padding=False: the SRPO teacher pass and loss work on packed sequences; "
                 "set actor_rollout_ref.model.use_remove_padding=True"
             )
     for key in ("actor", "ref"):
-        sp = arr[key].get("ulysses_sequence_parallel_size", 1) or 1
-        if sp > 1:
+        name = f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size"
+        sp = _int_setting(arr[key], "ulysses_sequence_parallel_size", name)
+        if sp is not None and sp > 1:
             raise NotImplementedError(
-                f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size={sp}: Ulysses sequence parallelism is "
+                f"{name}={sp}: Ulysses sequence parallelism is "
                 "not implemented in the SRPO teacher pass; set it to 1"
             )
-    max_prompt = config.data.get("max_prompt_length", None)
+    max_prompt = _int_setting(config.data, "max_prompt_length", "data.max_prompt_length")
     teacher_limit = srpo.max_teacher_prompt_length
     if teacher_limit is not None and max_prompt is not None and teacher_limit < max_prompt:
         # The teacher prompt contains the whole student prompt plus the template and a demonstration.
@@ -115,15 +134,16 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
             "prompt (which contains it); raise the teacher limit or leave it null"
         )
     actor = arr.actor
-    mini = actor.get("ppo_mini_batch_size", None)
-    batch = config.data.get("train_batch_size", None)
-    if actor.get("ppo_epochs", 1) > 1 or (mini is not None and batch is not None and mini < batch):
+    mini = _int_setting(actor, "ppo_mini_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size")
+    batch = _int_setting(config.data, "train_batch_size", "data.train_batch_size")
+    epochs = _int_setting(actor, "ppo_epochs", "actor_rollout_ref.actor.ppo_epochs", 1)
+    if epochs > 1 or (mini is not None and batch is not None and mini < batch):
         logger.warning(
             "SRPO with several optimiser steps per batch (ppo_epochs=%s, ppo_mini_batch_size=%s < "
             "train_batch_size=%s): later mini-batches distil on the student's top-K ids taken before the "
             "first step (docs/design.md, 'Top-K ids from the pre-update policy'); "
             "actor/srpo/topk_match_fraction shows how far they drift",
-            actor.get("ppo_epochs", 1),
+            epochs,
             mini,
             batch,
         )

@@ -53,6 +53,21 @@ ERRORS = [
     ("ulysses", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], NotImplementedError, "ulysses_sequence_parallel_size=2"),
     ("trainer_mode_sync", ["trainer.v1.trainer_mode=sync"], ValueError, "algorithm.srpo is set but trainer.v1.trainer_mode=sync"),
     ("srpo_trainer_without_block", ["algorithm=grpo", "trainer.v1.trainer_mode=srpo"], ValueError, "needs an algorithm.srpo block"),
+    # Templates are checked when the block is built (was: at the first teacher step, not naming the key).
+    ("template_extra_field", ["algorithm.srpo.reprompt_template='{question} {solution} {hint}'"], ValueError, "algorithm.srpo.reprompt_template='{question} {solution} {hint}': placeholders other than {question} and {solution}: ['{hint}']"),
+    ("template_stray_brace", ["algorithm.srpo.reprompt_template='{question} { {solution}'"], ValueError, "algorithm.srpo.reprompt_template="),
+    ("template_positional", ["algorithm.srpo.feedback_template='{0} {question} {feedback}'"], ValueError, "algorithm.srpo.feedback_template='{0} {question} {feedback}': placeholders other than {question} and {feedback}: ['{0}']"),
+    ("template_escaped_question", ["algorithm.srpo.reprompt_template='{{question}} {solution}'"], ValueError, "algorithm.srpo.reprompt_template='{{question}} {solution}': must contain ['{question}']"),
+    ("template_solution_twice", ["algorithm.srpo.reprompt_template='{question} {solution} {solution}'"], ValueError, "must contain {solution} exactly once, not 2 times"),
+    ("feedback_key_empty", ["algorithm.srpo.use_feedback=true", "algorithm.srpo.feedback_key=''"], ValueError, "algorithm.srpo.feedback_key='': must name"),
+    # verl keys given as strings (was: a bare TypeError at the first comparison).
+    ("rollout_n_string", ["actor_rollout_ref.rollout.n='8'"], ValueError, "actor_rollout_ref.rollout.n='8': must be an integer"),
+    ("mini_batch_string", ["actor_rollout_ref.actor.ppo_mini_batch_size='8'"], ValueError, "actor_rollout_ref.actor.ppo_mini_batch_size='8': must be an integer"),
+    ("train_batch_string", ["data.train_batch_size='32'"], ValueError, "data.train_batch_size='32': must be an integer"),
+    ("ppo_epochs_string", ["actor_rollout_ref.actor.ppo_epochs='2'"], ValueError, "actor_rollout_ref.actor.ppo_epochs='2': must be an integer"),
+    ("max_prompt_string", ["data.max_prompt_length='512'", "algorithm.srpo.max_teacher_prompt_length=1024"], ValueError, "data.max_prompt_length='512': must be an integer"),
+    ("ulysses_string", ["actor_rollout_ref.ref.ulysses_sequence_parallel_size='2'"], ValueError, "actor_rollout_ref.ref.ulysses_sequence_parallel_size='2': must be an integer"),
+    ("remove_padding_string", ["actor_rollout_ref.model.use_remove_padding='False'"], ValueError, "actor_rollout_ref.model.use_remove_padding='False': must be true or false"),
     (
         "teacher_limit_below_prompt",
         ["data.max_prompt_length=512", "algorithm.srpo.max_teacher_prompt_length=256"],
