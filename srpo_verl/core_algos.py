@@ -296,6 +296,9 @@ def grpo_advantage(
     unbiased one (torch.std, as verl's GRPO). A group of size 1 has advantage 0 (r_i equals its own
     mean; verl instead returns r_i for singleton groups).
     rewards: (B,); index: group labels (B,). Returns float32 (B,) (float64 for float64 rewards).
+    Group sums accumulate in float64; an advantage that does not fit the output dtype (finite
+    float32 rewards near +-3e38 whose difference from the group mean exceeds float32's range)
+    raises ValueError naming the rows rather than returning +-inf.
     """
     _check_rewards(rewards)
     gid = group_ids(index, device=rewards.device)  # (B,)
@@ -311,7 +314,14 @@ def grpo_advantage(
         # Bessel's correction; singleton groups get std 0 (their centered reward is 0 anyway).
         std = torch.where(count > 1, sq / (count - 1).clamp(min=1), torch.zeros_like(sq)).sqrt()  # (G,)
         centered = centered / (std[gid] + eps)
-    return centered.to(_compute_dtype(rewards))
+    advantages = centered.to(_compute_dtype(rewards))  # (B,)
+    if not torch.isfinite(advantages).all():
+        rows = (~torch.isfinite(advantages)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"GRPO advantage does not fit {advantages.dtype} at rows {rows[:10]} (e.g. r - mean = "
+            f"{centered[rows[0]].item():.3g}): rewards this large overflow; rescale the reward function"
+        )
+    return advantages
 
 
 def ppo_clip_token_loss(

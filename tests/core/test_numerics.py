@@ -93,3 +93,21 @@ def test_api_page_documents_every_public_function():
     page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     missing = [name for name in ca.__all__ if f"`{name}(" not in page and name != "Routing"]
     assert not missing, f"docs/api.md lacks: {missing}"
+
+
+def test_grpo_advantage_at_the_edge_of_float32():
+    # Finite float32 rewards near +-3e38: the group sum needs float64, and r - mean can exceed
+    # float32's range. Before: -inf/+inf came back silently. Now: exact where it fits, else a
+    # ValueError naming the row.
+    big = torch.tensor([3e38, -3e38, 3e38, -3e38])
+    adv = ca.grpo_advantage(big, [0, 0, 1, 1])
+    assert adv.dtype == torch.float32 and torch.equal(adv, big)  # means are 0: A = r exactly
+    assert ca.grpo_advantage(torch.tensor([3e38, 3e38, 3e38]), [0, 0, 0]).abs().max() == 0  # sum 9e38 in float64
+    over = torch.tensor([3e38, -3e38, -3e38, 1.0, 2.0])  # mean -1e38: A_0 = 4e38 > float32 max
+    with pytest.raises(ValueError, match=r"does not fit torch.float32 at rows \[0\]"):
+        ca.grpo_advantage(over, [0, 0, 0, 1, 1])
+    # The same rewards in float64 fit, and agree with a hand computation.
+    adv64 = ca.grpo_advantage(over.double(), [0, 0, 0, 1, 1])
+    a = over[0].double().item()  # float32's nearest value to 3e38; group 0 is (a, -a, -a), mean -a/3
+    expected = torch.tensor([4 * a / 3, -2 * a / 3, -2 * a / 3, -0.5, 0.5], dtype=torch.float64)
+    assert adv64.dtype == torch.float64 and torch.allclose(adv64, expected, rtol=1e-12, atol=0)
