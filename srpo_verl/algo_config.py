@@ -80,7 +80,8 @@ def _check_template(template: str, key: str, slot: str) -> None:
     names = [name for name, _, _ in fields_]
     missing = [f"{{{n}}}" for n in allowed if n not in names]
     _check(not missing, key, template, f"must contain {missing} ({{{{...}}}} is a literal, not a placeholder)")
-    _check(names.count(slot) == 1, key, template, f"must contain {{{slot}}} exactly once, not {names.count(slot)} times")
+    count = names.count(slot)
+    _check(count == 1, key, template, f"must contain {{{slot}}} exactly once, not {count} times")
 
 
 @dataclass

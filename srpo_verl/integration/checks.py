@@ -380,6 +380,24 @@ def _unbind(rows, name: str, n: int) -> list:
     return [torch.as_tensor(r).reshape(-1) for r in rows]
 
 
+def _check_one_prompt_per_uid(prompts: list[torch.Tensor], labels: np.ndarray, real: torch.Tensor) -> None:
+    """ValueError naming the uid and rows when real rows of one uid hold different prompt tokens: one
+    prompt's correct answer would become the other's demonstration. verl pads the prompts of a batch
+    alike, so equal prompts have equal rows."""
+    seen: dict[str, dict[bytes, list[int]]] = {}
+    for i, p in enumerate(prompts):
+        if real[i]:
+            seen.setdefault(labels[i], {}).setdefault(p.to(torch.int64).numpy().tobytes(), []).append(i)
+    mixed = {label: list(by.values()) for label, by in seen.items() if len(by) > 1}
+    if mixed:
+        label, parts = next(iter(mixed.items()))
+        detail = " vs ".join(f"rows {_rows(rows)}" for rows in parts[:3])
+        raise ValueError(
+            f"uid: {len(mixed)} uid(s) shared by different prompts (e.g. {label!r}: {detail}): one prompt's "
+            "responses would become the other's demonstrations"
+        )
+
+
 def check_step_inputs(
     rewards,
     uid,
@@ -390,6 +408,7 @@ def check_step_inputs(
     responses=None,
     eos_token_id=None,
     max_response_length: Optional[int] = None,
+    prompts=None,
 ) -> StepInputs:
     """Check one step's rewards, group labels and responses before the advantage and the routing.
 
@@ -399,11 +418,13 @@ def check_step_inputs(
         tensor's unbind()). real: (B,) bool, False for padding rows (default all True).
     group_size: actor_rollout_ref.rollout.n; responses, eos_token_id (int or ints) and
         max_response_length: only to count responses truncated without EOS.
+    prompts: B per-row prompt token ids (verl's `prompts`: (B, T), nested, or a list), to check
+        that the rows of a uid share one prompt (with or without `group_size`).
 
     Raises ValueError naming the field and the rows for: rewards None / NaN / inf / non-numeric /
     of the wrong length; uid absent, missing (None, NaN, "", "None") on a real row, or shared by
-    more than `group_size` real rows (two prompts would exchange demonstrations); response_mask or
-    responses of the wrong length or not row-aligned.
+    more than `group_size` real rows or by real rows with different prompts (two prompts would
+    exchange demonstrations); response_mask, responses or prompts of the wrong length or not row-aligned.
     Counts (returned `metrics`, WARNING-logged when a row cannot take part in SRPO):
       empty_response_rows  real rows with no valid response token: never routed to the teacher nor
                            used as a demonstration; their tokens contribute nothing to the loss;
@@ -462,6 +483,9 @@ def check_step_inputs(
                 f"(e.g. {oversized[0]!r}: {sizes[oversized[0]]}, rows {_rows(rows)}): different prompts share a uid "
                 "and would use each other's responses as demonstrations"
             )
+
+    if prompts is not None:
+        _check_one_prompt_per_uid(_unbind(prompts, "prompts", n), labels, real)
 
     masks = [m.bool() for m in _unbind(response_mask, "response_mask", n)]
     valid = [int(m.sum()) for m in masks]

@@ -67,6 +67,12 @@ def has_demonstration_content(tokenizer, response_ids: Sequence[int], *, strip_t
     return bool(_clean(text, strip_think))
 
 
+def text_has_content(text: str, *, strip_think: bool = True) -> bool:
+    """Whether a feedback string has something to show once thinking (with `strip_think`) and
+    surrounding whitespace are removed: the same test `teacher_prompt_ids` applies."""
+    return bool(_clean(text or "", strip_think))
+
+
 def _token_span(tokenizer, ids: list[int], text: str, clean: str) -> Optional[list[int]]:
     """The run of `ids` that decodes to exactly `clean` (a substring of `text`, their decoding), or
     None when the token boundaries do not line up (a multi-byte character split across tokens,

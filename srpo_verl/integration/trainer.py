@@ -27,7 +27,7 @@ from verl.utils.debug import marked_timer
 
 from srpo_verl import core_algos
 from srpo_verl.integration import checks
-from srpo_verl.integration.teacher_prompt import teacher_prompt_ids
+from srpo_verl.integration.teacher_prompt import has_demonstration_content, teacher_prompt_ids, text_has_content
 from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,9 @@ class SRPOStepMixin:
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         # Rewards and groups are checked before verl's estimator sees them (a NaN is named, not averaged).
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "response_mask", "responses"]
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["uid", "rm_scores", "response_mask", "responses", "prompts"],
         )
         self._srpo_inputs = checks.check_step_inputs(
             data["rm_scores"],
@@ -103,6 +105,7 @@ class SRPOStepMixin:
             responses=data["responses"],
             eos_token_id=self.tokenizer.eos_token_id,
             max_response_length=self.config.actor_rollout_ref.rollout.response_length,
+            prompts=data["prompts"],
         )
         metrics.update(self._srpo_inputs.metrics)
         batch = super()._compute_advantage(batch, metrics)
@@ -128,9 +131,12 @@ class SRPOStepMixin:
         feedback = [""] * n
         if srpo.use_feedback:
             feedback = [reward_extra(row, srpo.feedback_key) for row in list(data["extra_fields"])]
-        has_feedback = torch.tensor([bool(f.strip()) for f in feedback]) & real
+        has_feedback = torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & real
+        demonstrable = self._srpo_demonstrable(list(data["responses"].unbind()), metrics)
         # teacher_available and sdpo are limited to real rows with a non-empty response.
-        routing = checks.route_step(step, success_threshold=srpo.success_threshold, has_feedback=has_feedback)
+        routing = checks.route_step(
+            step, success_threshold=srpo.success_threshold, has_feedback=has_feedback, demonstrable=demonstrable
+        )
         teacher_ok = routing.teacher_available
         if srpo.method == "srpo":
             route, teacher_rows = routing.sdpo, routing.sdpo
@@ -216,6 +222,27 @@ class SRPOStepMixin:
                 }
             )
 
+    def _srpo_demonstrable(self, responses: list[torch.Tensor], metrics: dict) -> torch.Tensor:
+        """(B,) bool: responses a teacher can read as a demonstration (checked on the correct, usable
+        rows, the only ones that can demonstrate). A correct response that is only EOS, whitespace or
+        thinking is no teacher for its siblings; counted in srpo/check/empty_demonstration_rows."""
+        step, srpo = self._srpo_inputs, self.srpo
+        candidates = core_algos.correctness(step.rewards, success_threshold=srpo.success_threshold) & step.usable
+        demonstrable = torch.zeros(len(responses), dtype=torch.bool)
+        for i in candidates.nonzero().flatten().tolist():
+            ids = responses[i].tolist()
+            demonstrable[i] = has_demonstration_content(self.tokenizer, ids, strip_think=srpo.strip_thinking)
+        empty = (candidates & ~demonstrable).nonzero().flatten().tolist()
+        if empty:
+            logger.warning(
+                "SRPO step: %d correct response(s) with nothing to show once EOS, whitespace and thinking are "
+                "removed (rows %s): not used as demonstrations",
+                len(empty),
+                empty[:10],
+            )
+        metrics[checks.METRIC_PREFIX + "empty_demonstration_rows"] = len(empty)
+        return demonstrable
+
     def _srpo_put_teacher_prompts(self, batch, raw_prompts, groups, correct, feedback, teacher_idx, responses) -> int:
         """Tokenise the teacher prompt of each teacher row and store [teacher prompt | response]."""
         srpo = self.srpo
@@ -231,8 +258,8 @@ class SRPOStepMixin:
             siblings = [j for j in range(n) if groups[j] == groups[i] and correct[j] and j != i]
             solution = None
             if siblings:
-                j = int(rng.choice(siblings))
-                solution = self.tokenizer.decode(responses[j].tolist(), skip_special_tokens=True)
+                # The sibling's own token ids: spliced into the template, never re-tokenised as text.
+                solution = responses[int(rng.choice(siblings))].tolist()
             try:
                 prompt, cut = self._srpo_teacher_prompt(raw_prompts[i], solution, feedback[i], max_len, template_kwargs)
             except ValueError as err:

@@ -111,6 +111,29 @@ def test_uid_shared_by_two_prompts_is_an_error():
         step([1.0, 0.0] * 3 + [0.0], ["a"] * 6 + ["b"], group_size=4)
 
 
+PROMPT_A, PROMPT_B = [0, 0, 5, 6, 7], [0, 9, 5, 6, 7]  # left-padded as verl stores them
+
+
+@pytest.mark.parametrize(
+    "group_size, as_nested",
+    [(4, False), (None, False), (4, True)],
+    ids=["within_rollout_n", "group_size_unknown", "nested_prompts"],
+)
+def test_uid_shared_by_two_prompts_within_rollout_n_is_an_error(group_size, as_nested):
+    # Before: only detected when the uid had more rows than rollout.n. 2 + 2 rows of one uid fit
+    # n=4, so prompt A's correct answer became prompt B's demonstration silently.
+    prompts = [PROMPT_A, PROMPT_A, PROMPT_B, PROMPT_B, PROMPT_B]
+    rows = [torch.tensor(p) for p in prompts]
+    prompts = torch.nested.as_nested_tensor(rows, layout=torch.jagged) if as_nested else torch.stack(rows)
+    with pytest.raises(ValueError, match=re.escape("uid: 1 uid(s) shared by different prompts (e.g. 'a': rows [0, 1] vs rows [2, 3])")):
+        step([1.0, 0.0, 0.0, 0.0, 1.0], ["a", "a", "a", "a", "b"], group_size=group_size, prompts=prompts)
+    # Control: the same batch with one prompt per uid passes; a padding row may hold anything.
+    ok = [PROMPT_A] * 4 + [PROMPT_B, [1, 2, 3, 4, 5]]
+    s = step([1.0, 0.0, 0.0, 0.0, 1.0, 1.0], ["a"] * 4 + ["b", "a"], group_size=group_size,
+             prompts=torch.tensor(ok), real=[True] * 5 + [False])
+    assert s.uid.tolist() == ["a"] * 4 + ["b", "__pad_5"]
+
+
 def test_group_of_size_one_has_no_teacher_and_zero_advantage(caplog):
     rewards = [0.0, 1.0, 0.0]
     uid = ["solo", "pair", "pair"]

@@ -170,3 +170,81 @@ def test_empty_feedback_is_refused_by_the_builder(tokenizers):
     for tok in tokenizers.values():
         with pytest.raises(ValueError, match="feedback is empty"):
             teacher_prompt_ids(tok, CHAT, solution=None, feedback=" <think>x</think> ", strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES)
+
+
+# ---------------------------------------------------------------- the trainer's use of them
+
+
+def _trainer(tok, rewards, uid, lengths, **srpo):
+    """The SRPO step mixin's teacher-prompt methods on a stand-in trainer (no Ray, no TransferQueue)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from srpo_verl.integration.checks import check_step_inputs
+
+    masks = [torch.arange(max(lengths) or 1) < n for n in lengths]
+    config = OmegaConf.create({"data": {"max_prompt_length": 64, "max_response_length": 256, "seed": 1}})
+    return SimpleNamespace(
+        tokenizer=tok,
+        srpo=SRPOConfig(**srpo),
+        config=config,
+        global_steps=1,
+        _srpo_inputs=check_step_inputs(rewards, uid, masks),
+    )
+
+
+def test_trainer_routes_no_row_to_an_empty_demonstration(tokenizers, caplog):
+    # Group "a": its only correct response is EOS + whitespace + thinking; group "b": a real answer.
+    # Before: row 1 was distilled from `Correct solution:\n\n`. Now it has no teacher (GRPO, advantage
+    # from the rewards as usual) and the empty demonstration is counted.
+    import logging
+
+    from srpo_verl.integration import trainer as trainer_mod
+    from srpo_verl.integration.checks import route_step
+
+    for name, tok in tokenizers.items():
+        eos = tok.eos_token_id
+        responses = [
+            torch.tensor(plain_ids(tok, " <think>it is 42</think>\n") + [eos]),
+            torch.tensor(plain_ids(tok, "41") + [eos]),
+            torch.tensor(plain_ids(tok, "42") + [eos]),
+            torch.tensor(plain_ids(tok, "40") + [eos]),
+        ]
+        lengths = [len(r) for r in responses]
+        self = _trainer(tok, [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"], lengths)
+        metrics = {}
+        with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.trainer"):
+            demonstrable = trainer_mod.SRPOStepMixin._srpo_demonstrable(self, responses, metrics)
+        assert demonstrable.tolist() == [False, False, True, False], name
+        assert metrics["srpo/check/empty_demonstration_rows"] == 1 and "rows [0]" in caplog.text
+        routing = route_step(self._srpo_inputs, success_threshold=0.5, demonstrable=demonstrable)
+        assert routing.sdpo.tolist() == [False, False, False, True], name
+
+
+def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
+    # The trainer hands the sibling's token ids to the builder (before: decoded text, re-tokenised
+    # by the chat template): the teacher prompt holds the template's special tokens only.
+    from srpo_verl.integration import trainer as trainer_mod
+
+    stored = {}
+    monkeypatch.setattr(trainer_mod.tq, "kv_batch_put", lambda **kw: stored.update(kw["fields"].to_dict()))
+    for name, tok in tokenizers.items():
+        eos = tok.eos_token_id
+        # One token per character: for the BPE not the tokenisation its text would get back.
+        sibling = [t for ch in INJECTION for t in plain_ids(tok, ch)]
+        assert (sibling != plain_ids(tok, INJECTION)) == (name == "bpe")
+        responses = [torch.tensor(sibling + [eos]), torch.tensor(plain_ids(tok, "41") + [eos])]
+        self = _trainer(tok, [1.0, 0.0], ["a", "a"], [len(r) for r in responses])
+        self._srpo_teacher_prompt = trainer_mod.SRPOStepMixin._srpo_teacher_prompt.__get__(self)
+        batch = type("Batch", (), {"keys": ["k0", "k1"], "partition_id": "train"})()
+        cut = trainer_mod.SRPOStepMixin._srpo_put_teacher_prompts(
+            self, batch, [CHAT, CHAT], [0, 0], [True, False], ["", ""], [1], responses
+        )
+        row = stored["srpo_teacher_input_ids"].unbind()[1].tolist()
+        prompt, response = row[: -len(responses[1])], row[-len(responses[1]) :]
+        skeleton, _ = teacher_prompt_ids(tok, CHAT, solution="42", feedback=None, strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES)
+        assert cut == 0 and response == responses[1].tolist(), name
+        assert _specials(tok, prompt) == _specials(tok, skeleton), name
+        # The sibling's own ids (EOS dropped) appear as one run: spliced, not re-tokenised.
+        assert any(prompt[k : k + len(sibling)] == sibling for k in range(len(prompt))), name
