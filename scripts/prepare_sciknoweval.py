@@ -27,7 +27,7 @@ import glob
 import json
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from srpo_verl.tasks import sciknoweval as ske
 from srpo_verl.tasks.common import describe_counts, hub_error
@@ -36,8 +36,21 @@ from srpo_verl.tasks.common import describe_counts, hub_error
 _LEGACY_CONFIGS = ("Biology", "Chemistry", "Physics", "Material")
 
 
-def read_local(paths: Iterable[str]) -> list[dict[str, Any]]:
-    """Records from JSONL / JSON (a list) / parquet files, or folders searched for them."""
+def _read_json(file: str) -> list[dict[str, Any]]:
+    """A JSON list (or {"data": [...]}) or JSON lines, whatever the extension says."""
+    with open(file, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        data = json.loads(text)
+    except ValueError:  # JSON lines, as the SDPO fork's split files (`Dataset.to_json`)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if isinstance(data, dict):
+        return list(data.get("data", [data]))
+    return list(data)
+
+
+def read_local(paths: Iterable[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(file, records) of JSONL / JSON / parquet files, or of folders searched for them."""
     files: list[str] = []
     for path in paths:
         path = os.path.expanduser(path)
@@ -50,20 +63,48 @@ def read_local(paths: Iterable[str]) -> list[dict[str, Any]]:
             raise SystemExit(f"error: --local-file {path} does not exist")
     if not files:
         raise SystemExit(f"error: no .jsonl/.json/.parquet file found in {', '.join(paths)}")
-    records: list[dict[str, Any]] = []
+    out = []
     for file in files:
         if file.endswith(".parquet"):
             import pandas as pd
 
-            records += pd.read_parquet(file).to_dict(orient="records")
-        elif file.endswith(".jsonl"):
-            with open(file, encoding="utf-8") as fh:
-                records += [json.loads(line) for line in fh if line.strip()]
+            out.append((file, pd.read_parquet(file).to_dict(orient="records")))
         else:
-            with open(file, encoding="utf-8") as fh:
-                data = json.load(fh)
-            records += data if isinstance(data, list) else data.get("data", [])
-    return records
+            out.append((file, _read_json(file)))
+    return out
+
+
+def sort_sources(files: list[tuple[str, list[dict[str, Any]]]]) -> tuple[list[dict], dict[str, dict]]:
+    """(upstream records, {domain: {split or None: SDPO fork records}}). A file whose records are
+    all the fork's prepared rows is a fork file; its domain (and split) come from its path."""
+    upstream: list[dict[str, Any]] = []
+    fork: dict[str, dict[Optional[str], list[dict[str, Any]]]] = {}
+    for file, records in files:
+        if records and all(ske.is_fork_record(r) for r in records):
+            domain = ske.fork_domain(file)
+            if domain is None:
+                raise SystemExit(f"error: {file} holds SDPO fork rows, but its path names no domain "
+                                 f"(expected .../<domain>/{{train,test}}.json or .../<domain>.json)")
+            stem = os.path.basename(file).rsplit(".", 1)[0]
+            fork.setdefault(domain, {})[stem if stem in ("train", "test") else None] = records
+        else:
+            upstream += records
+    return upstream, fork
+
+
+def domain_splits(domain: str, upstream: list[dict], fork: dict[str, dict], args: argparse.Namespace) -> dict[str, list]:
+    """The train/test rows of one domain, from the fork's files when given, else upstream records."""
+    parts = fork.get(domain, {})
+    if "train" in parts or "test" in parts:
+        if not ("train" in parts and "test" in parts):
+            raise SystemExit(f"error: {domain}: give both train.json and test.json of the SDPO fork (or its {domain}.json)")
+        return {**ske.fork_rows(parts["train"], domain, "train"), **ske.fork_rows(parts["test"], domain, "test")}
+    if None in parts:
+        return ske.fork_rows(parts[None], domain, seed=args.seed, test_fraction=args.test_fraction)
+    try:
+        return ske.build_splits(upstream, domain, seed=args.seed, test_fraction=args.test_fraction)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def read_hub(revision: str | None) -> list[dict[str, Any]]:
@@ -98,19 +139,28 @@ def write_parquet(rows: list[dict[str, Any]], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)")
-    parser.add_argument("--domains", nargs="+", default=list(ske.DOMAINS), choices=list(ske.DOMAINS))
+    parser.add_argument("--domains", nargs="+", default=None, choices=list(ske.DOMAINS),
+                        help="default: all four (with only SDPO fork files: the domains they hold)")
     parser.add_argument("--local-file", action="append", default=None, metavar="PATH",
                         help="upstream JSONL/JSON/parquet file or folder instead of the hub (repeatable)")
     parser.add_argument("--revision", default=None, help="hub revision (commit) to pin, default: main")
     parser.add_argument("--seed", type=int, default=ske.SEED, help="split seed (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=ske.TEST_FRACTION, help="default: %(default)s")
     args = parser.parse_args(argv)
+    args.domains_given = args.domains is not None
+    args.domains = args.domains or list(ske.DOMAINS)
 
-    records = read_local(args.local_file) if args.local_file else read_hub(args.revision)
+    if args.local_file:
+        upstream, fork = sort_sources(read_local(args.local_file))
+        what = f"{len(upstream)} upstream records" + (f" and SDPO fork files for {', '.join(fork)}" if fork else "")
+        domains = args.domains if args.domains_given or upstream else [d for d in args.domains if d in fork]
+    else:
+        upstream, fork, domains = read_hub(args.revision), {}, args.domains
+        what = f"{len(upstream)} records of {ske.HF_DATASET}"
     out_dir = os.path.expanduser(args.out_dir)
-    print(f"read {len(records)} SciKnowEval records from {'local files' if args.local_file else ske.HF_DATASET}")
-    for domain in args.domains:
-        splits = ske.build_splits(records, domain, seed=args.seed, test_fraction=args.test_fraction)
+    print(f"read {what}")
+    for domain in domains:
+        splits = domain_splits(domain, upstream, fork, args)
         paths = {}
         for split, rows in splits.items():
             paths[split] = os.path.join(out_dir, domain, f"{split}.parquet")

@@ -6,19 +6,24 @@ Writes
     <out-dir>/toolalpaca/train.parquet     every training instance with a tool call (paper: 4046)
     <out-dir>/toolalpaca/test.parquet      the simulated evaluation requests      (paper: 68)
 
-with verl's RL columns: data_source (`toolalpaca`), prompt (one user message: the API's tool
-documentation, the Action / Action Input format, the request), ability, reward_model {style:
-rule, ground_truth: JSON list of {"Action", "Action_Input"}}, extra_info {split, index, api,
-question, num_calls}. The split is upstream's own (train_data.json / eval_simulated.json), so no
-seed is involved. Prints what it wrote.
+with verl's RL columns, as the public SDPO code (github.com/lasgroup/SDPO) the paper builds on
+writes them: data_source (`tooluse`), prompt (one user message: the fork's task prompt with the
+API's tool documentation and the request), ability, reward_model {style: rule, ground_truth: JSON
+list of {"Action", "Action_Input"}}, extra_info {split, index, api, question, num_calls}. The
+split is upstream's own (train_data.json / eval_simulated.json, of which the 68 requests whose
+golden inputs hold no `$` placeholder), so no seed is involved. Prints what it wrote.
 
-Source: data/train_data.json and data/eval_simulated.json of the GitHub repository
-tangqiaoyu/ToolAlpaca, downloaded (and cached) with the `datasets` library's download manager;
-or, offline, --local-dir with a clone of the repository (or its data/ folder).
+Sources (one of):
+- data/train_data.json and data/eval_simulated.json of the GitHub repository
+  tangqiaoyu/ToolAlpaca, downloaded (and cached) with the `datasets` library's download manager;
+- offline, --local-dir with a clone of that repository (or its data/ folder);
+- --local-file with the SDPO fork's prepared split files (datasets/tooluse/{train,test}.json, or
+  the folder holding them): the same rows.
 
     python scripts/prepare_toolalpaca.py --out-dir ~/data/srpo
     git clone https://github.com/tangqiaoyu/ToolAlpaca && \\
         python scripts/prepare_toolalpaca.py --local-dir ToolAlpaca --out-dir ~/data/srpo
+    python scripts/prepare_toolalpaca.py --local-file SDPO/datasets/tooluse --out-dir ~/data/srpo
 """
 
 from __future__ import annotations
@@ -62,6 +67,31 @@ def load_json(path: str) -> list[dict[str, Any]]:
     return data
 
 
+def fork_splits(paths: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """{'train', 'test'} rows from the SDPO fork's datasets/tooluse/{train,test}.json (JSON lines),
+    given as files or as the folder holding them."""
+    files: dict[str, str] = {}
+    for path in map(os.path.expanduser, paths):
+        candidates = [os.path.join(path, f"{s}.json") for s in ("train", "test")] if os.path.isdir(path) else [path]
+        for file in candidates:
+            split = os.path.basename(file).rsplit(".", 1)[0]
+            if os.path.isfile(file) and split in ("train", "test"):
+                files[split] = file
+            elif not os.path.isdir(path):
+                raise SystemExit(f"error: --local-file {file}: expected the SDPO fork's train.json or test.json")
+    missing = [s for s in ("train", "test") if s not in files]
+    if missing:
+        raise SystemExit(f"error: --local-file: no SDPO fork {' or '.join(m + '.json' for m in missing)} in {', '.join(paths)}")
+    splits = {}
+    for split, file in files.items():
+        with open(file, encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+        if not all(ta.is_fork_record(r) for r in records):
+            raise SystemExit(f"error: {file} is not the SDPO fork's tooluse format (JSON lines with prompt, answer, dataset=tooluse)")
+        splits[split] = [ta.from_fork_record(r, split=split, index=i) for i, r in enumerate(records)]
+    return splits
+
+
 def write_parquet(rows: list[dict[str, Any]], path: str) -> None:
     import datasets
 
@@ -75,24 +105,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)")
     parser.add_argument("--local-dir", default=None, metavar="DIR",
                         help="a ToolAlpaca clone (or its data/ folder) instead of downloading")
+    parser.add_argument("--local-file", action="append", default=None, metavar="PATH",
+                        help="the SDPO fork's datasets/tooluse/{train,test}.json, or their folder (repeatable)")
     parser.add_argument("--revision", default="main",
                         help="git revision of tangqiaoyu/ToolAlpaca to download (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    if args.local_dir:
-        train_path, test_path = find_local(args.local_dir, ta.TRAIN_FILE), find_local(args.local_dir, ta.TEST_FILE)
+    if args.local_file:
+        splits = fork_splits(args.local_file)
+        source = ", ".join(args.local_file)
     else:
-        train_path, test_path = download(ta.TRAIN_FILE, args.revision), download(ta.TEST_FILE, args.revision)
-    splits = {"train": ta.train_rows(load_json(train_path)), "test": ta.test_rows(load_json(test_path))}
+        if args.local_dir:
+            train_path, test_path = find_local(args.local_dir, ta.TRAIN_FILE), find_local(args.local_dir, ta.TEST_FILE)
+        else:
+            train_path, test_path = download(ta.TRAIN_FILE, args.revision), download(ta.TEST_FILE, args.revision)
+        splits = {"train": ta.train_rows(load_json(train_path)), "test": ta.test_rows(load_json(test_path))}
+        source = f"{train_path} and {test_path}"
 
     out_dir = os.path.join(os.path.expanduser(args.out_dir), "toolalpaca")
-    print(f"read {train_path} and {test_path}")
+    print(f"read {source}")
     for split, rows in splits.items():
         if not rows:
-            source = train_path if split == "train" else test_path
             raise SystemExit(f"error: no {split} rows: is {source} in the upstream format?")
         write_parquet(rows, os.path.join(out_dir, f"{split}.parquet"))
-    print(f"toolalpaca {describe_counts({s: len(r) for s, r in splits.items()}, ta.PAPER_SPLITS)}")
+    print(f"tooluse    {describe_counts({s: len(r) for s, r in splits.items()}, ta.PAPER_SPLITS)}")
     for split in splits:
         print(f"           {split:5s} -> {os.path.join(out_dir, split + '.parquet')}")
     return 0

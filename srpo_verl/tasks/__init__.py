@@ -2,8 +2,13 @@
 
 | task | data_source | module |
 |---|---|---|
-| SciKnowEval L3 MCQ, 4 domains | `sciknoweval_chemistry`, `_physics`, `_biology`, `_materials` | `sciknoweval` |
-| ToolAlpaca tool use | `toolalpaca` | `toolalpaca` |
+| SciKnowEval L3 MCQ, 4 domains | `sciknoweval` | `sciknoweval` |
+| ToolAlpaca tool use | `tooluse` | `toolalpaca` |
+
+The `data_source` names are those of the public SDPO code the paper builds on, so validation
+metrics (`val-core/sciknoweval/acc/mean@16`, `val-core/tooluse/acc/mean@16`) line up with
+published SDPO runs and the SDPO fork's prepared data files score here. Rows written by earlier
+versions (`sciknoweval_<domain>`, `toolalpaca`) still dispatch.
 
 `compute_score` below is the single reward entry point for verl:
 
@@ -11,8 +16,13 @@
     reward.custom_reward_function.name=compute_score
 
 It picks the task from `data_source` and returns a dict with `score` (0/1), `acc`, `pred`,
-`format_error` and `feedback` (see `srpo_verl.tasks.common.reward_result`). Extra keyword
-arguments (`reward.custom_reward_function.reward_kwargs`) go to the task's function.
+`format_error`, `feedback`, `score_lenient` and `reward_error` (see
+`srpo_verl.tasks.common.reward_result`). Keyword arguments from
+`reward.custom_reward_function.reward_kwargs` go to the task's function; verl's config has no
+`reward_kwargs` key, so a new one needs Hydra's `+` prefix:
+
+    +reward.custom_reward_function.reward_kwargs.lenient=true     # lenient scorer as the reward
+    +reward.custom_reward_function.reward_kwargs.ordered=true     # ToolAlpaca lenient: call order counts
 """
 
 from __future__ import annotations
@@ -22,19 +32,41 @@ from typing import Any, Callable, Mapping, Optional
 from srpo_verl.tasks import sciknoweval, toolalpaca
 from srpo_verl.tasks.common import reward_result
 
-# data_source prefix -> reward function.
+# data_source prefix -> reward function (`sciknoweval_*` and `toolalpaca` are earlier names).
 _REWARDS: dict[str, Callable[..., dict[str, Any]]] = {
-    sciknoweval.DATA_SOURCE_PREFIX: sciknoweval.compute_score,
+    sciknoweval.DATA_SOURCE: sciknoweval.compute_score,
     toolalpaca.DATA_SOURCE: toolalpaca.compute_score,
+    "toolalpaca": toolalpaca.compute_score,
 }
+# data_source prefix -> the check of a row's gold answer (raises ValueError naming the row).
+_GOLD_CHECKS: dict[str, Callable[[Any, Optional[Mapping[str, Any]]], Any]] = {
+    sciknoweval.DATA_SOURCE: sciknoweval.check_gold,
+    toolalpaca.DATA_SOURCE: toolalpaca.parse_reference,
+    "toolalpaca": toolalpaca.parse_reference,
+}
+# Keyword arguments verl itself may add to a reward call (with a reward model); not ours to judge.
+_VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
+REWARD_KWARGS = frozenset({"lenient", "ordered"})
+
+
+def _lookup(table: dict[str, Any], data_source: Any) -> Any:
+    for prefix, value in table.items():
+        if str(data_source).startswith(prefix):
+            return value
+    return None
 
 
 def reward_fn_for(data_source: str) -> Optional[Callable[..., dict[str, Any]]]:
-    """The reward function of a data_source (`sciknoweval*` or `toolalpaca*`), or None."""
-    for prefix, fn in _REWARDS.items():
-        if str(data_source).startswith(prefix):
-            return fn
-    return None
+    """The reward function of a data_source (`sciknoweval*`, `tooluse*`, `toolalpaca*`), or None."""
+    return _lookup(_REWARDS, data_source)
+
+
+def check_gold(data_source: Any, ground_truth: Any, extra_info: Optional[Mapping[str, Any]]) -> None:
+    """Raise ValueError (naming the row) when a row of one of the paper's tasks has a gold answer
+    its reward cannot use; rows of other data sources pass."""
+    check = _lookup(_GOLD_CHECKS, data_source)
+    if check is not None:
+        check(ground_truth, extra_info)
 
 
 def compute_score(
@@ -46,9 +78,15 @@ def compute_score(
 ) -> dict[str, Any]:
     """verl's custom reward entry point, dispatching on `data_source`.
 
-    Other data sources fall back to verl's `default_compute_score` (gsm8k, math, …) with its
-    score wrapped into the same dict, so a mixed validation set keeps one set of keys.
+    Unknown keyword arguments (a misspelt reward_kwargs key) raise TypeError naming the valid
+    ones. Other data sources fall back to verl's `default_compute_score` (gsm8k, math, …) with
+    its score wrapped into the same dict, so a mixed validation set keeps one set of keys.
     """
+    unknown = set(kwargs) - REWARD_KWARGS - _VERL_KWARGS
+    if unknown:
+        raise TypeError(
+            f"unknown reward.custom_reward_function.reward_kwargs {sorted(unknown)}; valid: {sorted(REWARD_KWARGS)}"
+        )
     fn = reward_fn_for(data_source)
     if fn is not None:
         return fn(data_source, solution_str, ground_truth, extra_info, **kwargs)
@@ -59,4 +97,4 @@ def compute_score(
     return reward_result(score=score, pred="", format_error=False, feedback="" if score > 0 else "The answer is incorrect.")
 
 
-__all__ = ["compute_score", "reward_fn_for", "sciknoweval", "toolalpaca"]
+__all__ = ["check_gold", "compute_score", "reward_fn_for", "sciknoweval", "toolalpaca"]

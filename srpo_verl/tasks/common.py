@@ -7,33 +7,94 @@ plus `datasets` at their own top level.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", flags=re.DOTALL | re.IGNORECASE)
-_THINK_OPEN = re.compile(r"<think>", flags=re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</think>", flags=re.IGNORECASE)
+logger = logging.getLogger(__name__)
+
+_THINK_TAG = re.compile(r"</?think>", flags=re.IGNORECASE)
+
+
+def as_text(value: Any) -> str:
+    """A model response as a string: None is '', anything else not a string is str()-ed."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else str(value)
 
 
 def strip_thinking(text: str) -> str:
-    """The response without its thinking.
+    """The response without its thinking (tags case-insensitive):
 
-    - complete ``<think>…</think>`` blocks are removed;
+    - a ``<think>…</think>`` block is removed (tags inside a block are part of it);
     - a lone ``</think>`` (the chat template opened the block inside the prompt, so the response
-      starts in the middle of it) drops everything up to and including it;
+      starts in the middle of it) drops everything before it, itself included;
     - an unclosed ``<think>`` (generation stopped while thinking) drops everything after it.
+
+    Linear time: str.find/rfind jumps over a lower-cased copy, one step per block.
     """
-    text = _THINK_BLOCK.sub("", text or "")
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        text = text[closes[-1].end():]
-    opened = _THINK_OPEN.search(text)
-    if opened:
-        text = text[: opened.start()]
-    return text.strip()
+    text = as_text(text)
+    low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer: scan the tags instead
+        return _strip_thinking_scan(text)
+    kept: list[str] = []
+    cursor, end = 0, len(text)
+    while True:
+        close = low.find("</think>", cursor)
+        opened = low.find("<think>", cursor)
+        if close < 0:
+            kept.append(text[cursor : opened if opened >= 0 else end])
+            break
+        if opened < 0 or close < opened:  # lone closers before the next block: the last one wins
+            kept, cursor = [], low.rfind("</think>", cursor, opened if opened >= 0 else end) + len("</think>")
+        else:
+            kept.append(text[cursor:opened])
+            cursor = close + len("</think>")
+    return "".join(kept).strip()
+
+
+def _strip_thinking_scan(text: str) -> str:
+    """strip_thinking by one regex scan over the tags (for text whose lower case moves indices)."""
+    kept: list[str] = []
+    cursor, opened = 0, -1  # opened: start of the block being read, -1 outside a block
+    for tag in _THINK_TAG.finditer(text):
+        if tag.group()[1] != "/":
+            if opened < 0:
+                opened = tag.start()
+        elif opened >= 0:
+            kept.append(text[cursor:opened])
+            cursor, opened = tag.end(), -1
+        else:
+            kept, cursor = [], tag.end()
+    kept.append(text[cursor : opened if opened >= 0 else len(text)])
+    return "".join(kept).strip()
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests lists/objects deeper than `limit` (checked without
+    recursion, so a hostile value cannot exhaust the stack here)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def shorten(text: str, limit: int = 500) -> str:
+    """`text` cut to `limit` characters (with a marker): keeps logged fields and feedback small
+    whatever the model wrote."""
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
 
 
 def split_indices(n: int, *, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -54,24 +115,54 @@ def split_indices(n: int, *, test_fraction: float, seed: int) -> tuple[list[int]
     return permutation[n_test : n_test + n_train].tolist(), permutation[:n_test].tolist()
 
 
-def reward_result(*, score: float, pred: str, format_error: bool, feedback: str) -> dict[str, Any]:
+def reward_result(
+    *,
+    score: float,
+    pred: str,
+    format_error: bool,
+    feedback: str,
+    score_lenient: Optional[float] = None,
+    reward_error: int = 0,
+) -> dict[str, Any]:
     """The dict every task's compute_score returns; the same keys for every sample.
 
-    verl's reward loop keeps `score` as the reward and every other key as per-sample extra info:
-    `acc` makes validation log `val-core/<data_source>/acc/mean@N` (avg@N), `pred` feeds verl's
-    majority-vote metrics, `format_error` is averaged into `val-aux/.../format_error/mean@N`, and
-    `feedback` is the environment feedback the SRPO/SDPO self-teacher may use
-    (`algorithm.srpo.use_feedback`, key `algorithm.srpo.feedback_key`). Feedback is empty exactly
-    when the answer is correct.
+    verl's reward loop keeps `score` as the reward and every other key as per-sample extra info;
+    validation averages each numeric one into `val-aux/<data_source>/<key>/mean@N`:
+
+    - `acc` (= score) makes validation log `val-core/<data_source>/acc/mean@N` (avg@N);
+    - `pred` feeds verl's majority-vote metrics (cut to 500 characters);
+    - `format_error`: the response is not in the requested format;
+    - `feedback`: the environment feedback the SRPO/SDPO self-teacher may use
+      (`algorithm.srpo.use_feedback`, key `algorithm.srpo.feedback_key`); empty exactly when the
+      answer is correct;
+    - `score_lenient`: the lenient scorer's verdict on the same response, logged beside the
+      reference score so the difference is visible (= score when the lenient rule is the reward);
+    - `reward_error`: 1 when scoring the response failed unexpectedly (it then scores 0), so a
+      bad response is counted instead of ending the run.
     """
     score = float(score)
     return {
         "score": score,
         "acc": score,
-        "pred": pred,
+        "pred": shorten(as_text(pred)),
         "format_error": bool(format_error),
         "feedback": "" if score > 0 else feedback,
+        "score_lenient": score if score_lenient is None else float(score_lenient),
+        "reward_error": int(reward_error),
     }
+
+
+def failed_result(exc: BaseException) -> dict[str, Any]:
+    """The result of a response whose scoring raised: 0, a format error, counted in `reward_error`."""
+    logger.warning("reward function failed on a response (%s: %s); scored 0", type(exc).__name__, shorten(str(exc), 200))
+    return reward_result(
+        score=0.0,
+        pred="",
+        format_error=True,
+        feedback="Your response could not be read. Follow the requested answer format.",
+        score_lenient=0.0,
+        reward_error=1,
+    )
 
 
 def chat_prompt(user: str, system: Optional[str] = None) -> list[dict[str, str]]:
@@ -90,8 +181,8 @@ def hub_error(dataset: str, exc: BaseException, *, local_flag: str, where: str) 
 
 
 def describe_counts(counts: dict[str, int], expected: Optional[Sequence[int]] = None) -> str:
-    """`train 1890, test 210` plus a note when the paper's sizes differ."""
+    """`train 1890, test 210`, plus the paper's sizes when they differ (a fixture, a subset)."""
     text = ", ".join(f"{split} {n}" for split, n in counts.items())
     if expected is not None and tuple(counts.values()) != tuple(expected):
-        text += f"  (paper: {', '.join(f'{s} {n}' for s, n in zip(counts, expected))}; the upstream data may have changed)"
+        text += f"  (paper: {', '.join(f'{s} {n}' for s, n in zip(counts, expected))})"
     return text

@@ -7,12 +7,21 @@ each domain, split 90/10 with a fixed seed (SRPO_SPEC.md §3):
 
     Chemistry 1890/210, Physics 720/80, Biology 450/50, Materials 841/94.
 
-Prompt (paper): a system prompt asking for ``<reasoning>…</reasoning><answer>X</answer>`` and the
-user turn ``{question}\\nPlease reason step by step.``, where ``{question}`` is the question, a blank
-line and one ``A: option`` line per choice (the layout of the public SDPO data code).
+Rows, prompt and reward follow the public SDPO code the paper builds on (github.com/lasgroup/SDPO,
+``data/format/sciknoweval.py`` and ``verl/utils/reward_score/feedback/mcq.py``):
 
-Reward: 1 when the extracted letter equals ``answerKey``, else 0 (see `extract_choice` for the
-extraction rule and `compute_score` for the returned fields).
+- ``data_source`` is ``sciknoweval`` for every domain (validation logs
+  ``val-core/sciknoweval/acc/mean@16``, the name of published SDPO runs);
+- the system prompt below, and the user turn ``{question}\\n\\n{A: option lines}\\nPlease reason
+  step by step.``;
+- reward (default): 1 when the text inside the last ``<answer>…</answer>`` is the gold letter
+  (`reference_answer`), feedback empty. The lenient extractor (`extract_choice`: cue phrases,
+  ``\\boxed{}``, restated option text, …) is an option (``lenient=True``) and is always logged as
+  ``score_lenient``.
+
+The SDPO fork also ships the prepared splits (``datasets/sciknoweval/<domain>/{train,test}.json``,
+JSON lines with ``idx``, ``prompt``, ``system``, ``answer``, ``description``); `from_fork_record`
+reads them into the same rows.
 """
 
 from __future__ import annotations
@@ -20,12 +29,21 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from srpo_verl.tasks.common import chat_prompt, reward_result, split_indices, strip_thinking
+from srpo_verl.tasks.common import (
+    as_text,
+    chat_prompt,
+    failed_result,
+    reward_result,
+    shorten,
+    split_indices,
+    strip_thinking,
+)
 
 HF_DATASET = "hicai-zju/SciKnowEval"
 HF_SPLIT = "test"
 
-# Paper domain name -> the values of the upstream `domain` field (lower-cased).
+# Paper domain name -> the values of the upstream `domain` field (lower-cased). The SDPO fork
+# names the materials folder `material`.
 DOMAINS: dict[str, tuple[str, ...]] = {
     "chemistry": ("chemistry",),
     "physics": ("physics",),
@@ -46,28 +64,28 @@ MCQ_TYPES = ("mcq-4-choices", "mcq-2-choices")
 TEST_FRACTION = 0.1
 SEED = 42
 
-SYSTEM_PROMPT = (
-    "You are given a multiple-choice question. Think it through, then give your answer in exactly "
-    "this format:\n"
-    "<reasoning>\n"
-    "your step-by-step reasoning\n"
-    "</reasoning>\n"
-    "<answer>\n"
-    "X\n"
-    "</answer>\n"
-    "where X is only the letter of the correct option (for example A, B, C or D), with no option "
-    "text and nothing else inside the answer tags."
-)
-USER_TEMPLATE = "{question}\nPlease reason step by step."
+# The SDPO fork's system prompt, verbatim (leading and trailing newline included).
+SYSTEM_PROMPT = """
+Given a question and four options, please select the right answer. Respond in the following format:
+<reasoning>
+...
+</reasoning>
+<answer>
+...
+</answer>
 
-DATA_SOURCE_PREFIX = "sciknoweval"
+For the answer, only output the letter corresponding to the correct option (A, B, C, or D), and nothing else. Do not restate the answer text. For example, if the answer is "A", just output:
+<answer>
+A
+</answer>
+"""
+USER_TEMPLATE = "{question}\n\n{options}\nPlease reason step by step."
+# The fork's `description` field: the question and this suffix.
+_FORK_DESCRIPTION_SUFFIX = " The solution will be evaluated in a mcq environment."
+
+DATA_SOURCE = "sciknoweval"
+ABILITY = "mcq"
 DEFAULT_LABELS = tuple("ABCDEFGHIJ")
-
-
-def data_source(domain: str) -> str:
-    """`sciknoweval_<domain>`: the `data_source` column, hence the validation metric prefix
-    `val-core/sciknoweval_<domain>/acc/mean@16`."""
-    return f"{DATA_SOURCE_PREFIX}_{domain}"
 
 
 # ----------------------------------------------------------------------------- data rows
@@ -80,42 +98,41 @@ def _level(record: Mapping[str, Any]) -> str:
 
 def is_selected(record: Mapping[str, Any], domain: str, *, level: str = LEVEL, types: Sequence[str] = MCQ_TYPES) -> bool:
     """Whether an upstream record belongs to the paper's task: the domain, level L3, a
-    multiple-choice type, and an answer key that names one of its choices."""
+    multiple-choice type (the SDPO fork's filter)."""
     if str(record.get("domain", "")).strip().lower() not in DOMAINS[domain]:
         return False
-    if _level(record) != level or record.get("type") not in types:
-        return False
+    return _level(record) == level and record.get("type") in types
+
+
+def format_options(labels: Sequence[str], texts: Sequence[str]) -> str:
+    """One `A: option` line per choice."""
+    return "\n".join(f"{label}: {text}" for label, text in zip(labels, texts))
+
+
+def gold_in_labels(record: Mapping[str, Any]) -> bool:
     choices = record.get("choices") or {}
-    labels, texts = list(choices.get("label") or []), list(choices.get("text") or [])
-    return bool(labels) and len(labels) == len(texts) and record.get("answerKey") in labels
-
-
-def format_question(record: Mapping[str, Any]) -> str:
-    """The question, a blank line, then `A: option` per choice."""
-    choices = record["choices"]
-    options = "\n".join(f"{label}: {text}" for label, text in zip(choices["label"], choices["text"]))
-    return f"{str(record['question']).strip()}\n\n{options}"
+    return str(record.get("answerKey")) in [str(x) for x in choices.get("label") or []]
 
 
 def to_row(record: Mapping[str, Any], *, domain: str, split: str, index: int) -> dict[str, Any]:
-    """One verl RL row (the columns of verl's examples/data_preprocess)."""
-    question = format_question(record)
-    details = record.get("details") or {}
+    """One verl RL row: the columns of the SDPO fork's `data/preprocess.py` (data_source, prompt,
+    ability, reward_model), with extra_info holding what the reward and the data check read."""
+    labels = [str(x) for x in record["choices"]["label"]]
+    texts = [str(x) for x in record["choices"]["text"]]
+    question = str(record["question"])
+    user = USER_TEMPLATE.format(question=question, options=format_options(labels, texts))
     return {
-        "data_source": data_source(domain),
-        "prompt": chat_prompt(USER_TEMPLATE.format(question=question), system=SYSTEM_PROMPT),
-        "ability": "science_mcq",
+        "data_source": DATA_SOURCE,
+        "prompt": chat_prompt(user, system=SYSTEM_PROMPT),
+        "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": str(record["answerKey"])},
         "extra_info": {
             "split": split,
-            "index": index,
+            "index": int(index),
             "domain": domain,
             "question": question,
-            "labels": [str(x) for x in record["choices"]["label"]],
-            "choices": [str(x) for x in record["choices"]["text"]],
-            "task": str(details.get("task", "")),
-            "subtask": str(details.get("subtask", "")),
-            "type": str(record.get("type", "")),
+            "labels": labels,
+            "choices": texts,
         },
     }
 
@@ -131,28 +148,133 @@ def build_splits(
 ) -> dict[str, list[dict[str, Any]]]:
     """{'train': rows, 'test': rows} for one domain.
 
-    Records are filtered in upstream order, then split with `split_indices` (the algorithm of
-    `datasets.Dataset.train_test_split(test_size=0.1, seed=42)`); `extra_info.index` is the
-    record's position in the filtered list, so a row can be traced back.
+    Records are filtered in upstream order (`is_selected`), then split with `split_indices` (the
+    algorithm of `datasets.Dataset.train_test_split(test_size=0.1, seed=42)`, as the fork's
+    `data/split_tasks.py`); `extra_info.index` is the record's position in the filtered list (the
+    fork's `idx`). Records whose answer key is not one of their labels are dropped after the
+    split, so every other row lands where the fork puts it.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown SciKnowEval domain {domain!r}; valid: {', '.join(DOMAINS)}")
     selected = [r for r in records if is_selected(r, domain, level=level, types=types)]
     if not selected:
         raise ValueError(f"no {level} multiple-choice records for domain {domain!r} in the input")
+    return split_selected(selected, domain, seed=seed, test_fraction=test_fraction)
+
+
+def split_selected(
+    selected: Sequence[Mapping[str, Any]], domain: str, *, seed: int = SEED, test_fraction: float = TEST_FRACTION
+) -> dict[str, list[dict[str, Any]]]:
+    """build_splits after the filter: the split of the already selected records of one domain."""
     train_idx, test_idx = split_indices(len(selected), test_fraction=test_fraction, seed=seed)
     return {
-        "train": [to_row(selected[i], domain=domain, split="train", index=i) for i in train_idx],
-        "test": [to_row(selected[i], domain=domain, split="test", index=i) for i in test_idx],
+        split: [to_row(selected[i], domain=domain, split=split, index=i) for i in idx if gold_in_labels(selected[i])]
+        for split, idx in (("train", train_idx), ("test", test_idx))
     }
 
 
-# ----------------------------------------------------------------------------- answer extraction
+def _parse_options(block: str) -> Optional[tuple[list[str], list[str]]]:
+    """(labels, texts) of an `A: …\\nB: …` block, labels consecutive from A; None if not one."""
+    if not block.startswith("A: "):
+        return None
+    labels, texts, start = ["A"], [], 3
+    for label in DEFAULT_LABELS[1:]:
+        cut = block.find(f"\n{label}: ", start)
+        if cut < 0:
+            break
+        texts.append(block[start:cut])
+        labels.append(label)
+        start = cut + len(label) + 3
+    texts.append(block[start:])
+    return labels, texts
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", flags=re.DOTALL | re.IGNORECASE)
+
+def is_fork_record(record: Mapping[str, Any]) -> bool:
+    """Whether a record is one of the SDPO fork's prepared rows (not an upstream record)."""
+    return record.get("dataset") == DATA_SOURCE and isinstance(record.get("prompt"), str) and "answer" in record
+
+
+def from_fork_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream-shaped record ({question, choices, answerKey, idx}) from one of the fork's
+    prepared rows, whose prompt is `question + "\\n\\n" + options + "\\nPlease reason step by
+    step."`; raises ValueError when the prompt does not have that shape."""
+    prompt, tail = str(record["prompt"]), "\nPlease reason step by step."
+    description = str(record.get("description") or "")
+    if description.endswith(_FORK_DESCRIPTION_SUFFIX):
+        question = description[: -len(_FORK_DESCRIPTION_SUFFIX)]
+    else:  # the last blank line before an `A: ` line starts the options
+        question = prompt[: max(prompt.rfind("\n\nA: "), 0)]
+    options = None
+    if prompt.startswith(question + "\n\n") and prompt.endswith(tail):
+        options = _parse_options(prompt[len(question) + 2 : len(prompt) - len(tail)])
+    if options is None:
+        raise ValueError(f"SDPO fork record idx={record.get('idx')!r}: prompt is not `question, options, instruction`")
+    labels, texts = options
+    return {
+        "question": question,
+        "choices": {"label": labels, "text": texts},
+        "answerKey": str(record["answer"]),
+        "idx": int(record["idx"]),
+    }
+
+
+def fork_domain(path: str) -> Optional[str]:
+    """The domain of a fork file from its path: `…/<domain>/{train,test}.json` (a prepared
+    split) or `…/<domain>.json` (the whole domain); None when the name is not a domain."""
+    parts = str(path).replace("\\", "/").split("/")
+    stem = parts[-1].rsplit(".", 1)[0]
+    folder = parts[-2] if stem in ("train", "test") and len(parts) > 1 else stem
+    return next((d for d, names in DOMAINS.items() if folder.lower() in names or folder.lower() == d), None)
+
+
+def fork_rows(
+    records: Sequence[Mapping[str, Any]],
+    domain: str,
+    split: Optional[str] = None,
+    *,
+    seed: int = SEED,
+    test_fraction: float = TEST_FRACTION,
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows from the fork's files of one domain. With `split` ('train'/'test': one of the fork's
+    prepared splits) the rows keep the fork's order and `idx`; without (the fork's whole-domain
+    file, in `idx` order) they are split here exactly as `build_splits` splits upstream records.
+    Either way the rows equal the ones `build_splits` makes from the upstream dataset."""
+    converted = [from_fork_record(r) for r in records]
+    if split is None:
+        return split_selected(sorted(converted, key=lambda r: r["idx"]), domain, seed=seed, test_fraction=test_fraction)
+    return {split: [to_row(r, domain=domain, split=split, index=r["idx"]) for r in converted if gold_in_labels(r)]}
+
+
+# ----------------------------------------------------------------------------- reference answer
+
+
+def reference_answer(solution_str: str) -> str:
+    """The answer as the reference reward reads it: the text after the last `<answer>` up to the
+    next `</answer>` (or the end), stripped; with no `<answer>` at all, the text before the first
+    `</answer>` (so a bare `B` reads as B, as in the reference). Thinking is removed first.
+    Tags are case-sensitive, as in the reference. Linear time (str.rfind/find)."""
+    return _reference_answer(strip_thinking(solution_str))
+
+
+def _reference_answer(text: str) -> str:
+    opened = text.rfind("<answer>")
+    content = text[opened + len("<answer>") :] if opened >= 0 else text
+    closed = content.find("</answer>")
+    return (content[:closed] if closed >= 0 else content).strip()
+
+
+def _closed_answer_block(text: str) -> bool:
+    opened = text.rfind("<answer>")
+    return opened >= 0 and text.find("</answer>", opened) >= 0
+
+
+# ----------------------------------------------------------------------------- lenient extraction
+
 _ANSWER_OPEN = re.compile(r"<answer>", flags=re.IGNORECASE)
+_ANSWER_CLOSE = re.compile(r"</answer>", flags=re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\{\s*(?:\\text\{)?([^{}]*?)\}?\s*\}")
 _MARKUP = re.compile(r"[*_`$]|\\text|\\mathrm")
+_SPACE_RUN = re.compile(r"\s+")
 # "B", "(b)", "[C]", "D.", "a)", "**B**" (markup removed first): the whole string is one letter.
 _WHOLE_LETTER = re.compile(r"\(?\[?\{?\s*([A-Za-z])\s*\}?\]?\)?\s*[.:)]?")
 # "B. text", "B) text", "B: text", "(B) text": a letter that introduces the option text.
@@ -168,24 +290,42 @@ _LOWER = r"(?:\(([a-z])\)|\[([a-z])\]|([a-z])(?=\s*(?:$|[.,;!)\]\n])))"
 _TAG_CUES = (re.compile(_TAG_CUE + _UPPER), re.compile(_TAG_CUE + _LOWER))
 _FREE_CUES = (re.compile(_FREE_CUE + _UPPER), re.compile(_FREE_CUE + _LOWER))
 _STANDALONE_UPPER = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])")
+# A letter the text rules out: "not A", "never (B)", "isn't C", "A is wrong", "option B is incorrect".
+_NEGATED = re.compile(
+    r"(?i:\bnot|\bnever|n't|\bno)\s(?:(?i:option|choice)\s)?\(?([A-Z])(?![A-Za-z0-9])"
+    r"|(?<![A-Za-z0-9])\(?([A-Z])\)?\s(?:(?i:is|was)\s)?"
+    r"(?:(?i:wrong|incorrect|false)|(?i:not)\s(?i:correct|right|the\sanswer))\b"
+)
+
+
+def _squeeze(text: str) -> str:
+    """Every whitespace run as one character (a newline if it held one). The cue patterns then
+    meet at most one whitespace character per gap, which keeps their matching linear."""
+    return _SPACE_RUN.sub(lambda m: "\n" if "\n" in m.group() else " ", text)
+
+
+def _negated(text: str) -> set[str]:
+    return {next(g for g in m.groups() if g) for m in _NEGATED.finditer(text)}
 
 
 def _last_cued_letter(text: str, regexes: Sequence[re.Pattern], labels: Sequence[str]) -> str:
-    """The valid letter of the cue phrase that starts last in `text`, or ''."""
-    found = []
+    """The valid letter of the cue phrase that starts last in `text`, or ''; a letter the text
+    rules out (`option A is wrong`) does not count."""
+    found, ruled_out = [], _negated(text)
     for regex in regexes:
         for m in regex.finditer(text):
             letter = next(g for g in m.groups() if g).upper()
-            if letter in labels:
+            if letter in labels and letter not in ruled_out:
                 found.append((m.start(), letter))
     return max(found)[1] if found else ""
 
 
 def _clean(text: str) -> str:
+    text = _squeeze(text)
     boxed = _BOXED.findall(text)
     if boxed:
         text = boxed[-1]
-    return _MARKUP.sub("", text).strip()
+    return _squeeze(_MARKUP.sub("", text)).strip()
 
 
 def _norm_option(text: str) -> str:
@@ -199,7 +339,8 @@ def parse_letter(content: str, labels: Sequence[str], choices: Optional[Sequence
     Tried in order: the whole content is one letter form (`B`, `b`, `(B)`, `B.`, `**B**`,
     `\\boxed{B}`); a letter introducing option text (`B. 116.1`, `(B) text`); a cue phrase
     (`The answer is (B)`, `Answer: c.`; the last one counts); the exact text of one option
-    (when `choices` is given); exactly one distinct stand-alone upper-case label.
+    (when `choices` is given); exactly one distinct stand-alone upper-case label that the text
+    does not rule out (`not A`, `A is wrong`).
     """
     labels = [str(x).upper() for x in labels]
     text = _clean(content or "")
@@ -212,8 +353,9 @@ def parse_letter(content: str, labels: Sequence[str], choices: Optional[Sequence
     whole = _WHOLE_LETTER.fullmatch(text)
     if whole:
         return ok(whole.group(1))
+    ruled_out = _negated(text)
     lead = _LEADING_LETTER.match(text)
-    if lead and ok(lead.group(1) or lead.group(2)):
+    if lead and ok(lead.group(1) or lead.group(2)) not in ("", *ruled_out):
         return ok(lead.group(1) or lead.group(2))
     cued = _last_cued_letter(text, _TAG_CUES, labels)
     if cued:
@@ -222,63 +364,87 @@ def parse_letter(content: str, labels: Sequence[str], choices: Optional[Sequence
         matches = {label for label, option in zip(labels, choices) if _norm_option(option) == _norm_option(text)}
         if len(matches) == 1:
             return matches.pop()
-    standalone = {c for c in _STANDALONE_UPPER.findall(text) if c in labels}
+    standalone = {c for c in _STANDALONE_UPPER.findall(text) if c in labels} - ruled_out
     return standalone.pop() if len(standalone) == 1 else ""
+
+
+# The lenient reader looks at most this many characters of an answer block or, without a tag,
+# of the end of the response: an answer is short and comes last, and the bound keeps a runaway
+# response as cheap as a normal one.
+LENIENT_WINDOW = 4096
+
+
+def _answer_tags(text: str) -> tuple[int, int, int]:
+    """(end of the opener of the last complete `<answer>…</answer>` or -1, start of its closer
+    or -1, end of the last `<answer>` or -1), tags case-insensitive. Linear (rfind)."""
+    low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer: regex scan
+        closers = [m.start() for m in _ANSWER_CLOSE.finditer(text)]
+        openers = [m.end() for m in _ANSWER_OPEN.finditer(text)]
+        last_open = openers[-1] if openers else -1
+        if not closers:
+            return -1, -1, last_open
+        before = [o for o in openers if o <= closers[-1]]
+        return (before[-1], closers[-1], last_open) if before else (-1, -1, last_open)
+    last_open = low.rfind("<answer>")
+    last_open = last_open + len("<answer>") if last_open >= 0 else -1
+    close = low.rfind("</answer>")
+    opened = low.rfind("<answer>", 0, close) if close >= 0 else -1
+    if opened < 0:
+        return -1, -1, last_open
+    return opened + len("<answer>"), close, last_open
 
 
 def extract_choice(
     solution_str: str, labels: Sequence[str] = DEFAULT_LABELS, choices: Optional[Sequence[str]] = None
 ) -> tuple[str, bool]:
-    """(letter, format_error) of a model response. The rule, in order:
+    """The lenient reading: (letter, format_error) of a model response. The rule, in order:
 
-    1. Thinking is never parsed: `<think>…</think>` blocks (and an unclosed or prompt-opened one)
-       are removed first (`strip_thinking`).
-    2. With one or more complete `<answer>…</answer>` blocks, the **last** block decides (a model
-       that restates or corrects itself ends with its final answer); its content is read with
-       `parse_letter`. Tags are case-insensitive; whitespace and markup inside are ignored.
-       If that block names no valid option the answer is '' (no fallback to earlier blocks).
-    3. An `<answer>` that is never closed (truncated output): the text after the last one.
-    4. No answer tag: the last cue phrase in the text (`The answer is (B)`, `\\boxed{C}`), else
-       the last non-empty line if it is a bare letter form.
+    1. Thinking is never parsed (`strip_thinking`).
+    2. With a complete `<answer>…</answer>` block, the **last** one decides (a model that
+       restates or corrects itself ends with its final answer); its content (its last
+       LENIENT_WINDOW characters) is read with `parse_letter`. Tags are case-insensitive;
+       whitespace and markup inside are ignored. If that block names no valid option the answer
+       is '' (no fallback to earlier blocks).
+    3. An `<answer>` that is never closed (truncated output): the text after the last one (its
+       first LENIENT_WINDOW characters).
+    4. No answer tag: in the last LENIENT_WINDOW characters, the last `\boxed{}` or cue phrase
+       (`The answer is (B)`), else the last non-empty line if it is a bare letter form.
 
     `format_error` is False only when the last `<answer>` block holds a bare option letter
-    (markup and whitespace aside); restated option text, a cue phrase inside the tag, cases 3
-    and 4, empty output and an unreadable last block are format errors.
+    (markup and whitespace aside). Linear time in the response length.
     """
-    text = strip_thinking(solution_str or "")
-    blocks = _ANSWER_BLOCK.findall(text)
-    if blocks:
-        letter = parse_letter(blocks[-1], labels, choices)
-        return letter, not (letter and _WHOLE_LETTER.fullmatch(_clean(blocks[-1])))
-    opens = list(_ANSWER_OPEN.finditer(text))
-    if opens:
-        return parse_letter(text[opens[-1].end():], labels, choices), True
+    return _extract_choice(strip_thinking(solution_str), labels, choices)
+
+
+def _extract_choice(text: str, labels: Sequence[str], choices: Optional[Sequence[str]]) -> tuple[str, bool]:
+    labels = [str(x).upper() for x in labels]
+    start, end, last_open = _answer_tags(text)
+    if start >= 0:
+        block = text[max(start, end - LENIENT_WINDOW) : end]
+        letter = parse_letter(block, labels, choices)
+        return letter, not (letter and _WHOLE_LETTER.fullmatch(_clean(block)))
+    if last_open >= 0:
+        return parse_letter(text[last_open : last_open + LENIENT_WINDOW], labels, choices), True
+    text = _squeeze(text[-LENIENT_WINDOW:])
     boxed = _BOXED.findall(text)
     if boxed:
         letter = parse_letter(boxed[-1], labels, choices)
         if letter:
             return letter, True
-    cued = _last_cued_letter(_MARKUP.sub("", text), _FREE_CUES, [str(x).upper() for x in labels])
+    free = _squeeze(_MARKUP.sub("", text))  # markup removal can join whitespace runs
+    cued = _last_cued_letter(free, _FREE_CUES, labels)
     if cued:
         return cued, True
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines:
-        last = _clean(lines[-1])
-        whole = _WHOLE_LETTER.fullmatch(last)
-        if whole and whole.group(1).upper() in [str(x).upper() for x in labels]:
+    last_line = text.rstrip().rsplit("\n", 1)[-1]
+    if last_line.strip():
+        whole = _WHOLE_LETTER.fullmatch(_clean(last_line))
+        if whole and whole.group(1).upper() in labels:
             return whole.group(1).upper(), True
     return "", True
 
 
 # ----------------------------------------------------------------------------- reward
-
-
-def _named_invalid_letter(solution_str: str, labels: Sequence[str]) -> str:
-    """The letter in the last answer block when it is a bare letter that is not an option."""
-    blocks = _ANSWER_BLOCK.findall(strip_thinking(solution_str or ""))
-    whole = _WHOLE_LETTER.fullmatch(_clean(blocks[-1])) if blocks else None
-    letter = whole.group(1).upper() if whole else ""
-    return letter if letter and letter not in [str(x).upper() for x in labels] else ""
 
 
 def _as_list(value: Any) -> Optional[list]:
@@ -287,43 +453,78 @@ def _as_list(value: Any) -> Optional[list]:
     return [str(x) for x in list(value)]
 
 
-def compute_score(
-    data_source: str,
-    solution_str: str,
-    ground_truth: str,
-    extra_info: Optional[Mapping[str, Any]] = None,
-    *,
-    strict_format: bool = False,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """verl custom reward for SciKnowEval MCQ.
+def _where(extra_info: Mapping[str, Any]) -> str:
+    split, index = extra_info.get("split"), extra_info.get("index")
+    return f"row {split}[{index}]" if index is not None else "a row without extra_info.index"
 
-    Returns `score` (1.0 when the extracted letter equals `ground_truth`, else 0.0; with
-    `strict_format=True` a format error scores 0 even when the letter is right), `acc` (= score),
-    `pred` (the extracted letter, '' if none), `format_error` and `feedback` (environment
-    feedback for a self-teacher; '' when correct), e.g. "Your answer B is incorrect."
-    """
-    extra_info = extra_info or {}
-    labels = _as_list(extra_info.get("labels")) or list(DEFAULT_LABELS)
-    choices = _as_list(extra_info.get("choices"))
-    gold = str(ground_truth).strip().upper()
-    letter, format_error = extract_choice(solution_str, labels, choices)
-    correct = bool(letter) and letter == gold and not (strict_format and format_error)
 
-    if not (solution_str or "").strip():
-        feedback = "Your response is empty. Reason step by step, then give the letter of one option as <answer>X</answer>."
-    elif not letter and _named_invalid_letter(solution_str, labels):
-        feedback = (
-            f"Your answer {_named_invalid_letter(solution_str, labels)} is not one of the options "
-            f"{', '.join(labels)}. Give the letter of one option as <answer>X</answer>."
+def labels_of(extra_info: Optional[Mapping[str, Any]]) -> list[str]:
+    """The option labels of a row (`extra_info.labels`), A-J when the row has none."""
+    return _as_list((extra_info or {}).get("labels")) or list(DEFAULT_LABELS)
+
+
+def check_gold(ground_truth: Any, extra_info: Optional[Mapping[str, Any]]) -> str:
+    """The gold letter of a row; ValueError naming the row when it is not one of the row's labels
+    (`"(A)"`, `0`, `"E"` with A-D would make every response score 0)."""
+    labels = labels_of(extra_info)
+    if not isinstance(ground_truth, str) or ground_truth.strip() not in labels:
+        raise ValueError(
+            f"SciKnowEval {_where(extra_info or {})}: reward_model.ground_truth {shorten(repr(ground_truth), 80)} "
+            f"is not one of the option labels {', '.join(labels)}"
         )
-    elif not letter:
-        feedback = (
+    return ground_truth.strip()
+
+
+def _lenient_feedback(solution: str, letter: str, format_error: bool, labels: Sequence[str]) -> str:
+    if not solution.strip():
+        return "Your response is empty. Reason step by step, then give the letter of one option as <answer>X</answer>."
+    if not letter:
+        return (
             "No answer was found: no <answer> tag naming one of the options "
             f"{', '.join(labels)}. End your response with <answer>X</answer>, where X is only the letter."
         )
-    else:
-        feedback = f"Your answer {letter} is incorrect."
-        if format_error:
-            feedback += " Also give only the option letter inside <answer></answer> tags."
-    return reward_result(score=1.0 if correct else 0.0, pred=letter, format_error=format_error, feedback=feedback)
+    feedback = f"Your answer {letter} is incorrect."
+    return feedback + (" Also give only the option letter inside <answer></answer> tags." if format_error else "")
+
+
+def _score(solution: str, gold: str, extra_info: Mapping[str, Any], lenient: bool) -> dict[str, Any]:
+    labels = labels_of(extra_info)
+    text = strip_thinking(solution)
+    answer = _reference_answer(text)
+    strict = 1.0 if answer == gold else 0.0
+    letter, lenient_error = _extract_choice(text, labels, _as_list(extra_info.get("choices")))
+    loose = 1.0 if letter == gold else 0.0
+    if lenient:
+        return reward_result(
+            score=loose, pred=letter, format_error=lenient_error,
+            feedback=_lenient_feedback(solution, letter, lenient_error, labels), score_lenient=loose,
+        )
+    format_error = not (answer in labels and _closed_answer_block(text))
+    return reward_result(score=strict, pred=answer, format_error=format_error, feedback="", score_lenient=loose)
+
+
+def compute_score(
+    data_source: str,
+    solution_str: Any,
+    ground_truth: Any,
+    extra_info: Optional[Mapping[str, Any]] = None,
+    *,
+    lenient: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """verl custom reward for SciKnowEval MCQ; never raises on a response.
+
+    Default (the reference rule): `score` 1.0 when `reference_answer` equals `ground_truth`
+    exactly, `pred` that text, `feedback` '' (the reference gives none), `format_error` unless the
+    last `<answer>` block is closed and holds one label. `lenient=True`
+    (`+reward.custom_reward_function.reward_kwargs.lenient=true`) scores with `extract_choice`
+    instead and gives feedback such as "Your answer B is incorrect.". `score_lenient` is the
+    lenient verdict either way. A gold answer that is not one of the row's labels raises
+    ValueError naming the row; a response whose scoring fails scores 0 with `reward_error` 1.
+    """
+    extra_info = extra_info if isinstance(extra_info, Mapping) else {}
+    gold = check_gold(ground_truth, extra_info)
+    try:
+        return _score(as_text(solution_str), gold, extra_info, bool(lenient))
+    except Exception as exc:  # noqa: BLE001 - one bad response must not end the run
+        return failed_result(exc)

@@ -6,14 +6,27 @@ Upstream: the GitHub repository ``tangqiaoyu/ToolAlpaca``, folder ``data/``:
   ``NLDocumentation`` (the tools in natural language) and ``Instances``, each instance with
   ``input`` (the user request, sometimes followed by ``\\nHint: …``) and ``intermediate_steps``,
   a list of ``[[action, action_input, agent_text], observation]``.
-- ``eval_simulated.json``: the 10 simulated test APIs, with ``Instructions`` (the requests) and
+- ``eval_simulated.json``: the 10 simulated test APIs, with ``Instructions`` (100 requests) and
   ``Golden_Answers`` (per request, a list of ``{"Action": name, "Action_Input": "<json>"}``).
 
-The paper's split (SRPO_SPEC.md §3): 4046 training requests (every training instance with at
-least one tool call) and 68 test requests (the simulated evaluation set), as in the public SDPO
-data. The task is single-turn: given the tool documentation and the request, emit the tool
-call(s) in ToolAlpaca's ``Action: …`` / ``Action Input: {json}`` format; a response is correct
-when its calls match the reference calls (see `calls_match`).
+The paper's split (SRPO_SPEC.md §3), as the public SDPO code the paper builds on
+(github.com/lasgroup/SDPO, ``datasets/tooluse/{train,test}.json``): 4046 training requests
+(every training instance with at least one tool call) and 68 test requests: the simulated
+requests whose golden inputs contain no ``$``. That drops the 31 whose golden inputs hold
+``${…}`` placeholders (30 of them are not even JSON, so no response could match) and one whose
+password is ``Pa$$w0rd``; the 68 left are exactly the fork's ``test.json``, in the same order.
+
+The task is single-turn: given the tool documentation and the request (the fork's prompt,
+`PROMPT_TEMPLATE`), emit the tool call(s) as ``Action: …`` / ``Action Input: {json}`` lines.
+``data_source`` is ``tooluse``, the fork's name.
+
+Reward (default, the reference rule of the fork's ``verl/utils/reward_score/feedback/tooluse.py``):
+1 when the multiset of action names (every ``Action: <word>``) equals the reference's and the
+merged dict of all ``Action Input: {…}`` objects equals the merged reference inputs; the
+feedback names the predicted and the expected calls, as the reference's does. See
+`reference_calls` for the parsing details. The lenient matcher (`calls_match`: per-call
+comparison after `normalize`, case-insensitive, coercions) is an option (``lenient=True``) and is
+always logged as ``score_lenient``.
 """
 
 from __future__ import annotations
@@ -23,29 +36,34 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from srpo_verl.tasks.common import chat_prompt, reward_result, strip_thinking
+from srpo_verl.tasks.common import as_text, chat_prompt, depth_exceeds, failed_result, reward_result, shorten, strip_thinking
 
 GITHUB_REPO = "tangqiaoyu/ToolAlpaca"
 RAW_BASE = "https://raw.githubusercontent.com/tangqiaoyu/ToolAlpaca/main/data"
 TRAIN_FILE = "train_data.json"
 TEST_FILE = "eval_simulated.json"
 
-DATA_SOURCE = "toolalpaca"
+DATA_SOURCE = "tooluse"
+ABILITY = "tooluse"
 PAPER_SPLITS = (4046, 68)
+# Nesting deeper than this in an Action Input is a format error (real inputs nest 2-3 deep); it
+# bounds every recursive step (json, normalize, repr) far below Python's recursion limit.
+MAX_JSON_DEPTH = 64
 
+# The SDPO fork's task prompt, verbatim; the documentation is ToolAlpaca's NLDocumentation, which
+# ends with a newline.
 PROMPT_TEMPLATE = (
-    "Answer the user's request by calling the available tools.\n"
+    "Your task is to answer the user's question using available tools. \n"
     "You have access to the following tools:\n"
     "Name: {name}\n"
     "Description: {description}\n"
     "Documentation:\n"
     "{documentation}\n"
-    "\n"
     "Use the following format:\n"
-    "Thought: think about what to do\n"
-    "Action: the tool to call, exactly one of the tool names above\n"
-    "Action Input: the arguments of the call as a JSON object; use only values the user gave\n"
-    "If the request needs several calls, write one Action / Action Input pair per call.\n"
+    "Thought: you should always think about what to do\n"
+    "Action: the action to take, should be one of the tool names.\n"
+    "Action Input: the input to the action, must be in JSON format. All of the action input must be "
+    "realistic and from the user.\n"
     "\n"
     "Begin!\n"
     "Question: {question}"
@@ -56,28 +74,27 @@ PROMPT_TEMPLATE = (
 
 
 def format_prompt(api: Mapping[str, Any], question: str) -> str:
-    """The user turn for one request on one API."""
-    documentation = api.get("NLDocumentation") or api.get("Functions") or ""
+    """The user turn for one request on one API (fields used as they are, like the fork)."""
     return PROMPT_TEMPLATE.format(
-        name=str(api.get("Name", "")).strip(),
-        description=str(api.get("Description", "")).strip(),
-        documentation=str(documentation).strip(),
-        question=str(question).strip(),
+        name=str(api.get("Name", "")),
+        description=str(api.get("Description", "")),
+        documentation=str(api.get("NLDocumentation") or ""),
+        question=str(question),
     )
 
 
-def _row(api: Mapping[str, Any], question: str, calls: list[dict[str, str]], *, split: str, index: int) -> dict[str, Any]:
+def _row(prompt: str, api_name: str, question: str, ground_truth: str, *, split: str, index: int) -> dict[str, Any]:
     return {
         "data_source": DATA_SOURCE,
-        "prompt": chat_prompt(format_prompt(api, question)),
-        "ability": "tool_use",
-        "reward_model": {"style": "rule", "ground_truth": json.dumps(calls, ensure_ascii=False)},
+        "prompt": chat_prompt(prompt),
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
         "extra_info": {
             "split": split,
             "index": index,
-            "api": str(api.get("Name", "")),
-            "question": str(question).strip(),
-            "num_calls": len(calls),
+            "api": api_name,
+            "question": question,
+            "num_calls": len(json.loads(ground_truth)),
         },
     }
 
@@ -101,8 +118,7 @@ def _instance_calls(instance: Any) -> Optional[list[dict[str, str]]]:
     for step in steps:
         if not (isinstance(step, (list, tuple)) and step and isinstance(step[0], (list, tuple)) and len(step[0]) >= 2):
             return None
-        action, action_input = step[0][0], step[0][1]
-        calls.append(_reference_call(action, action_input))
+        calls.append(_reference_call(step[0][0], step[0][1]))
     return calls
 
 
@@ -117,97 +133,234 @@ def train_rows(apis: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if calls is None or not str(instance.get("input", "")).strip():
                 continue
             question = str(instance["input"]).rsplit("\nHint: ", 1)[0]
-            rows.append(_row(api, question, calls, split="train", index=len(rows)))
+            rows.append(_row(format_prompt(api, question), str(api.get("Name", "")), question, json.dumps(calls),
+                             split="train", index=len(rows)))
     return rows
+
+
+def is_test_request(golden: Any) -> bool:
+    """Whether a simulated request is one of the paper's 68: a golden answer with at least one
+    call and no `$` in any golden input (no `${…}` placeholder)."""
+    calls = [c for c in (golden or []) if isinstance(c, Mapping) and "Action" in c and "Action_Input" in c]
+    return bool(calls) and len(calls) == len(golden) and not any("$" in str(c["Action_Input"]) for c in calls)
 
 
 def test_rows(apis: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows from eval_simulated.json: every (instruction, golden answer) pair whose golden answer
-    has at least one call, in upstream order."""
+    """Rows from eval_simulated.json: the (instruction, golden answer) pairs that pass
+    `is_test_request`, in upstream order (68 on the real file)."""
     rows: list[dict[str, Any]] = []
     for api in apis:
         for question, golden in zip(api.get("Instructions") or [], api.get("Golden_Answers") or []):
-            calls = [
-                _reference_call(c["Action"], c["Action_Input"])
-                for c in (golden or [])
-                if isinstance(c, Mapping) and "Action" in c and "Action_Input" in c
-            ]
-            if calls and str(question).strip():
-                rows.append(_row(api, question, calls, split="test", index=len(rows)))
+            if is_test_request(golden) and str(question).strip():
+                calls = [{"Action": c["Action"], "Action_Input": c["Action_Input"]} for c in golden]
+                rows.append(_row(format_prompt(api, question), str(api.get("Name", "")), str(question), json.dumps(calls),
+                                 split="test", index=len(rows)))
     return rows
 
 
-# ----------------------------------------------------------------------------- parsing calls
-
-# Marker lines, tolerant of "ASSISTANT " prefixes (ToolAlpaca's chat format) and **bold**.
-_MARK = r"^[ \t>*]*(?:ASSISTANT[ \t]+)?"
-_ACTION_LINE = re.compile(_MARK + r"Action[ \t*]*:[ \t*]*(.*)$", flags=re.MULTILINE | re.IGNORECASE)
-_INPUT_LINE = re.compile(_MARK + r"Action[ \t]*Input[ \t*]*:[ \t*]*", flags=re.MULTILINE | re.IGNORECASE)
-_STOP_LINE = re.compile(
-    _MARK + r"(?:Observation|Thought|Final[ \t]+Answer|Response|Question)[ \t*]*:", flags=re.MULTILINE | re.IGNORECASE
-)
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
-
-MALFORMED = object()  # an Action Input that is missing or not valid JSON
+def is_fork_record(record: Any) -> bool:
+    """Whether a record is one of the SDPO fork's prepared tooluse rows."""
+    return isinstance(record, Mapping) and record.get("dataset") == DATA_SOURCE and isinstance(record.get("prompt"), str)
 
 
-def _clean_name(raw: str) -> str:
-    name = raw.strip().strip("*`'\" ").strip()
-    return re.sub(r"\s*\(\s*\)\s*$", "", name)
+def from_fork_record(record: Mapping[str, Any], *, split: str, index: int) -> dict[str, Any]:
+    """Our row from one line of the fork's `datasets/tooluse/{train,test}.json`: the same prompt
+    and ground truth the fork ships (its prompt is `format_prompt`'s, its answer the JSON list)."""
+    prompt = str(record["prompt"])
+    name_at = prompt.find("\nName: ")
+    api = prompt[name_at + 7 : prompt.find("\n", name_at + 7)] if name_at >= 0 else ""
+    question = prompt.rsplit("\nQuestion: ", 1)[-1]
+    ground_truth = str(record["answer"])
+    parse_reference(ground_truth, {"split": split, "index": index})
+    return _row(prompt, api, question, ground_truth, split=split, index=index)
 
 
-def _parse_input(text: str) -> Any:
-    """The JSON value at the start of an Action Input (code fences allowed), else MALFORMED."""
-    text = _FENCE.sub("", text.strip()).strip()
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        return MALFORMED
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
-    except ValueError:
-        return MALFORMED
-    return value
+# ----------------------------------------------------------------------------- reference answer
 
 
-def parse_calls(solution_str: str) -> list[tuple[str, Any]]:
-    """The (action, arguments) pairs of a response, in order.
-
-    Thinking (`<think>…</think>`) is removed first. Each `Action:` line starts a call; its
-    arguments are the JSON value after the next `Action Input:` that comes before the following
-    `Action:` line (a missing or unparsable input gives `MALFORMED`).
-    """
-    text = strip_thinking(solution_str or "")
-    actions = list(_ACTION_LINE.finditer(text))
-    calls = []
-    for k, action in enumerate(actions):
-        end = actions[k + 1].start() if k + 1 < len(actions) else len(text)
-        block = text[action.end():end]
-        marker = _INPUT_LINE.search(block)
-        if marker is None:
-            calls.append((_clean_name(action.group(1)), MALFORMED))
-            continue
-        body = block[marker.end():]
-        stop = _STOP_LINE.search(body)
-        calls.append((_clean_name(action.group(1)), _parse_input(body[: stop.start()] if stop else body)))
-    return calls
+def _where(extra_info: Optional[Mapping[str, Any]]) -> str:
+    info = extra_info if isinstance(extra_info, Mapping) else {}
+    if info.get("index") is None:
+        return "a row without extra_info.index"
+    return f"row {info.get('split')}[{info.get('index')}]"
 
 
-def parse_reference(ground_truth: Any) -> list[tuple[str, Any]]:
-    """The reference calls: a JSON list of {"Action", "Action_Input"} (inputs are JSON strings;
-    an input that is not JSON is kept as its raw string)."""
-    calls = json.loads(ground_truth) if isinstance(ground_truth, str) else list(ground_truth)
+def parse_reference(ground_truth: Any, extra_info: Optional[Mapping[str, Any]] = None) -> list[tuple[str, Any]]:
+    """The reference calls [(action, input)]: ground_truth is a JSON list (or a list) of
+    {"Action": str, "Action_Input": JSON string or object}. An input string that is not JSON is
+    kept as its raw string. Anything else raises ValueError naming the row and the value."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"ToolAlpaca {_where(extra_info)}: reward_model.ground_truth {why}: {shorten(repr(ground_truth), 160)}"
+        )
+
+    calls = ground_truth
+    if isinstance(ground_truth, str):
+        try:
+            calls = json.loads(ground_truth)
+        except (ValueError, RecursionError) as exc:
+            raise bad(f"is not JSON ({type(exc).__name__})") from None
+    if not isinstance(calls, (list, tuple)) or not calls:
+        raise bad('is not a non-empty list of {"Action", "Action_Input"} calls')
     out = []
     for call in calls:
+        if not (isinstance(call, Mapping) and isinstance(call.get("Action"), str) and "Action_Input" in call):
+            raise bad('has a call that is not {"Action": str, "Action_Input": ...}')
         raw = call["Action_Input"]
+        if not isinstance(raw, (str, Mapping)):
+            raise bad("has an Action_Input that is neither a JSON string nor an object")
         try:
             value = json.loads(raw) if isinstance(raw, str) else raw
         except ValueError:
             value = raw
-        out.append((str(call["Action"]).strip(), value))
+        except RecursionError:
+            value = None
+        if value is None or depth_exceeds(value, MAX_JSON_DEPTH):
+            raise bad(f"has an Action_Input nested deeper than {MAX_JSON_DEPTH}")
+        out.append((call["Action"].strip(), value))
     return out
 
 
-# ----------------------------------------------------------------------------- matching
+_ACTION_NAME = re.compile(r"Action:\s*(\w+)")
+_SPACES = re.compile(r"\s*")
+
+
+def reference_calls(solution_str: str) -> tuple[list[str], dict[str, Any]]:
+    """(action names, merged inputs) of a response, read as the reference reward reads it:
+
+    - every `Action:` (case-sensitive, anywhere) followed by optional whitespace and a word
+      (`\\w+`) is one action, in order;
+    - every `Action Input:` followed by optional whitespace and `{` contributes the text from
+      that `{` to the **first** `}` after it (the reference's non-greedy `{.*?}`: an input with a
+      nested object does not parse); each that parses as JSON is merged into one dict, later keys
+      winning; the scan resumes after that `}`.
+
+    Thinking is removed first. Linear time: one forward scan, the next `}` found once per jump.
+    """
+    return _reference_calls(strip_thinking(solution_str))
+
+
+def _reference_calls(text: str) -> tuple[list[str], dict[str, Any]]:
+    actions = _ACTION_NAME.findall(text)
+    merged: dict[str, Any] = {}
+    marker, pos, close = "Action Input:", 0, -1
+    while True:
+        found = text.find(marker, pos)
+        if found < 0:
+            break
+        start = _SPACES.match(text, found + len(marker)).end()
+        pos = found + len(marker)
+        if start >= len(text) or text[start] != "{":
+            continue
+        if close < start:
+            close = text.find("}", start)
+            if close < 0:
+                break  # no `}` left: no later input can close either
+        try:
+            value = json.loads(text[start : close + 1])
+        except (ValueError, RecursionError):
+            value = None
+        if isinstance(value, dict) and not depth_exceeds(value, MAX_JSON_DEPTH):
+            merged.update(value)
+        pos = close + 1
+    return actions, merged
+
+
+def _reference_inputs(reference: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The merged reference inputs; an input that is not a JSON object counts as {} (as the
+    reference's `json.loads` failure does)."""
+    merged: dict[str, Any] = {}
+    for _, value in reference:
+        if isinstance(value, Mapping):
+            merged.update(value)
+    return merged
+
+
+def _reference_format_ok(text: str) -> bool:
+    """An `Action:` with a later line starting `Action Input:` (the reference's format check)."""
+    first = text.find("Action:")
+    return first >= 0 and text.find("\nAction Input:", first + len("Action:")) >= 0
+
+
+# ----------------------------------------------------------------------------- lenient parsing
+
+# Marker lines, tolerant of "ASSISTANT " prefixes (ToolAlpaca's chat format) and **bold**. Each
+# starts with the newline before the line (the text is searched with a newline put in front):
+# a literal first character lets the regex engine jump between lines instead of trying every
+# position, which keeps a 1 MB response cheap.
+_MARK = r"\n[ \t>*]*(?:ASSISTANT[ \t]+)?"
+_ACTION_LINE = re.compile(_MARK + r"Action[ \t*]*:[ \t*]*([^\n]*)", flags=re.IGNORECASE)
+_INPUT_LINE = re.compile(_MARK + r"Action[ \t]*Input[ \t*]*:[ \t*]*", flags=re.IGNORECASE)
+_STOP_LINE = re.compile(_MARK + r"(?:Observation|Thought|Final[ \t]+Answer|Response|Question)[ \t*]*:", flags=re.IGNORECASE)
+
+MALFORMED = object()  # an Action Input that is missing, not valid JSON, or nested too deep
+
+
+def _clean_name(raw: str) -> str:
+    name = raw.strip().strip("*`'\" ").strip()
+    if name.endswith(")"):  # `search()` and `search( )` name `search`
+        inner = name[:-1].rstrip()
+        if inner.endswith("("):
+            name = inner[:-1].rstrip()
+    return name
+
+
+def _unfence(text: str) -> str:
+    """Text without a surrounding ``` code fence (and its language tag)."""
+    text = text.strip()
+    if text.startswith("```"):
+        text = text[3:]
+        text = text[len(text) - len(text.lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")) :]
+    if text.endswith("```"):
+        text = text[:-3]
+    return text.strip()
+
+
+def _parse_input(text: str) -> Any:
+    """The JSON value at the start of an Action Input (code fences allowed), else MALFORMED
+    (also for nesting deeper than MAX_JSON_DEPTH, which never raises RecursionError here)."""
+    text = _unfence(text)
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        return MALFORMED
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return MALFORMED
+    return MALFORMED if depth_exceeds(value, MAX_JSON_DEPTH) else value
+
+
+def parse_calls(solution_str: str) -> list[tuple[str, Any]]:
+    """The lenient reading: (action, arguments) pairs of a response, in order.
+
+    Thinking is removed first. Each `Action:` line (any case, `ASSISTANT ` or markdown prefixes
+    allowed) starts a call; its arguments are the JSON value after the next `Action Input:`
+    line that comes before the following `Action:` line, up to a stop line (`Observation:`,
+    `Thought:`, …); a missing, unparsable or too deeply nested input gives `MALFORMED`.
+    """
+    return _parse_calls("\n" + strip_thinking(solution_str))
+
+
+def _parse_calls(text: str, expected: Optional[int] = None) -> list[tuple[str, Any]]:
+    """parse_calls on newline-prefixed text without thinking. With `expected`, a response with
+    another number of calls gets its names only (inputs MALFORMED, unparsed): it cannot match."""
+    actions = list(_ACTION_LINE.finditer(text))
+    if expected is not None and len(actions) != expected:
+        return [(_clean_name(a.group(1)), MALFORMED) for a in actions]
+    calls = []
+    for k, action in enumerate(actions):
+        end = actions[k + 1].start() if k + 1 < len(actions) else len(text)
+        marker = _INPUT_LINE.search(text, action.end(), end)
+        if marker is None:
+            calls.append((_clean_name(action.group(1)), MALFORMED))
+            continue
+        stop = _STOP_LINE.search(text, marker.end(), end)
+        calls.append((_clean_name(action.group(1)), _parse_input(text[marker.end() : stop.start() if stop else end])))
+    return calls
+
+
+# ----------------------------------------------------------------------------- lenient matching
 
 
 def _is_unset(value: Any) -> bool:
@@ -222,11 +375,19 @@ def normalize(value: Any) -> Any:
     - numbers compare by value (1 == 1.0 == "1"); booleans only equal booleans ("true" == true);
     - strings compare case-insensitively with whitespace collapsed;
     - arrays keep their order.
+
+    A value nested deeper than MAX_JSON_DEPTH raises ValueError (never RecursionError).
     """
+    if depth_exceeds(value, MAX_JSON_DEPTH):
+        raise ValueError(f"value nested deeper than {MAX_JSON_DEPTH}")
+    return _normalize(value)
+
+
+def _normalize(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return ("obj", tuple(sorted((str(k).strip(), normalize(v)) for k, v in value.items() if not _is_unset(v))))
+        return ("obj", tuple(sorted((str(k).strip(), _normalize(v)) for k, v in value.items() if not _is_unset(v))))
     if isinstance(value, (list, tuple)):
-        return ("arr", tuple(normalize(v) for v in value))
+        return ("arr", tuple(_normalize(v) for v in value))
     if isinstance(value, bool):
         return ("bool", value)
     if isinstance(value, (int, float)):
@@ -243,7 +404,7 @@ def normalize(value: Any) -> Any:
 
 
 def _key(call: tuple[str, Any]) -> tuple[str, Any]:
-    return call[0], normalize(call[1])
+    return call[0], _normalize(call[1])
 
 
 def calls_match(predicted: Sequence[tuple[str, Any]], reference: Sequence[tuple[str, Any]], *, ordered: bool = False) -> bool:
@@ -259,7 +420,7 @@ def calls_match(predicted: Sequence[tuple[str, Any]], reference: Sequence[tuple[
 
 
 def canonical(calls: Sequence[tuple[str, Any]]) -> str:
-    """`name({"k": v})` per call, '; '-joined: the `pred` field (drives verl's majority vote)."""
+    """`name({"k": v})` per call, '; '-joined: the lenient `pred` (drives verl's majority vote)."""
     parts = []
     for name, args in calls:
         shown = "<malformed>" if args is MALFORMED else json.dumps(args, sort_keys=True, ensure_ascii=False)
@@ -267,10 +428,7 @@ def canonical(calls: Sequence[tuple[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-# ----------------------------------------------------------------------------- reward
-
-
-def _feedback(predicted: list[tuple[str, Any]], reference: list[tuple[str, Any]]) -> str:
+def _lenient_feedback(predicted: list[tuple[str, Any]], reference: list[tuple[str, Any]]) -> str:
     """What went wrong, without revealing the reference call."""
     if not predicted:
         return (
@@ -279,41 +437,74 @@ def _feedback(predicted: list[tuple[str, Any]], reference: list[tuple[str, Any]]
         )
     malformed = [name for name, args in predicted if args is MALFORMED]
     if malformed:
-        return f"The Action Input of your call to {malformed[0]} is missing or not valid JSON."
+        return f"The Action Input of your call to {shorten(malformed[0], 100)} is missing or not valid JSON."
     if len(predicted) != len(reference):
         return f"You made {len(predicted)} tool call(s), but this request needs a different number of calls."
     known = {name for name, _ in reference}
     wrong_tools = [name for name, _ in predicted if name not in known]
     if wrong_tools:
-        return f"{wrong_tools[0]} is not the right tool for this request."
+        return f"{shorten(wrong_tools[0], 100)} is not the right tool for this request."
     missing = Counter(map(_key, predicted)) - Counter(map(_key, reference))
     names = sorted({name for name, _ in missing.elements()}) or sorted({name for name, _ in predicted})
-    return f"The arguments of your call to {', '.join(names)} do not match the request."
+    return shorten(f"The arguments of your call to {', '.join(names)} do not match the request.")
+
+
+# ----------------------------------------------------------------------------- reward
+
+
+def _score(solution: str, reference: list[tuple[str, Any]], lenient: bool, ordered: bool) -> dict[str, Any]:
+    text = strip_thinking(solution)
+    predicted = _parse_calls("\n" + text, expected=None if lenient else len(reference))
+    loose = 1.0 if calls_match(predicted, reference, ordered=ordered) else 0.0
+    if lenient:
+        return reward_result(
+            score=loose,
+            pred=canonical(predicted),
+            format_error=not predicted or any(args is MALFORMED for _, args in predicted),
+            feedback="" if loose else _lenient_feedback(predicted, reference),
+            score_lenient=loose,
+        )
+    actions, inputs = _reference_calls(text)
+    gold_actions, gold_inputs = [name for name, _ in reference], _reference_inputs(reference)
+    actions_ok, inputs_ok = Counter(actions) == Counter(gold_actions), inputs == gold_inputs
+    feedback = []
+    if not actions_ok:
+        feedback.append(f"Actions mismatch: predicted {shorten(repr(actions))}, expected {gold_actions}")
+    if not inputs_ok:
+        feedback.append(f"Action inputs mismatch: predicted {shorten(repr(inputs))}, expected {gold_inputs}")
+    return reward_result(
+        score=1.0 if actions_ok and inputs_ok else 0.0,
+        pred=f"Actions: {shorten(repr(actions))}, Inputs: {shorten(repr(inputs))}",
+        format_error=not _reference_format_ok(text),
+        feedback="; ".join(feedback),
+        score_lenient=loose,
+    )
 
 
 def compute_score(
     data_source: str,
-    solution_str: str,
+    solution_str: Any,
     ground_truth: Any,
     extra_info: Optional[Mapping[str, Any]] = None,
     *,
+    lenient: bool = False,
     ordered: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """verl custom reward for ToolAlpaca.
+    """verl custom reward for ToolAlpaca; never raises on a response.
 
-    Returns `score` (1.0 when `calls_match`, else 0.0), `acc`, `pred` (`canonical` form of the
-    parsed calls, '' if none), `format_error` (no call, or an input that is not JSON) and
-    `feedback` ('' when correct). `ordered=True` (via `reward.custom_reward_function.reward_kwargs`)
-    makes the call order count.
+    Default (the reference rule): `score` 1.0 when the action names (as a multiset) and the
+    merged input dict equal the reference's (`reference_calls`), `pred` the parsed actions and
+    inputs, `format_error` without an `Action:` followed by an `Action Input:` line, `feedback`
+    naming the predicted and the expected actions/inputs (as the reference; '' when correct).
+    `lenient=True` (`+reward.custom_reward_function.reward_kwargs.lenient=true`) scores with
+    `calls_match` instead (`ordered=True`: call order counts) with feedback that does not reveal
+    the reference. `score_lenient` is the lenient verdict either way. A malformed ground truth
+    raises ValueError naming the row; a response whose scoring fails scores 0 with
+    `reward_error` 1.
     """
-    predicted = parse_calls(solution_str)
-    reference = parse_reference(ground_truth)
-    correct = calls_match(predicted, reference, ordered=ordered)
-    format_error = not predicted or any(args is MALFORMED for _, args in predicted)
-    return reward_result(
-        score=1.0 if correct else 0.0,
-        pred=canonical(predicted),
-        format_error=format_error,
-        feedback="" if correct else _feedback(predicted, reference),
-    )
+    reference = parse_reference(ground_truth, extra_info)
+    try:
+        return _score(as_text(solution_str), reference, bool(lenient), bool(ordered))
+    except Exception as exc:  # noqa: BLE001 - one bad response must not end the run
+        return failed_result(exc)
