@@ -1,4 +1,10 @@
-"""`python -m srpo_verl check` (self-check) and `python -m srpo_verl config-dir`.
+"""The `python -m srpo_verl` (or `srpo-verl`) command line.
+
+    check [OVERRIDES...]                  self-check of the install; with a run's Hydra overrides also
+                                          its pre-flight (srpo_verl/preflight.py)
+    config-dir                            the Hydra config folder, for verl's own entry point
+    export-teacher CHECKPOINT_DIR OUT_DIR the EMA teacher as a Hugging Face model (srpo_verl/export.py)
+    evaluate ...                          avg@n of saved models per task (srpo_verl/evaluate.py)
 
 verl imports plugins inside a try/except that only logs at DEBUG, so a broken install looks like a
 missing algorithm much later. `check` imports verl the way any process does, reports what the
@@ -52,12 +58,39 @@ def check() -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m srpo_verl")
-    parser.add_argument("command", choices=["check", "config-dir"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_cmd = commands.add_parser("check", help="self-check; with a run's overrides also its pre-flight")
+    check_cmd.add_argument("overrides", nargs="*", help="the Hydra overrides of the run (as for srpo_verl.main_ppo)")
+    check_cmd.add_argument("--verbose", action="store_true", help="print the traceback of each failed item")
+    commands.add_parser("config-dir", help="print the Hydra config folder")
+    export = commands.add_parser("export-teacher", help="write a checkpoint's EMA teacher as a Hugging Face model")
+    export.add_argument("checkpoint_dir", help="trainer.default_local_dir, a global_step_N folder or its actor folder")
+    export.add_argument("out_dir")
+    export.add_argument("--step", type=int, default=None, help="global step (default: the latest checkpoint)")
+    export.add_argument("--dtype", default=None, help="cast the weights, e.g. bfloat16 (default: as trained)")
+    evaluate = commands.add_parser("evaluate", help="avg@n of saved models on each task's test split")
+    from srpo_verl.evaluate import add_arguments
+
+    add_arguments(evaluate)
     args = parser.parse_args(argv)
     if args.command == "config-dir":
         print(config_dir())
         return 0
-    return check()
+    if args.command == "export-teacher":
+        from srpo_verl.export import export_teacher
+
+        print(f"EMA teacher written to {export_teacher(args.checkpoint_dir, args.out_dir, step=args.step, dtype=args.dtype)}")
+        return 0
+    if args.command == "evaluate":
+        from srpo_verl.evaluate import run_from_args
+
+        return run_from_args(args)
+    status = check()
+    if not args.overrides:
+        return status
+    from srpo_verl.preflight import preflight, report
+
+    return report(preflight(args.overrides, verbose=args.verbose)) or status
 
 
 if __name__ == "__main__":

@@ -9,9 +9,42 @@ contradictory setting or a malformed data row fails before Ray starts (docs/reli
 import os
 
 import hydra
+from omegaconf import OmegaConf, open_dict
 
 from srpo_verl import cpu
 from srpo_verl.integration.checks import check_data_files, check_trainer_config
+
+# Driver environment that Ray workers need. A local Ray started by this driver inherits the
+# whole environment, but the workers of a cluster started beforehand (`ray start`, several
+# nodes) inherit the environment of that `ray start` shell instead: verl's file logger path, the
+# TensorBoard folder and W&B settings (read in the TaskRunner actor) and srpo_verl's own
+# variables would be lost. Values that look like credentials are never forwarded: verl prints the
+# runtime_env, and each node should hold its own (`wandb login`, HF_TOKEN set there).
+FORWARDED_ENV = ("VERL_FILE_LOGGER_PATH", "TENSORBOARD_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+FORWARDED_PREFIXES = ("SRPO_VERL_", "WANDB_")
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# Paths a worker on another node or with another working directory must see as the driver meant them.
+PATH_ENV = ("VERL_FILE_LOGGER_PATH", "TENSORBOARD_DIR")
+
+
+def forwarded_env(environ=os.environ) -> dict[str, str]:
+    """The variables of `environ` that the Ray workers get through runtime_env.env_vars."""
+    out = {}
+    for key, value in environ.items():
+        if key in FORWARDED_ENV or key.startswith(FORWARDED_PREFIXES):
+            if not any(word in key for word in SECRET_WORDS):
+                out[key] = os.path.abspath(value) if key in PATH_ENV else value
+    return out
+
+
+def forward_env_to_workers(config, environ=os.environ) -> None:
+    """Add `forwarded_env` to ray_kwargs.ray_init.runtime_env.env_vars; values the config sets win."""
+    wanted = forwarded_env(environ)
+    with open_dict(config):
+        set_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None) or {}
+        for key, value in wanted.items():
+            if key not in set_vars:
+                OmegaConf.update(config, f"ray_kwargs.ray_init.runtime_env.env_vars.{key}", value, force_add=True)
 
 
 def prepare(config, *, check_data: bool = True) -> None:
@@ -22,6 +55,7 @@ def prepare(config, *, check_data: bool = True) -> None:
     if config.get("srpo_verl", {}).get("platform", None) == "cpu":
         os.environ[cpu.ENV_VAR] = "cpu"
         cpu.activate_if_requested()
+    forward_env_to_workers(config)
 
 
 @hydra.main(config_path="config", config_name="srpo_trainer", version_base=None)

@@ -65,14 +65,26 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def generate(model, tokenizer, rows: list[list[int]], *, greedy: bool, max_new_tokens: int, seed: int, batch_size: int = 512) -> list[str]:
-    """Decoded responses (special tokens removed) for the prompt id lists `rows`."""
+def generate(
+    model,
+    tokenizer,
+    rows: list[list[int]],
+    *,
+    greedy: bool,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 512,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[str]:
+    """Decoded responses (special tokens removed) for the prompt id lists `rows`; sampling at
+    `temperature` with nucleus `top_p` (the training rollouts' T=1, top-p 1 by default)."""
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     out: list[str] = []
     torch.manual_seed(seed)  # the same draws for every policy evaluated with this seed
     for start in range(0, len(rows), batch_size):
         ids, mask = left_pad(rows[start : start + batch_size], pad_id)
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
         seqs = model.generate(
             input_ids=ids,
             attention_mask=mask,
