@@ -18,6 +18,9 @@
 #   INFER_BACKEND   sglang (the paper's) | vllm                            (default: sglang)
 #   NNODES, NGPUS_PER_NODE   one node of 8 GPUs by default; for several nodes start a Ray cluster
 #                   first (ray start --head / ray start --address=HEAD:6379) and launch on the head
+#   PROJECT_NAME, EXPERIMENT_NAME   trainer.project_name / experiment_name: the W&B project and run
+#                   (and TensorBoard folder) names    (default: srpo_paper, <model>_<algo>_<task>);
+#                   log to W&B by appending 'trainer.logger=[console,file,wandb]' (docs/tracking.md)
 #   DRY_RUN=1       print the final override list, one per line, and exit (launches nothing)
 set -xeuo pipefail
 
