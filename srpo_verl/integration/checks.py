@@ -189,7 +189,9 @@ def check_data_rows(
       - a prompt without a user turn (the teacher prompt rewrites the last user turn), or whose
         user turns are all empty;
       - with `require_reward_fields` (verl's built-in reward managers read both), a missing
-        `data_source` or `reward_model.ground_truth`;
+        `data_source` or `reward_model.ground_truth`, or a gold answer the paper's task reward cannot
+        use (`srpo_verl.tasks.gold_problem`: an MCQ answer that is not one of the row's labels, a
+        ToolAlpaca answer that is not a list of tool calls);
       - with a tokenizer and `max_prompt_length`, prompts longer than the limit when
         overlong="error". overlong="filter" (verl drops them: data.filter_overlong_prompts) and
         "truncate" (verl 0.9.1's agent loop keeps the last max_prompt_length tokens) only report them.
@@ -225,6 +227,12 @@ def check_data_rows(
             reward_model = row.get("reward_model")
             if not isinstance(reward_model, dict) or _missing(reward_model.get("ground_truth")):
                 bad("missing `reward_model.ground_truth`", i)
+            else:  # the paper's tasks: a gold answer their reward cannot match would score 0 silently
+                from srpo_verl.tasks import gold_problem
+
+                problem = gold_problem(row.get("data_source"), reward_model["ground_truth"], row.get("extra_info"))
+                if problem:
+                    bad(problem, i)
     if problems:
         detail = "; ".join(f"{what} at rows {_rows(idx)}" for what, idx in problems.items())
         raise ValueError(f"{source}: {detail}")

@@ -69,6 +69,24 @@ def check_gold(data_source: Any, ground_truth: Any, extra_info: Optional[Mapping
         check(ground_truth, extra_info)
 
 
+# data_source prefix -> what a row fails when its check raises (one message for all such rows).
+_GOLD_PROBLEMS = {
+    sciknoweval.DATA_SOURCE: "`reward_model.ground_truth` is not one of the row's option labels (extra_info.labels, default A-J)",
+    toolalpaca.DATA_SOURCE: '`reward_model.ground_truth` is not a JSON list of {"Action", "Action_Input"} tool calls',
+    "toolalpaca": '`reward_model.ground_truth` is not a JSON list of {"Action", "Action_Input"} tool calls',
+}
+
+
+def gold_problem(data_source: Any, ground_truth: Any, extra_info: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """What is wrong with a row's gold answer for its task's reward (the data check's message),
+    or None when the reward can use it (rows of other data sources always pass)."""
+    try:
+        check_gold(data_source, ground_truth, extra_info)
+    except ValueError:
+        return _lookup(_GOLD_PROBLEMS, data_source)
+    return None
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
@@ -97,4 +115,4 @@ def compute_score(
     return reward_result(score=score, pred="", format_error=False, feedback="" if score > 0 else "The answer is incorrect.")
 
 
-__all__ = ["check_gold", "compute_score", "reward_fn_for", "sciknoweval", "toolalpaca"]
+__all__ = ["check_gold", "compute_score", "gold_problem", "reward_fn_for", "sciknoweval", "toolalpaca"]

@@ -34,25 +34,25 @@ def strip_thinking(text: str) -> str:
       starts in the middle of it) drops everything before it, itself included;
     - an unclosed ``<think>`` (generation stopped while thinking) drops everything after it.
 
-    Linear time: str.find/rfind jumps over a lower-cased copy, one step per block.
+    Linear time: one split of a lower-cased copy at the closers, one str.find per piece.
     """
     text = as_text(text)
     low = text.lower()
     if len(low) != len(text):  # a character whose lower case is longer: scan the tags instead
         return _strip_thinking_scan(text)
+    # Split at the closers: a closer ends a block when its piece holds an opener, else it is lone.
     kept: list[str] = []
-    cursor, end = 0, len(text)
-    while True:
-        close = low.find("</think>", cursor)
-        opened = low.find("<think>", cursor)
-        if close < 0:
-            kept.append(text[cursor : opened if opened >= 0 else end])
-            break
-        if opened < 0 or close < opened:  # lone closers before the next block: the last one wins
-            kept, cursor = [], low.rfind("</think>", cursor, opened if opened >= 0 else end) + len("</think>")
+    pos = 0
+    pieces = low.split("</think>")
+    for piece in pieces[:-1]:
+        opened = piece.find("<think>")
+        if opened < 0:
+            kept = []  # a lone closer: everything before it is thinking
         else:
-            kept.append(text[cursor:opened])
-            cursor = close + len("</think>")
+            kept.append(text[pos : pos + opened])
+        pos += len(piece) + len("</think>")
+    opened = pieces[-1].find("<think>")
+    kept.append(text[pos : pos + opened] if opened >= 0 else text[pos:])
     return "".join(kept).strip()
 
 

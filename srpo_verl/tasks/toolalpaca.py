@@ -31,6 +31,7 @@ always logged as ``score_lenient``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -223,7 +224,9 @@ def parse_reference(ground_truth: Any, extra_info: Optional[Mapping[str, Any]] =
 
 
 _ACTION_NAME = re.compile(r"Action:\s*(\w+)")
-_SPACES = re.compile(r"\s*")
+# The reference's `Action Input:\s*({.*?})` (DOTALL): `{`, then anything but `}`, then the first
+# `}`; possessive, and searched only up to the last `}`, so every scan stops at the next `}`.
+_INPUT_BLOCK = re.compile(r"Action Input:\s*+(\{[^}]*+\})")
 
 
 def reference_calls(solution_str: str) -> tuple[list[str], dict[str, Any]]:
@@ -236,35 +239,40 @@ def reference_calls(solution_str: str) -> tuple[list[str], dict[str, Any]]:
       nested object does not parse); each that parses as JSON is merged into one dict, later keys
       winning; the scan resumes after that `}`.
 
-    Thinking is removed first. Linear time: one forward scan, the next `}` found once per jump.
+    Thinking is removed first. Linear time.
     """
     return _reference_calls(strip_thinking(solution_str))
 
 
-def _reference_calls(text: str) -> tuple[list[str], dict[str, Any]]:
-    actions = _ACTION_NAME.findall(text)
+def _reference_calls(text: str, max_inputs: Optional[int] = None) -> tuple[list[str], dict[str, Any]]:
+    """reference_calls on text without thinking; `max_inputs` merges only the first that many."""
+    return _ACTION_NAME.findall(text), _merged_inputs(_input_blocks(text, max_inputs))
+
+
+def _input_blocks(text: str, limit: Optional[int]) -> list[str]:
+    """The `{…}` texts of the reference's `Action Input:` matches, the first `limit` of them."""
+    found = _INPUT_BLOCK.finditer(text, 0, text.rfind("}") + 1)
+    return [m.group(1) for m in (found if limit is None else itertools.islice(found, limit))]
+
+
+def _merged_inputs(blocks: list[str]) -> dict[str, Any]:
+    """The blocks that parse as JSON objects, merged in order (later keys win)."""
+    try:  # all blocks at once in C; one bad block sends us through them one by one
+        parsed = list(zip(blocks, json.loads("[" + ",".join(blocks) + "]")))
+    except (ValueError, RecursionError):
+        parsed = []
+        for block in blocks:
+            try:
+                parsed.append((block, json.loads(block)))
+            except (ValueError, RecursionError):
+                continue
     merged: dict[str, Any] = {}
-    marker, pos, close = "Action Input:", 0, -1
-    while True:
-        found = text.find(marker, pos)
-        if found < 0:
-            break
-        start = _SPACES.match(text, found + len(marker)).end()
-        pos = found + len(marker)
-        if start >= len(text) or text[start] != "{":
+    for block, value in parsed:
+        # A block holds one `}`, so only its `[`s can nest it deeper than MAX_JSON_DEPTH.
+        if block.count("[") >= MAX_JSON_DEPTH and depth_exceeds(value, MAX_JSON_DEPTH):
             continue
-        if close < start:
-            close = text.find("}", start)
-            if close < 0:
-                break  # no `}` left: no later input can close either
-        try:
-            value = json.loads(text[start : close + 1])
-        except (ValueError, RecursionError):
-            value = None
-        if isinstance(value, dict) and not depth_exceeds(value, MAX_JSON_DEPTH):
-            merged.update(value)
-        pos = close + 1
-    return actions, merged
+        merged.update(value)
+    return merged
 
 
 def _reference_inputs(reference: Sequence[tuple[str, Any]]) -> dict[str, Any]:
@@ -295,6 +303,10 @@ _INPUT_LINE = re.compile(_MARK + r"Action[ \t]*Input[ \t*]*:[ \t*]*", flags=re.I
 _STOP_LINE = re.compile(_MARK + r"(?:Observation|Thought|Final[ \t]+Answer|Response|Question)[ \t*]*:", flags=re.IGNORECASE)
 
 MALFORMED = object()  # an Action Input that is missing, not valid JSON, or nested too deep
+# A response whose number of calls already rules a match out is read only this far.
+MAX_SHOWN_CALLS = 16
+# The reference rule reads at most this many `Action Input:` objects; a response with more scores 0.
+MAX_REFERENCE_INPUTS = 256
 
 
 def _clean_name(raw: str) -> str:
@@ -339,25 +351,26 @@ def parse_calls(solution_str: str) -> list[tuple[str, Any]]:
     line that comes before the following `Action:` line, up to a stop line (`Observation:`,
     `Thought:`, …); a missing, unparsable or too deeply nested input gives `MALFORMED`.
     """
-    return _parse_calls("\n" + strip_thinking(solution_str))
+    return _parse_calls("\n" + strip_thinking(solution_str))[0]
 
 
-def _parse_calls(text: str, expected: Optional[int] = None) -> list[tuple[str, Any]]:
+def _parse_calls(text: str, expected: Optional[int] = None) -> tuple[list[tuple[str, Any]], int]:
     """parse_calls on newline-prefixed text without thinking. With `expected`, a response with
-    another number of calls gets its names only (inputs MALFORMED, unparsed): it cannot match."""
+    another number of calls cannot match: only its first MAX_SHOWN_CALLS calls are read (for the
+    prediction and the feedback). Returns (calls, number of calls in the response)."""
     actions = list(_ACTION_LINE.finditer(text))
-    if expected is not None and len(actions) != expected:
-        return [(_clean_name(a.group(1)), MALFORMED) for a in actions]
+    n_calls = len(actions)
+    shown = actions[:MAX_SHOWN_CALLS] if expected is not None and n_calls != expected else actions
     calls = []
-    for k, action in enumerate(actions):
-        end = actions[k + 1].start() if k + 1 < len(actions) else len(text)
+    for k, action in enumerate(shown):
+        end = actions[k + 1].start() if k + 1 < n_calls else len(text)
         marker = _INPUT_LINE.search(text, action.end(), end)
         if marker is None:
             calls.append((_clean_name(action.group(1)), MALFORMED))
             continue
         stop = _STOP_LINE.search(text, marker.end(), end)
         calls.append((_clean_name(action.group(1)), _parse_input(text[marker.end() : stop.start() if stop else end])))
-    return calls
+    return calls, n_calls
 
 
 # ----------------------------------------------------------------------------- lenient matching
@@ -428,8 +441,9 @@ def canonical(calls: Sequence[tuple[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def _lenient_feedback(predicted: list[tuple[str, Any]], reference: list[tuple[str, Any]]) -> str:
-    """What went wrong, without revealing the reference call."""
+def _lenient_feedback(predicted: list[tuple[str, Any]], reference: list[tuple[str, Any]], n_calls: int) -> str:
+    """What went wrong, without revealing the reference call (`n_calls`: all calls, of which
+    `predicted` may hold only the first)."""
     if not predicted:
         return (
             "No tool call found. Write 'Action: <tool name>' on one line and "
@@ -438,8 +452,8 @@ def _lenient_feedback(predicted: list[tuple[str, Any]], reference: list[tuple[st
     malformed = [name for name, args in predicted if args is MALFORMED]
     if malformed:
         return f"The Action Input of your call to {shorten(malformed[0], 100)} is missing or not valid JSON."
-    if len(predicted) != len(reference):
-        return f"You made {len(predicted)} tool call(s), but this request needs a different number of calls."
+    if n_calls != len(reference):
+        return f"You made {n_calls} tool call(s), but this request needs a different number of calls."
     known = {name for name, _ in reference}
     wrong_tools = [name for name, _ in predicted if name not in known]
     if wrong_tools:
@@ -452,29 +466,43 @@ def _lenient_feedback(predicted: list[tuple[str, Any]], reference: list[tuple[st
 # ----------------------------------------------------------------------------- reward
 
 
+def _shown(actions: list[str]) -> str:
+    """repr of the action names, cut short (a looping response can name thousands)."""
+    return shorten(repr(actions[: 4 * MAX_SHOWN_CALLS]) + (f" and {len(actions) - 4 * MAX_SHOWN_CALLS} more" if len(actions) > 4 * MAX_SHOWN_CALLS else ""))
+
+
 def _score(solution: str, reference: list[tuple[str, Any]], lenient: bool, ordered: bool) -> dict[str, Any]:
     text = strip_thinking(solution)
-    predicted = _parse_calls("\n" + text, expected=None if lenient else len(reference))
-    loose = 1.0 if calls_match(predicted, reference, ordered=ordered) else 0.0
+    predicted, n_calls = _parse_calls("\n" + text, expected=len(reference))
+    loose = 1.0 if n_calls == len(reference) and calls_match(predicted, reference, ordered=ordered) else 0.0
     if lenient:
         return reward_result(
             score=loose,
-            pred=canonical(predicted),
+            pred=canonical(predicted) + (f"; … {n_calls - len(predicted)} more calls" if n_calls > len(predicted) else ""),
             format_error=not predicted or any(args is MALFORMED for _, args in predicted),
-            feedback="" if loose else _lenient_feedback(predicted, reference),
+            feedback="" if loose else _lenient_feedback(predicted, reference, n_calls),
             score_lenient=loose,
         )
-    actions, inputs = _reference_calls(text)
     gold_actions, gold_inputs = [name for name, _ in reference], _reference_inputs(reference)
-    actions_ok, inputs_ok = Counter(actions) == Counter(gold_actions), inputs == gold_inputs
+    actions = _ACTION_NAME.findall(text)
+    actions_ok = Counter(actions) == Counter(gold_actions)
+    # Wrong actions score 0 whatever the inputs: then the inputs are read only for the feedback.
+    # Right actions: every input counts, up to MAX_REFERENCE_INPUTS (a response with more is
+    # degenerate; reading each costs a JSON parse, so it scores 0 unread).
+    blocks = _input_blocks(text, (MAX_REFERENCE_INPUTS if actions_ok else 4 * MAX_SHOWN_CALLS) + 1)
+    too_many = actions_ok and len(blocks) > MAX_REFERENCE_INPUTS
+    inputs = _merged_inputs(blocks[:MAX_REFERENCE_INPUTS] if actions_ok else blocks[: 4 * MAX_SHOWN_CALLS])
+    inputs_ok = inputs == gold_inputs and not too_many
     feedback = []
     if not actions_ok:
-        feedback.append(f"Actions mismatch: predicted {shorten(repr(actions))}, expected {gold_actions}")
-    if not inputs_ok:
+        feedback.append(f"Actions mismatch: predicted {_shown(actions)}, expected {gold_actions}")
+    if too_many:
+        feedback.append(f"More than {MAX_REFERENCE_INPUTS} Action Inputs; expected {gold_inputs}")
+    elif not inputs_ok:
         feedback.append(f"Action inputs mismatch: predicted {shorten(repr(inputs))}, expected {gold_inputs}")
     return reward_result(
         score=1.0 if actions_ok and inputs_ok else 0.0,
-        pred=f"Actions: {shorten(repr(actions))}, Inputs: {shorten(repr(inputs))}",
+        pred=f"Actions: {_shown(actions)}, Inputs: {shorten(repr(inputs))}",
         format_error=not _reference_format_ok(text),
         feedback="; ".join(feedback),
         score_lenient=loose,

@@ -227,3 +227,13 @@ def test_non_json_reference_input_is_compared_as_text():
 def test_malformed_gold_answer_raises_naming_the_row_and_value(gold, why):
     with pytest.raises(ValueError, match=rf"ToolAlpaca row test\[7\]: reward_model.ground_truth .*{why}"):
         ta.compute_score("tooluse", call("x", {}), gold, {"split": "test", "index": 7})
+
+
+def test_reference_reads_at_most_256_inputs_and_a_looping_response_scores_zero():
+    gold = json.dumps([{"Action": "search", "Action_Input": "{}"}])
+    assert ta.compute_score("tooluse", "Action: search\n" + "Action Input: {}\n" * 256, gold)["score"] == 1.0
+    looping = ta.compute_score("tooluse", "Action: search\n" + "Action Input: {}\n" * 257, gold)
+    assert looping["score"] == 0.0 and "More than 256 Action Inputs" in looping["feedback"]
+    many = ta.compute_score("tooluse", "Action: search\nAction Input: {}\n" * 5000, gold, lenient=True)
+    assert many["score"] == 0.0 and "You made 5000 tool call(s)" in many["feedback"]
+    assert many["pred"].endswith("; … 4984 more calls") and len(many["pred"]) < 600
