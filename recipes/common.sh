@@ -119,6 +119,8 @@ DATA=(
     "+data.apply_chat_template_kwargs.enable_thinking=False"
 )
 
+# The reference code's rewards (data_source sciknoweval / tooluse); the lenient scorers are logged
+# as score_lenient. To train on them, append: +reward.custom_reward_function.reward_kwargs.lenient=true
 REWARD=(
     "reward.custom_reward_function.path=pkg://srpo_verl.tasks"
     "reward.custom_reward_function.name=compute_score"
