@@ -11,7 +11,8 @@ Input (one or more files or folders; a folder means every *.jsonl in it, in name
   written to $VERL_FILE_LOGGER_PATH, or $VERL_FILE_LOGGER_ROOT/<project>/<experiment>.jsonl
   (default root: the working directory). verl opens that file in write mode, so a resumed run
   overwrites it; the recipes give every launch its own file (metrics.<timestamp>.jsonl) and this
-  script merges them by step, the later file winning for a step logged twice.
+  script merges them by step: a later file's training record replaces a step logged twice, and
+  the validation-only record a resumed run logs at its checkpoint step is merged into that step.
 - any JSONL of flat records `{"step": N, "timing/wall": seconds, "<metric>": value, ...}`.
 
 Wall clock. `--clock step_time` (the default whenever the log has it): the cumulative sum of
@@ -25,7 +26,7 @@ Metric: by default every `val-core/<data_source>/acc/mean@<n>` key in the log (v
 `.../reward/mean@<n>` when the reward has no `acc` field); choose with --metric.
 
     python scripts/best_within_budget.py checkpoints/srpo_paper/qwen3_8b_srpo_chemistry/logs
-    python scripts/best_within_budget.py run.jsonl --metric val-core/toolalpaca/acc/mean@16 --json
+    python scripts/best_within_budget.py run.jsonl --metric val-core/tooluse/acc/mean@16 --json
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ def _files(paths: Iterable[str]) -> list[str]:
     return files
 
 
-def load_records(paths: Iterable[str]) -> dict[int, dict[str, Any]]:
-    """{step: metrics} merged over the files in order; a later file replaces a step it logs again
-    (a resumed run re-runs the steps after its checkpoint)."""
+def load_records(paths: Iterable[str], *, step_time_key: str = STEP_TIME_KEY) -> dict[int, dict[str, Any]]:
+    """{step: metrics} merged over the files in order.
+
+    A later file's training record (with `step_time_key`) replaces the step: a resumed run
+    re-runs the steps after its checkpoint. A later validation-only record (no `step_time_key`)
+    is merged into the step, its keys winning: verl validates the checkpoint it resumed from and
+    logs that at the checkpoint's step, whose training time the earlier file holds."""
     merged: dict[int, dict[str, Any]] = {}
     for file in _files(paths):
         this_file: dict[int, dict[str, Any]] = {}
@@ -83,7 +88,11 @@ def load_records(paths: Iterable[str]) -> dict[int, dict[str, Any]]:
                 if step is None:
                     raise SystemExit(f"error: {file}:{lineno} has no step")
                 this_file.setdefault(int(step), {}).update(metrics)
-        merged.update(this_file)
+        for step, metrics in this_file.items():
+            if step_time_key in metrics or step not in merged:
+                merged[step] = metrics
+            else:
+                merged[step].update(metrics)
     return dict(sorted(merged.items()))
 
 
@@ -117,7 +126,11 @@ def elapsed_seconds(
             if step_time_key in metrics:
                 total += float(metrics[step_time_key])
             elif step > 0:
-                raise SystemExit(f"error: step {step} has no {step_time_key!r}; use --clock wall or a complete log")
+                raise SystemExit(
+                    f"error: step {step} has no {step_time_key!r}: a validation-only record (verl logs one at the step "
+                    "a resumed run starts from) without the training record of that step; pass the logs of the "
+                    "earlier launches too (the run's logs/ folder), or use --clock wall"
+                )
             if include_validation and step > 0:
                 total += float(metrics.get(VALIDATION_TIME_KEY, 0.0))
             elapsed[step] = total
@@ -178,7 +191,7 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 
 def report(paths: Sequence[str], metrics: Sequence[str], budgets_h: Sequence[float], **clock_kwargs: Any) -> list[dict[str, Any]]:
-    records = load_records(paths)
+    records = load_records(paths, step_time_key=clock_kwargs.get("step_time_key", STEP_TIME_KEY))
     elapsed, clock = elapsed_seconds(records, **clock_kwargs)
     metrics = list(metrics) or find_metrics(records)
     if not metrics:

@@ -11,7 +11,7 @@ spec = importlib.util.spec_from_file_location("best_within_budget", SCRIPT)
 bwb = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bwb)
 
-ACC = "val-core/sciknoweval_chemistry/acc/mean@16"
+ACC = "val-core/sciknoweval/acc/mean@16"
 H = 3600.0
 
 
@@ -27,7 +27,7 @@ def run_log(tmp_path):
     return write_verl_log(
         tmp_path / "metrics.jsonl",
         [
-            (0, {ACC: 0.41, "val-core/sciknoweval_chemistry/acc/best@16/mean": 0.9}),
+            (0, {ACC: 0.41, "val-core/sciknoweval/acc/best@16/mean": 0.9}),
             (1, {"timing_s/step": 0.5 * H, "actor/lr": 5e-6}),
             (2, {"timing_s/step": 0.5 * H, "timing_s/testing": 600.0, ACC: 0.62}),
             (3, {"timing_s/step": 2 * H}),
@@ -123,3 +123,33 @@ def test_unusable_logs_are_refused_with_a_reason(tmp_path, run_log):
         bwb.main([str(gap)])
     with pytest.raises(SystemExit, match="does not exist"):
         bwb.main([str(tmp_path / "missing.jsonl")])
+
+
+RESUMED = Path(__file__).resolve().parent / "fixtures" / "resumed_cpu_run"  # a real resumed CPU run, see its README
+
+
+def test_log_of_a_real_resumed_run_is_read_as_one_run(capsys):
+    """verl's resumed launch logs a validation-only record at the checkpoint step (2) before step 3;
+    the budget script used to stop there ("step 2 has no 'timing_s/step'")."""
+    first, resumed = (
+        [json.loads(line) for line in (RESUMED / name).read_text().splitlines()]
+        for name in ("metrics.1-first.jsonl", "metrics.2-resumed.jsonl")
+    )
+    assert resumed[0]["step"] == 2 and "timing_s/step" not in resumed[0]["data"]  # what the fixture shows
+    step_times = {r["step"]: r["data"]["timing_s/step"] for r in first + resumed if "timing_s/step" in r["data"]}
+    assert sorted(step_times) == [1, 2, 3]
+
+    records = bwb.load_records([RESUMED])
+    elapsed, clock = bwb.elapsed_seconds(records)
+    assert clock == "step_time"
+    assert elapsed == pytest.approx({0: 0.0, 1: step_times[1], 2: step_times[1] + step_times[2], 3: sum(step_times.values())})
+    assert records[2]["timing_s/step"] == step_times[2]  # the training record of step 2 survives the merge
+    metric = "val-core/srpo_verl/addition/acc/mean@16"
+    assert bwb.find_metrics(records) == [metric]
+    assert bwb.main([str(RESUMED), "--budgets-hours", "0.0015", "1"]) == 0  # 5.4 s: steps 0-2 fit, step 3 does not
+    out = capsys.readouterr().out
+    assert "last step 3" in out and "0.0015h" in out and "(run shorter than budget)" in out
+
+    # Only the resumed launch's file: the training time before step 3 is unknown, and said so.
+    with pytest.raises(SystemExit, match="earlier launches"):
+        bwb.main([str(RESUMED / "metrics.2-resumed.jsonl")])
