@@ -14,7 +14,7 @@ tests can compare against float64 references). Per-token functions return (B, T)
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ __all__ = [
     "add_tail_bucket",
     "advantage_mix",
     "correctness",
+    "entropy_weight_log_mean",
     "entropy_weights",
     "full_vocab_divergence",
     "gather_log_softmax",
@@ -390,91 +391,150 @@ def advantage_mix(
 # ----------------------------------------------------------------------------------------------
 
 
+def _select_rows(flat: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """`rows` as a long index on `flat`'s device (all rows in order when None)."""
+    if rows is None:
+        return torch.arange(flat.shape[0], device=flat.device)
+    if rows.dim() != 1 or rows.is_floating_point():
+        raise ValueError(f"rows must be a 1-D integer index, got shape {tuple(rows.shape)} dtype {rows.dtype}")
+    return rows.to(device=flat.device, dtype=torch.long)
+
+
+def _chunks_of_rows(flat: torch.Tensor, rows: torch.Tensor, chunk_size: int):
+    """(slice into `rows`, the selected rows of `flat` as a new tensor), `chunk_size` rows at a time."""
+    for part in _row_chunks(rows.shape[0], chunk_size):
+        yield part, flat.index_select(0, rows[part])
+
+
 class _GatherLogSoftmax(torch.autograd.Function):
-    """log_softmax(x)[index] with chunked logsumexp; saves only (x, lse, index) for backward.
+    """log_softmax(x[rows])[index] with chunked logsumexp, on a private copy of the selected rows.
 
     Identity used: log p_v = x_v - lse(x), d log p_{i_k} / d x_v = 1[v = i_k] - p_v, hence
     grad_x = scatter_add(g) - softmax(x) * sum_k g_k, recomputed chunk by chunk in backward.
+
+    Why a private copy: the logits are shared with the rest of the forward, and on GPU verl's token
+    log-prob (flash-attn's cross-entropy with inplace_backward=True) writes its gradient into the
+    logits' storage; its backward node is newer, so it runs first. A backward that re-read the shared
+    logits would rebuild the softmax from that gradient. The copy holds only the selected (routed)
+    rows, so memory and work follow the routed tokens; backward writes straight into the returned
+    (N, V) gradient through one work chunk.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, index: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_size: int) -> torch.Tensor:
         dtype = _compute_dtype(logits)
-        lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (N,)
-        work = _chunk_buffer(logits, chunk_size, dtype)  # (chunk, V)
-        for rows in _row_chunks(logits.shape[0], chunk_size):
-            lse[rows] = _chunk_logsumexp_(_upcast_into(work, logits[rows]))
+        n = rows.shape[0]
+        keep = ctx.needs_input_grad[0]
+        private = logits.index_select(0, rows) if keep else None  # (n, V): saved for backward only
+        lse = torch.empty(n, dtype=dtype, device=logits.device)  # (n,)
+        picked = torch.empty(index.shape, dtype=dtype, device=logits.device)  # (n, K)
+        work = _chunk_buffer(logits, min(chunk_size, max(n, 1)), dtype)  # (chunk, V)
+        chunks = ((part, private[part]) for part in _row_chunks(n, chunk_size)) if keep else _chunks_of_rows(
+            logits, rows, chunk_size
+        )
+        for part, chunk in chunks:
+            buf = _upcast_into(work, chunk)
+            picked[part] = buf.gather(-1, index[part])
+            lse[part] = _chunk_logsumexp_(buf)
         del work
-        ctx.save_for_backward(logits, lse, index)
-        ctx.chunk_size = chunk_size
-        return logits.gather(-1, index).to(dtype) - lse.unsqueeze(-1)  # (N, K)
+        if keep:
+            ctx.save_for_backward(private, lse, index, rows)
+            ctx.chunk_size, ctx.total_rows = chunk_size, logits.shape[0]
+        return picked - lse.unsqueeze(-1)  # (n, K)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits, lse, index = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
+        x, lse, index, rows = ctx.saved_tensors  # x: the private (n, V) copy
         dtype = lse.dtype
-        grad_out = grad_out.to(dtype)  # (N, K)
-        # The one (N, V) buffer: the gradient itself, in the logits' dtype.
-        grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)  # (N, V)
-        # Same dtype: work in place inside the gradient; bf16: one fp32 work chunk, copied back.
-        in_place = logits.dtype == dtype
-        work = None if in_place else _chunk_buffer(logits, ctx.chunk_size, dtype)  # (chunk, V)
-        for rows in _row_chunks(logits.shape[0], ctx.chunk_size):
-            g = grad_out[rows]  # (n, K)
-            buf = grad_logits[rows].copy_(logits[rows]) if in_place else _upcast_into(work, logits[rows])  # (n, V)
-            buf.sub_(lse[rows].unsqueeze(-1)).exp_()  # softmax
+        grad_out = grad_out.to(dtype)  # (n, K)
+        # The one (N, V) buffer: the gradient itself, in the logits' dtype; unselected rows get 0.
+        grad = torch.zeros((ctx.total_rows, x.shape[-1]), dtype=x.dtype, device=x.device)  # (N, V)
+        work = _chunk_buffer(x, ctx.chunk_size, dtype)  # (chunk, V), fp32 for bf16 logits
+        for part in _row_chunks(x.shape[0], ctx.chunk_size):
+            g = grad_out[part]  # (n, K)
+            buf = _upcast_into(work, x[part])  # (n, V)
+            buf.sub_(lse[part].unsqueeze(-1)).exp_()  # softmax
             buf.mul_(-g.sum(-1, keepdim=True))  # -p_v * sum_k g_k
-            buf.scatter_add_(-1, index[rows], g)  # + g_k at v = i_k (duplicates add up)
-            if not in_place:
-                grad_logits[rows].copy_(buf)
-        return grad_logits, None, None
+            buf.scatter_add_(-1, index[part], g)  # + g_k at v = i_k (duplicates add up)
+            grad.index_copy_(0, rows[part], buf.to(x.dtype))
+        return grad, None, None, None
 
 
 def gather_log_softmax(
-    logits: torch.Tensor, index: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    logits: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    rows: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """log softmax(x)_v at the given vocabulary indices: x_{i_k} - logsumexp_v x_v.
 
     Equal in value and gradient to `torch.log_softmax(logits.float(), -1).gather(-1, index)`, but the
-    logsumexp is computed `chunk_size` rows at a time (each chunk upcast to fp32) and backward keeps
-    only the logits reference, the (N,) lse and the index, writing the gradient into one (N, V)
-    tensor. The naive autograd path holds 2-3 extra (N, V) fp32 buffers; this one holds one chunk.
-    `chunk_size` only affects memory, not numerics.
-    logits: (..., V) fp32/bf16/fp64; index: long (..., K). Returns (..., K) in at least float32.
+    logsumexp is computed `chunk_size` rows at a time (each chunk upcast to fp32) and backward works
+    on a private copy of the rows it needs (never on `logits` itself, which a later in-place kernel may
+    overwrite before this backward runs). `chunk_size` only affects memory, not numerics.
+
+    rows=None: logits (..., V), index (..., K), returns (..., K).
+    rows given (unique long (n,)): logits (N, V), index (n, K) for logits[rows]; returns (n, K), and
+    only those n rows are copied, read and given a gradient (the others get exactly 0).
+    logits: fp32/bf16/fp64; index: long. Returns at least float32.
     """
-    if logits.shape[:-1] != index.shape[:-1]:
-        raise ValueError(
-            f"mismatched shapes: logits{tuple(logits.shape)} and index{tuple(index.shape)} must share leading dims"
-        )
     _check_positive_int("chunk_size", chunk_size)
     vocab, k = logits.shape[-1], index.shape[-1]
-    out = _GatherLogSoftmax.apply(logits.reshape(-1, vocab), index.reshape(-1, k).long(), chunk_size)  # (N, K)
-    return out.reshape(*index.shape)
+    if rows is None:
+        if logits.shape[:-1] != index.shape[:-1]:
+            raise ValueError(
+                f"mismatched shapes: logits{tuple(logits.shape)} and index{tuple(index.shape)} must share leading dims"
+            )
+        flat, flat_index = logits.reshape(-1, vocab), index.reshape(-1, k)
+    else:
+        flat, flat_index = logits, index
+        if logits.dim() != 2 or index.dim() != 2 or index.shape[0] != rows.shape[0]:
+            raise ValueError(
+                f"mismatched shapes: with rows{tuple(rows.shape)}, logits{tuple(logits.shape)} must be (N, V) and "
+                f"index{tuple(index.shape)} (n, K) for the n selected rows"
+            )
+    selected = _select_rows(flat, rows)
+    out = _GatherLogSoftmax.apply(flat, selected, flat_index.long(), chunk_size)  # (n, K)
+    return out if rows is not None else out.reshape(*index.shape)
 
 
-def student_topk(logits: torch.Tensor, *, k: int) -> torch.Tensor:
+def student_topk(
+    logits: torch.Tensor, *, k: int, rows: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
     """The student's top-K token indices per position, the SDPO distillation support (K = 100).
 
     Top-K of logits equals top-K of log-probs (softmax is monotone), so no normalisation is needed.
-    K >= V is clamped to V (the support is then the whole vocabulary). logits: (..., V).
-    Returns long (..., min(K, V)), no gradient.
+    K >= V is clamped to V (the support is then the whole vocabulary). logits: (..., V); with `rows`
+    (long (n,)), logits (N, V) and only those rows, `chunk_size` at a time.
+    Returns long (..., min(K, V)) or (n, min(K, V)), no gradient.
     """
     _check_positive_int("k", k)
+    k = min(k, logits.shape[-1])
     with torch.no_grad():
-        return torch.topk(logits, k=min(k, logits.shape[-1]), dim=-1, sorted=False).indices
+        if rows is None:
+            return torch.topk(logits, k=k, dim=-1, sorted=False).indices
+        rows = _select_rows(logits, rows)
+        out = torch.empty((rows.shape[0], k), dtype=torch.long, device=logits.device)  # (n, K)
+        for part, chunk in _chunks_of_rows(logits, rows, chunk_size):
+            out[part] = torch.topk(chunk, k=k, dim=-1, sorted=False).indices
+        return out
 
 
 def teacher_topk_log_probs(
-    teacher_logits: torch.Tensor, topk_index: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    teacher_logits: torch.Tensor,
+    topk_index: torch.Tensor,
+    *,
+    rows: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """log q_v at the student's top-K indices (no gradient; chunked like `gather_log_softmax`).
 
-    teacher_logits: (..., V); topk_index: long (..., K). Returns (..., K) in at least float32.
+    teacher_logits: (..., V); topk_index: long (..., K); or with `rows`, (N, V) and (n, K).
+    Returns (..., K) or (n, K) in at least float32.
     """
     with torch.no_grad():
-        return gather_log_softmax(teacher_logits.detach(), topk_index, chunk_size=chunk_size)
+        return gather_log_softmax(teacher_logits.detach(), topk_index, rows=rows, chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,6 +596,7 @@ def topk_tail_divergence(
     *,
     alpha: float = 0.5,
     tail: bool = True,
+    rows: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """SDPO's logit-level divergence on the student's top-K support (SDPO Sec. 3; SRPO Sec. 3.2, K=100).
@@ -545,14 +606,16 @@ def topk_tail_divergence(
                     q_{i_k} / sum_j q_{i_j}: mass outside the top-K is ignored, so a student that
                     moves mass into or out of the support is not penalised for it.
 
-    Student log-probs come from `gather_log_softmax`, so memory beyond the logits and their gradient
-    is O(N K). teacher_log_probs_topk is the teacher's (full-vocab normalised) log q at topk_index,
-    e.g. from `teacher_topk_log_probs`; it gets no gradient.
+    Student log-probs come from `gather_log_softmax`: beyond the logits' gradient, memory is a copy of
+    the rows it reads plus O(N K). teacher_log_probs_topk is the teacher's (full-vocab normalised) log q
+    at topk_index, e.g. from `teacher_topk_log_probs`; it gets no gradient.
     student_logits: (..., V); teacher_log_probs_topk, topk_index: (..., K). Returns (...).
+    With `rows` (unique long (n,)): student_logits (N, V), the others (n, K); returns (n,), and only
+    those rows are read and receive gradient (the SDPO-routed tokens of a packed micro-batch).
     """
     _check_range("alpha", alpha, 0.0, 1.0)
     _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
-    log_p = gather_log_softmax(student_logits, topk_index, chunk_size=chunk_size)  # (..., K)
+    log_p = gather_log_softmax(student_logits, topk_index, rows=rows, chunk_size=chunk_size)  # (..., K)
     log_q = teacher_log_probs_topk.detach().to(log_p.dtype)  # (..., K)
     if tail:
         log_p, log_q = add_tail_bucket(log_p), add_tail_bucket(log_q)  # (..., K+1)
@@ -576,31 +639,35 @@ def full_vocab_divergence(
     return generalized_jsd(log_p, log_q, alpha=alpha)
 
 
-def teacher_entropy(teacher_logits: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+def teacher_entropy(
+    teacher_logits: torch.Tensor, *, rows: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
     """H_{i,t} = -sum_v q(v) log q(v) over the full vocabulary (SRPO Sec. 3.3, Eq. entropy weight).
 
     No gradient. Computed `chunk_size` rows at a time in two reused fp32 work buffers, so a
     151,936-token vocabulary never needs a second full (N, V) buffer; `chunk_size` only affects memory.
     Per row, with y = x - max x and e = exp(y):  H = log sum e - (sum e y) / (sum e).
-    teacher_logits: (..., V). Returns (...) in at least float32.
+    teacher_logits: (..., V), returns (...); with `rows` (long (n,)): (N, V), returns (n,) for those
+    rows only. At least float32.
     """
     _check_positive_int("chunk_size", chunk_size)
     with torch.no_grad():
         logits = teacher_logits.detach()
         flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
+        selected = _select_rows(flat, rows)  # (n,)
         dtype = _compute_dtype(flat)
-        entropy = torch.empty(flat.shape[0], dtype=dtype, device=flat.device)  # (N,)
+        entropy = torch.empty(selected.shape[0], dtype=dtype, device=flat.device)  # (n,)
         work_y, work_e = _chunk_buffer(flat, chunk_size, dtype), _chunk_buffer(flat, chunk_size, dtype)
-        for rows in _row_chunks(flat.shape[0], chunk_size):
-            y = _upcast_into(work_y, flat[rows])  # (n, V)
+        for part, chunk in _chunks_of_rows(flat, selected, chunk_size):
+            y = _upcast_into(work_y, chunk)  # (n, V)
             row_max = y.amax(-1, keepdim=True)  # (n, 1)
             y.sub_(row_max.masked_fill(~torch.isfinite(row_max), 0.0))
             # q = 0 has y = -inf; the most negative finite value instead makes e * y = 0 * finite = 0.
             y.clamp_(min=torch.finfo(dtype).min)
             e = torch.exp(y, out=work_e[: y.shape[0]])  # (n, V)
             total = e.sum(-1)  # (n,)
-            entropy[rows] = total.log() - e.mul_(y).sum(-1) / total
-        return entropy.reshape(logits.shape[:-1])
+            entropy[part] = total.log() - e.mul_(y).sum(-1) / total
+        return entropy if rows is not None else entropy.reshape(logits.shape[:-1])
 
 
 def topk_tail_entropy(teacher_log_probs_with_tail: torch.Tensor) -> torch.Tensor:
@@ -658,6 +725,39 @@ def sdpo_token_loss(
     return _apply_rollout_is(_as_float(divergence) * ratio, rollout_is_weights)
 
 
+def entropy_weight_log_mean(
+    entropy: torch.Tensor,
+    sdpo_token_mask: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    all_reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """log mean_{routed tokens} exp(-beta H), the normaliser of the entropy weights (SRPO Sec. 3.3).
+
+    A log-sum-exp in float64: with every routed token at beta H >~ 745, exp(-beta H) underflows to 0
+    and a linear-space mean would give log(0). `all_reduce(tensor, op)` with op "max" or "sum"
+    (e.g. torch.distributed over the data-parallel group, on the tensors' device) extends the mean
+    over micro-batches and ranks: the mini-batch-global normaliser `entropy_weights` needs.
+    entropy: any shape; sdpo_token_mask: bool, same shape. Returns a float64 0-d tensor on
+    entropy's device; -inf when no token is routed anywhere.
+    """
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    _check_same_shape(entropy=entropy, sdpo_token_mask=sdpo_token_mask)
+    with torch.no_grad():
+        mask = sdpo_token_mask.bool()
+        log_w = (-beta * entropy.detach().double()).masked_fill(~mask, float("-inf"))  # float64
+        shift = log_w.amax() if log_w.numel() else torch.tensor(float("-inf"), dtype=torch.float64, device=log_w.device)
+        if all_reduce is not None:
+            shift = all_reduce(shift, "max")
+        shift = shift.masked_fill(~torch.isfinite(shift), 0.0)
+        stats = torch.stack([torch.exp(log_w - shift).sum(), mask.sum().double()])  # (sum w / e^shift, count)
+        if all_reduce is not None:
+            stats = all_reduce(stats, "sum")
+        # No routed token: log(0) - log(0) would be NaN; -inf makes every weight 0.
+        return torch.where(stats[1] > 0, stats[0].log() + shift - stats[1].clamp(min=1).log(), float("-inf"))
+
+
 def entropy_weights(
     entropy: torch.Tensor,
     sdpo_token_mask: torch.Tensor,
@@ -675,8 +775,8 @@ def entropy_weights(
     The mean must run over *all* SDPO-routed valid tokens of the optimiser mini-batch, across
     micro-batches and data-parallel ranks (normalising per micro-batch changes the objective). Either
     pass the whole mini-batch here, or pass one micro-batch together with `log_mean`, the
-    mini-batch-global log mean_{routed} exp(-beta H) (reduced over micro-batches and ranks by the
-    caller; -inf when nothing is routed), which then replaces this batch's own normaliser.
+    mini-batch-global `entropy_weight_log_mean` (-inf when nothing is routed), which then replaces
+    this batch's own normaliser.
     entropy: (B, T); sdpo_token_mask: bool (B, T) = z^SDPO_i and valid token. Returns (B, T).
     """
     if not beta >= 0:
@@ -689,8 +789,7 @@ def entropy_weights(
         # float64 for the (B, T) log weights: at H ~ 1e3 fp32 rounding alone would move the mean off 1 by 1e-4.
         log_w = (-beta * entropy.detach().double()).masked_fill(~mask, float("-inf"))  # (B, T)
         if log_mean is None:
-            count = mask.sum().clamp(min=1)
-            log_mean = torch.logsumexp(log_w.flatten(), dim=0) - torch.log(count.double())  # ()
+            log_mean = entropy_weight_log_mean(entropy, mask, beta=beta)
         else:
             log_mean = torch.as_tensor(log_mean, dtype=torch.float64, device=log_w.device)
             if torch.isnan(log_mean) or log_mean == float("inf"):

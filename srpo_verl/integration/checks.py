@@ -8,6 +8,7 @@ Every bad input ends in one of two ways, never in a silent wrong update:
 docs/reliability.md lists every case, its outcome and the test that holds it.
 """
 
+# device: host-side module (driver and trainer checks on host tensors); see tests/gpu/test_device_discipline.py
 from __future__ import annotations
 
 import logging
@@ -147,7 +148,88 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
             mini,
             batch,
         )
+    check_gpu_path_config(config)
     return srpo
+
+
+def _dtype_name(value) -> str:
+    return str(value).replace("torch.", "").lower()
+
+
+def check_gpu_path_config(config) -> None:
+    """Settings that would break SRPO on GPU, or silently change what it optimises, refused by key.
+
+    The SRPO loss replaces verl's whole policy loss (so verl's loss options would be ignored), reads the
+    student's logits in a logits processor, and keeps an EMA teacher paired with the student shard by
+    shard and saved beside the actor checkpoint. Each refusal below names the key and the reason.
+    """
+    arr = config.actor_rollout_ref
+    model, actor, ref = arr.model, arr.actor, arr.ref
+    for key, node in (("actor_rollout_ref.model", model), ("actor_rollout_ref.actor", actor)):
+        if node.get("use_fused_kernels", False):
+            raise ValueError(
+                f"{key}.use_fused_kernels=True: verl's fused kernels compute token log-probs without the "
+                "logits, which the SRPO distillation reads (logits processor); set it to False"
+            )
+    for key, node in (("actor_rollout_ref.actor", actor), ("actor_rollout_ref.ref", ref)):
+        strategy = str(node.get("strategy", "fsdp"))
+        if strategy not in ("fsdp", "fsdp2"):
+            raise NotImplementedError(
+                f"{key}.strategy={strategy}: the SRPO worker extends verl's FSDP engine worker only "
+                "(Megatron and other engines are not implemented); use fsdp or fsdp2"
+            )
+    if str(ref.get("strategy", "fsdp")) != str(actor.get("strategy", "fsdp")):
+        raise ValueError(
+            f"actor_rollout_ref.ref.strategy={ref.strategy} != actor_rollout_ref.actor.strategy={actor.strategy}: "
+            "the EMA teacher is built from the ref config and paired with the student shard by shard"
+        )
+    if (model.get("lora_rank", 0) or 0) > 0 or ((model.get("lora", {}) or {}).get("rank", 0) or 0) > 0:
+        raise NotImplementedError(
+            "actor_rollout_ref.model.lora_rank > 0: an EMA teacher of a LoRA student is not implemented "
+            "(the teacher would average base weights that never change); set lora_rank=0"
+        )
+    actor_fsdp, ref_fsdp = actor.get("fsdp_config", {}) or {}, ref.get("fsdp_config", {}) or {}
+    for sub in ("fsdp_size", "wrap_policy"):
+        a, r = actor_fsdp.get(sub, None), ref_fsdp.get(sub, None)
+        if a != r:
+            raise ValueError(
+                f"actor_rollout_ref.ref.fsdp_config.{sub}={r} differs from actor_rollout_ref.actor.fsdp_config."
+                f"{sub}={a}: the EMA teacher (built from the ref config) is updated shard by shard by "
+                "parameter name, so both must be sharded alike"
+            )
+    teacher_dtype = _dtype_name(ref_fsdp.get("model_dtype", "fp32"))
+    if teacher_dtype not in ("fp32", "float32"):
+        raise ValueError(
+            f"actor_rollout_ref.ref.fsdp_config.model_dtype={teacher_dtype}: the EMA teacher must be kept in "
+            "fp32 (a bf16 teacher rounds most updates of size rate * (theta - theta') away at rate 0.05)"
+        )
+    if actor.get("use_kl_loss", False):
+        raise ValueError(
+            "actor_rollout_ref.actor.use_kl_loss=True: the SRPO loss replaces verl's policy loss and has no "
+            "KL term (the paper uses none); it would be silently ignored. Set it to False"
+        )
+    entropy_coeff = actor.get("entropy_coeff", 0) or 0
+    if entropy_coeff != 0:
+        raise ValueError(
+            f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff}: the SRPO loss has no entropy bonus; it "
+            "would be silently ignored. Set it to 0"
+        )
+    agg = actor.get("loss_agg_mode", "token-mean")
+    if agg != "token-mean":
+        raise ValueError(
+            f"actor_rollout_ref.actor.loss_agg_mode={agg}: the SRPO objective has one token-mean denominator "
+            "(all valid response tokens of the mini-batch); other aggregations would be silently ignored"
+        )
+    if actor.get("loss_scale_factor", None) is not None:
+        raise ValueError(
+            f"actor_rollout_ref.actor.loss_scale_factor={actor.loss_scale_factor}: not applied by the SRPO loss "
+            "(it would be silently ignored); leave it null"
+        )
+    if config.trainer.get("del_local_ckpt_after_load", False):
+        raise ValueError(
+            "trainer.del_local_ckpt_after_load=True: verl deletes the checkpoint directory after loading the "
+            "actor, before the EMA teacher's shards in it are read; set it to False"
+        )
 
 
 # ============================================================================ data files

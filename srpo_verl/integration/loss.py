@@ -32,53 +32,62 @@ DIVERGENCE_KEY = "srpo_divergence"
 TOPK_MATCH_KEY = "srpo_topk_match"
 
 
-def response_positions(data) -> torch.Tensor:
+def packed_response_positions(seq_lens: torch.Tensor, response_lens: torch.Tensor) -> torch.Tensor:
     """Packed (rmpad) positions of the logits that score each response token, row-major.
 
-    A row's packed sequence is [prompt | response]; the logit at position p scores token p + 1, so
+    Each row's packed sequence ends with its response; the logit at position p scores token p + 1, so
     response token t of a row ending at offset e with R response tokens is scored at e - R - 1 + t
-    (the same left shift as verl's `no_padding_2_padding`).
+    (the same left shift as verl's `no_padding_2_padding`). seq_lens, response_lens: (B,) on the
+    micro-batch's device; the result (R_total,) is on it too, computed without reading values on the
+    host (on GPU every tensor verl hands the loss is on the accelerator).
     """
+    rows = torch.arange(response_lens.numel(), device=response_lens.device)
+    token_row = torch.repeat_interleave(rows, response_lens)  # (R_total,)
+    first = seq_lens.cumsum(0) - response_lens - 1  # (B,) the position scoring each row's first token
+    row_start = response_lens.cumsum(0) - response_lens  # (B,) offset of each row among response tokens
+    t = torch.arange(token_row.numel(), device=response_lens.device) - row_start[token_row]
+    return first[token_row] + t
+
+
+def response_positions(data) -> torch.Tensor:
+    """`packed_response_positions` of a student micro-batch: sequences are [prompt | response]."""
     prompt_lens = data["prompts"].offsets().diff()
     response_lens = data["responses"].offsets().diff()
-    ends = (prompt_lens + response_lens).cumsum(0)
-    starts = ends - response_lens - 1
-    return torch.cat([torch.arange(s, s + r) for s, r in zip(starts.tolist(), response_lens.tolist())])
+    return packed_response_positions(prompt_lens + response_lens, response_lens)
 
 
-def _rows_of_response_tokens(data) -> torch.Tensor:
+def routed_response_tokens(data) -> torch.Tensor:
+    """(R_total,) bool: the response tokens of SDPO-routed rows, on the micro-batch's device."""
     response_lens = data["responses"].offsets().diff()
-    return torch.repeat_interleave(torch.arange(len(response_lens)), response_lens)
+    return torch.repeat_interleave(data["srpo_route"].bool(), response_lens)
 
 
 def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig) -> dict[str, torch.Tensor]:
-    """Logits-processor role: per-token divergence D_alpha on SDPO-routed response tokens."""
+    """Logits-processor role: per-token divergence D_alpha on SDPO-routed response tokens.
+
+    Only the routed tokens' rows of the logits are read, copied and given a gradient
+    (`core_algos.topk_tail_divergence(rows=...)`): work follows the routed share, and the backward
+    never re-reads the shared logits, which verl's in-place cross-entropy overwrites on GPU.
+    """
     logits = student_logits.squeeze(0)  # (nnz, V)
     nnz = logits.shape[0]
     divergence = logits.new_zeros(nnz, dtype=torch.float32)
     match = logits.new_zeros(nnz, dtype=torch.float32)
     if srpo.distill_mode == "sampled_token" or "srpo_topk_ids" not in data:
         return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
-    positions = response_positions(data).to(logits.device)  # (R_total,)
-    routed = data["srpo_route"].bool()[_rows_of_response_tokens(data)].to(logits.device)  # (R_total,)
-    positions = positions[routed]
+    routed = routed_response_tokens(data)  # (R_total,)
+    positions = response_positions(data)[routed]  # (n,)
     if positions.numel() > 0:
         topk_ids = data["srpo_topk_ids"].values()[routed].long()  # (n, K)
-        teacher_topk = data["srpo_teacher_topk"].values()[routed]  # (n, K)
-        # Scatter the K ids into a (nnz, K) index so the chunked gather reads the logits in place
-        # (no (n, V) copy); non-routed rows point at id 0 and are masked out below.
-        index = torch.zeros(nnz, topk_ids.shape[-1], dtype=torch.long, device=logits.device)
-        index[positions] = topk_ids
-        log_q = torch.zeros(index.shape, dtype=torch.float32, device=logits.device)
-        log_q[positions] = teacher_topk.float()
+        teacher_topk = data["srpo_teacher_topk"].values()[routed].float()  # (n, K)
         token_div = core_algos.topk_tail_divergence(
-            logits, log_q, index, alpha=srpo.alpha, tail=True, chunk_size=srpo.chunk_size
-        )  # (nnz,)
-        divergence = torch.zeros_like(token_div).index_copy(0, positions, token_div[positions])
+            logits, teacher_topk, topk_ids, alpha=srpo.alpha, tail=True, rows=positions, chunk_size=srpo.chunk_size
+        )  # (n,)
+        divergence = divergence.index_copy(0, positions, token_div.float())
         with torch.no_grad():
-            current = core_algos.student_topk(logits[positions], k=topk_ids.shape[-1])  # (n, K)
-            same = (current.sort(-1).values == topk_ids.sort(-1).values).all(-1).float()
-            match[positions] = same
+            current = core_algos.student_topk(logits, k=topk_ids.shape[-1], rows=positions, chunk_size=srpo.chunk_size)
+            same = (current.sort(-1).values == topk_ids.sort(-1).values).all(-1).float()  # (n,)
+            match = match.index_copy(0, positions, same)
     return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
 
 

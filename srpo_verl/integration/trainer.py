@@ -7,6 +7,7 @@ verl's step is kept whole; three hooks add SRPO after the rewards and the GRPO a
   _load_checkpoint    builds the EMA teacher before verl restores a checkpoint (so it is restored too).
 """
 
+# device: host-side module (the trainer runs in the driver on TransferQueue's host tensors); see tests/gpu/test_device_discipline.py
 from __future__ import annotations
 
 import logging

@@ -24,11 +24,12 @@ from omegaconf import open_dict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.device import get_device_id
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker, TrainingWorkerConfig
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
-from srpo_verl.integration.loss import response_positions, srpo_loss_fn
+from srpo_verl.integration.loss import packed_response_positions, response_positions, routed_response_tokens, srpo_loss_fn
 
 logger = logging.getLogger(__name__)
 
@@ -59,25 +60,24 @@ class _TeacherPass:
 
     def __call__(self, student_logits=None, data=None, model_output=None, dp_group=None):
         if student_logits is None:  # the loss role of the same call: nothing to optimise
-            return torch.zeros(()), {}
+            return torch.zeros((), device=data["responses"].values().device), {}
         logits = student_logits.squeeze(0)  # (nnz, V)
         k = min(self.k, logits.shape[-1])
-        s_pos = response_positions(data).to(logits.device)  # (R_total,)
-        topk_ids = core_algos.student_topk(logits[s_pos], k=k) if k > 0 else None  # (R_total, K)
+        s_pos = response_positions(data)  # (R_total,) on the micro-batch's device
+        topk_ids = core_algos.student_topk(logits, k=k, rows=s_pos, chunk_size=self.chunk_size)  # (R_total, K)
 
         teacher_logits, t_pos = self._teacher_logits(data)  # (nnz_t, V), (R_total,)
-        index = torch.zeros(teacher_logits.shape[0], k, dtype=torch.long, device=teacher_logits.device)
-        index[t_pos] = topk_ids.to(index.device)
-        log_q_topk = core_algos.teacher_topk_log_probs(teacher_logits, index, chunk_size=self.chunk_size)[t_pos]
-        entropy = core_algos.teacher_entropy(teacher_logits, chunk_size=self.chunk_size)[t_pos]
+        topk_ids = topk_ids.to(teacher_logits.device)
+        log_q_topk = core_algos.teacher_topk_log_probs(teacher_logits, topk_ids, rows=t_pos, chunk_size=self.chunk_size)
+        entropy = core_algos.teacher_entropy(teacher_logits, rows=t_pos, chunk_size=self.chunk_size)
         entropy_topk = core_algos.topk_tail_entropy(core_algos.add_tail_bucket(log_q_topk))
-        response_ids = torch.cat(list(data["responses"].unbind())).to(teacher_logits.device)  # (R_total,)
-        sampled = torch.zeros(teacher_logits.shape[0], 1, dtype=torch.long, device=teacher_logits.device)
-        sampled[t_pos, 0] = response_ids
-        log_q_sampled = core_algos.teacher_topk_log_probs(teacher_logits, sampled, chunk_size=self.chunk_size)[t_pos, 0]
+        sampled = data["responses"].values().to(teacher_logits.device).long().unsqueeze(-1)  # (R_total, 1)
+        log_q_sampled = core_algos.teacher_topk_log_probs(
+            teacher_logits, sampled, rows=t_pos, chunk_size=self.chunk_size
+        ).squeeze(-1)
 
         lens = data["responses"].offsets().diff().tolist()
-        per_token = {
+        per_token = {  # host-side: kept until the trainer stores them
             "srpo_topk_ids": topk_ids.to(torch.int32).cpu(),
             "srpo_teacher_topk": log_q_topk.float().cpu(),
             "srpo_teacher_entropy": entropy.float().cpu(),
@@ -114,11 +114,9 @@ class _TeacherPass:
             student = self.student_engine.module(**inputs, use_cache=False).logits.squeeze(0)
             logits = core_algos.trust_region_teacher_log_probs(logits, student, mix=self.mix)
         temperature = output_args["temperature_rmpad"].reshape(-1, 1)  # (nnz_t, 1), as verl scales
-        logits = logits / temperature.to(logits.dtype)
-        ends = seq_lens.cumsum(0)
-        starts = ends - response_lens - 1
-        t_pos = torch.cat([torch.arange(s, s + r) for s, r in zip(starts.tolist(), response_lens.tolist())])
-        return logits, t_pos.to(logits.device)
+        logits.div_(temperature.to(logits.dtype))  # forward-only tensor of ours: in place, no second copy
+        t_pos = packed_response_positions(seq_lens.to(logits.device), response_lens.to(logits.device))
+        return logits, t_pos
 
 
 class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -177,8 +175,15 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         for name, s in s_params.items():
             t = t_params[name]
             if _local(t).data_ptr() == _local(s).data_ptr():
-                # A teacher sharing storage with the student is the live student (SRPO_SPEC §4).
+                # A teacher sharing storage with the student is the live student (docs/spec.md §4).
                 raise RuntimeError(f"EMA teacher parameter {name} is the live student's tensor")
+            if _local(t).shape != _local(s).shape:
+                # The EMA pairs rank-local shards by name: both engines must shard alike.
+                raise RuntimeError(
+                    f"EMA teacher shard of {name} has shape {tuple(_local(t).shape)} but the student's has "
+                    f"{tuple(_local(s).shape)}: the teacher (built from actor_rollout_ref.ref) must use the "
+                    "actor's fsdp_config.fsdp_size and wrap_policy"
+                )
             yield name, _local(t), _local(s)
 
     @torch.no_grad()
@@ -191,14 +196,17 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def srpo_ema_update(self) -> dict:
         """theta' <- (1 - rate) theta' + rate theta, shard by shard (no communication).
 
-        The trust-region teacher keeps theta' = theta_0 (its reference) and only reports the gap."""
-        rate = self.srpo.ema_rate if self.srpo.teacher == "ema" else 0.0
+        The trust-region teacher keeps theta' = theta_0 (its reference) and only reports the gap. When the
+        optimiser skipped its step (verl does on a non-finite gradient norm) the teacher stays too: the
+        EMA follows the student's optimiser steps, and the student did not move."""
+        skipped = not math.isfinite(getattr(self.actor.engine, "_srpo_last_grad_norm", 0.0))
+        rate = self.srpo.ema_rate if self.srpo.teacher == "ema" and not skipped else 0.0
         gap = 0.0
         for _, t, s in self._param_pairs():
             if rate:
                 t.lerp_(s.to(t.device, t.dtype), rate)  # verl offloads forward-only engines to host
             gap += float((t.float() - s.to(t.device).float()).pow(2).sum())
-        return {"srpo/teacher_student_l2": math.sqrt(gap)}
+        return {"srpo/teacher_student_l2": math.sqrt(gap), "srpo/ema_skipped": float(skipped)}
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_teacher_state(self) -> dict:
@@ -209,7 +217,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_srpo_teacher(self, data):
         """Teacher pass over the rows the trainer sent (only rows that need a teacher)."""
         n = data.batch_size[0]
-        data["srpo_row"] = torch.arange(n)
+        data["srpo_row"] = torch.arange(n)  # host: the batch arrives from TransferQueue on the host
         tu.assign_non_tensor(
             data, compute_loss=True, calculate_entropy=False, distillation_use_topk=True, distillation_only=True
         )
@@ -270,32 +278,45 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         return getattr(self, "srpo_teacher_rows_total", 0)
 
     def _install_weight_normaliser(self) -> None:
-        """Give each optimiser mini-batch log mean_{routed tokens} exp(-beta H), reduced over ranks.
+        """Engine hooks: the mini-batch-global entropy-weight normaliser, and the last grad norm.
 
-        verl's engine computes the mini-batch token count the same way (all-reduce in
-        forward_backward_batch) before splitting into micro-batches; the weights need the same
-        mini-batch-global view (SRPO_SPEC §1.7), whatever the micro-batch and rank split.
+        Each optimiser mini-batch gets `core_algos.entropy_weight_log_mean` over its routed tokens,
+        reduced over data-parallel ranks (on the accelerator, as NCCL needs). verl's engine computes
+        the mini-batch token count the same way (all-reduce in forward_backward_batch) before
+        splitting into micro-batches; the weights need the same mini-batch-global view
+        (docs/spec.md §1.7), whatever the micro-batch and rank split. The grad norm tells the EMA
+        step whether the optimiser stepped (verl skips the step on a non-finite norm).
         """
         engine = self.actor.engine
         if getattr(engine, "_srpo_normaliser", False):
             return
-        inner = engine.forward_backward_batch
+        inner, inner_step = engine.forward_backward_batch, engine.optimizer_step
         beta = self.srpo.beta
+
+        def all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+            group = engine.get_data_parallel_group()
+            if group is None or not torch.distributed.is_initialized():
+                return t
+            t = t.to(get_device_id())
+            reduce_op = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
+            torch.distributed.all_reduce(t, op=reduce_op, group=group)
+            return t
 
         def forward_backward_batch(data, loss_function, forward_only=False):
             if not forward_only and "srpo_teacher_entropy" in data.keys():
-                entropy = data["srpo_teacher_entropy"].values().double()  # (R_total,)
-                lens = data["responses"].offsets().diff()
-                routed = data["srpo_route"].bool().repeat_interleave(lens) & data["response_mask"].values().bool()
-                stats = torch.stack([torch.exp(-beta * entropy)[routed].sum(), routed.sum().double()])
-                group = engine.get_data_parallel_group()
-                if group is not None and torch.distributed.is_initialized():
-                    torch.distributed.all_reduce(stats, group=group)
-                log_mean = math.log(stats[0].item() / stats[1].item()) if stats[1] > 0 else float("-inf")
-                tu.assign_non_tensor(data, srpo_log_mean_weight=log_mean)
+                routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
+                entropy = data["srpo_teacher_entropy"].values()
+                log_mean = core_algos.entropy_weight_log_mean(entropy, routed, beta=beta, all_reduce=all_reduce)
+                tu.assign_non_tensor(data, srpo_log_mean_weight=float(log_mean))
             return inner(data, loss_function, forward_only)
 
+        def optimizer_step():
+            grad_norm = inner_step()
+            engine._srpo_last_grad_norm = float(grad_norm)
+            return grad_norm
+
         engine.forward_backward_batch = forward_backward_batch
+        engine.optimizer_step = optimizer_step
         engine._srpo_normaliser = True
 
     # ------------------------------------------------------------------ checkpoints

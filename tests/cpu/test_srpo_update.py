@@ -27,7 +27,14 @@ def free_port() -> int:
 
 
 def run_probe(
-    model_path: str, out_dir: str, name: str, micro_batch: int, world: int, reference: bool = False, teacher="ema"
+    model_path: str,
+    out_dir: str,
+    name: str,
+    micro_batch: int,
+    world: int,
+    reference: bool = False,
+    teacher="ema",
+    inplace_ce: bool = False,
 ):
     port = free_port()
     procs = []
@@ -37,6 +44,8 @@ def run_probe(
         env.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
         if reference:
             env["SRPO_PROBE_REFERENCE"] = "1"
+        if inplace_ce:
+            env["SRPO_PROBE_INPLACE_CE"] = "1"
         out = os.path.join(out_dir, f"{name}.pt")
         procs.append(
             subprocess.Popen(
@@ -61,6 +70,8 @@ def updates(tiny_model_path, tmp_path_factory):
         "mb2": run_probe(tiny_model_path, out, "mb2", micro_batch=2, world=1),
         "dp2": run_probe(tiny_model_path, out, "dp2", micro_batch=2, world=2),
         "trust_region": run_probe(tiny_model_path, out, "tr", micro_batch=4, world=1, teacher="trust_region"),
+        # flash-attn's cross-entropy (verl's default on GPU) writes its gradient into the logits.
+        "inplace_ce": run_probe(tiny_model_path, out, "inplace", micro_batch=4, world=1, reference=True, inplace_ce=True),
     }
 
 
@@ -98,6 +109,16 @@ def test_engine_gradient_equals_the_pure_functions(updates):
     common = {k: grad[k] for k in ref}
     assert max_rel(common, ref) < 1e-4
     assert max(float(v.abs().max()) for v in ref.values()) > 1e-4
+
+
+def test_gradient_is_right_when_the_cross_entropy_backward_overwrites_the_logits(updates):
+    # GPU semantics: verl computes token log-probs with inplace_backward=True; with flash-attn that
+    # backward runs before ours and leaves its gradient in the logits' storage. The distillation
+    # backward must not read the logits again (it works on a private copy of the routed rows).
+    run = updates["inplace_ce"]
+    grad, ref = run["grad"], run["reference"]["grad"]
+    assert run["loss"] == pytest.approx(run["reference"]["loss"], rel=1e-5, abs=1e-7)
+    assert max_rel({k: grad[k] for k in ref}, ref) < 1e-4
 
 
 def test_micro_batch_size_leaves_loss_and_gradient_unchanged(updates):

@@ -1,0 +1,297 @@
+"""SRPO's GPU-path code with the tensors verl hands it on a CUDA machine, run on a CPU-only torch.
+
+On GPU, verl's FSDP engine moves every micro-batch to the accelerator before it calls the logits
+processor and the loss (nested tensors' `offsets()` included), and computes token log-probs with
+flash-attn's cross-entropy, whose backward writes its gradient into the logits. `virtual_cuda.py`
+emulates both; each test here runs one piece of the GPU path under it and compares with a float64
+reference, so a CPU tensor next to a CUDA one, or a backward that re-reads the logits, fails here.
+"""
+
+import math
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+from loss_case import ACTOR, K, RESPONSE_LENS, engine_like_call, make_batch, micro_batch, nested, reference_loss
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
+from verl.utils import tensordict_utils as tu
+from virtual_cuda import CUDA, DeviceMismatch, VirtualCuda, inplace_logprobs_from_logits, is_virtual
+
+from srpo_verl.algo_config import SRPOConfig
+from srpo_verl.integration import worker as worker_module
+from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
+from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker, _TeacherPass
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_batch()
+
+
+def _to_cuda(data):
+    return data.to(CUDA)
+
+
+# ------------------------------------------------------------------ the emulation itself
+
+
+def test_virtual_cuda_refuses_what_cuda_refuses_and_agrees_with_fake_tensors():
+    lens_cpu = torch.tensor([3, 4])
+    with VirtualCuda():
+        lens = lens_cpu.to("cuda")
+        assert lens.device == CUDA and lens.tolist() == [3, 4]
+        # The pattern of the first-update crash: a CPU arange repeated by CUDA lengths.
+        with pytest.raises(DeviceMismatch, match="cpu and cuda:0"):
+            torch.repeat_interleave(torch.arange(2), lens)
+        ok = torch.repeat_interleave(torch.arange(2, device=lens.device), lens)
+        assert ok.device == CUDA and ok.tolist() == [0, 0, 0, 1, 1, 1, 1]
+        with pytest.raises(TypeError, match="numpy"):
+            lens.numpy()
+        assert torch.zeros(2).device.type == "cpu"  # nothing leaks onto tensors that were not moved
+    # FakeTensorMode (no values, no indexing on a CPU-only build) refuses the same value-free op.
+    with FakeTensorMode(shape_env=ShapeEnv()):
+        fake_lens = torch.ones(2, dtype=torch.long, device="cuda")
+        with pytest.raises(Exception, match="cpu and cuda:0"):
+            torch.repeat_interleave(torch.arange(2), fake_lens)
+
+
+def test_inplace_cross_entropy_emulation_overwrites_the_logits_like_flash_attn():
+    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([1, 0, 6, 3, 3])
+    x = logits * 1.0  # a non-leaf, as the engine's logits are
+    out = inplace_logprobs_from_logits(x, labels)
+    torch.testing.assert_close(out.double(), torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1))
+    before = x.detach().clone()
+    out.sum().backward()
+    assert not torch.equal(x.detach(), before)  # x's storage now holds d out / d x
+    expected = torch.nn.functional.one_hot(labels, 7) - torch.softmax(before, -1)
+    torch.testing.assert_close(x.detach(), expected)
+    torch.testing.assert_close(logits.grad, expected)
+
+
+# ------------------------------------------------------------------ the loss hook, both roles
+
+
+def _loss_on_cuda(batch, logits, *, beta, alpha, inplace):
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(beta=beta, alpha=alpha, topk=K))
+    _, log_mean = reference_loss(batch, batch["student_logits"], beta=beta, alpha=alpha)
+    logprobs = inplace_logprobs_from_logits if inplace else out_of_place_logprobs
+    with VirtualCuda():
+        x = logits.to(CUDA) * 1.0  # the engine's logits: a non-leaf on the device
+        loss, metrics = engine_like_call(
+            fn, batch, range(5), x, logprobs=logprobs, move=_to_cuda, num_tokens=sum(RESPONSE_LENS), log_mean=log_mean
+        )
+        assert loss.device == CUDA
+        loss.backward()
+    return loss, metrics
+
+
+def out_of_place_logprobs(logits, labels, inplace_backward=True):
+    return torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place_ce", "flash_attn_inplace_ce"])
+@pytest.mark.parametrize("beta,alpha", [(1.0, 0.5), (0.0, 0.2)])
+def test_loss_hook_on_cuda_equals_the_float64_reference(batch, inplace, beta, alpha):
+    logits = batch["student_logits"].clone().requires_grad_(True)
+    loss, metrics = _loss_on_cuda(batch, logits, beta=beta, alpha=alpha, inplace=inplace)
+    ref_logits = batch["student_logits"].clone().requires_grad_(True)
+    ref, _ = reference_loss(batch, ref_logits, beta=beta, alpha=alpha)
+    ref.backward()
+    torch.testing.assert_close(loss.detach().double(), ref.detach(), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-8)
+    assert metrics["srpo/topk_match_fraction"] == 1.0
+
+
+def test_loss_hook_in_bf16_against_float64(batch):
+    # The GPU engine's logits are bf16; the loss upcasts per chunk. Tolerance: bf16 keeps 8 mantissa
+    # bits, so logits are rounded by up to 2^-9 relative (|logit| < 8 here: ~0.016 absolute).
+    logits_bf16 = batch["student_logits"].to(torch.bfloat16)
+    x = logits_bf16.clone().requires_grad_(True)
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
+    _, log_mean = reference_loss(batch, batch["student_logits"], beta=1.0, alpha=0.5)
+    with VirtualCuda():
+        loss, _ = engine_like_call(
+            fn, batch, range(5), x.to(CUDA) * 1.0, logprobs=inplace_logprobs_from_logits, move=_to_cuda,
+            num_tokens=sum(RESPONSE_LENS), log_mean=log_mean,
+        )
+        loss.backward()
+    assert x.grad.dtype == torch.bfloat16
+    # Reference on the same rounded logits, in float64: what remains is the loss's own bf16 handling.
+    ref_x = logits_bf16.double().requires_grad_(True)
+    ref, _ = reference_loss(batch, ref_x, beta=1.0, alpha=0.5)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-4, atol=1e-5)
+    # The gradient is stored in bf16: relative rounding 2^-8.
+    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=8e-3, atol=2e-4)
+
+
+def test_processor_output_stays_on_the_device_and_only_routed_rows_are_nonzero(batch):
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
+    with VirtualCuda():
+        data = micro_batch(batch, range(5), num_tokens=1, log_mean=0.0).to(CUDA)
+        out = fn(student_logits=batch["student_logits"].to(CUDA).unsqueeze(0), data=data)
+        assert all(is_virtual(v) for v in out.values())
+        div = out[DIVERGENCE_KEY].squeeze(0)
+        assert int((div != 0).sum()) == sum(r for r, z in zip(RESPONSE_LENS, [1, 0, 1, 0, 1]) if z)
+
+
+# ------------------------------------------------------------------ the teacher pass processor
+
+
+class _LinearLM(torch.nn.Module):
+    """A tiny causal LM stand-in: embedding, one linear layer per position, vocabulary V."""
+
+    def __init__(self, vocab, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.embed = torch.nn.Parameter(torch.randn(vocab, 8, generator=g, dtype=torch.float64))
+        self.head = torch.nn.Parameter(torch.randn(8, vocab, generator=g, dtype=torch.float64))
+
+    def forward(self, input_ids, position_ids=None, use_cache=False):
+        hidden = self.embed.index_select(0, input_ids.reshape(-1)) + 0.1 * position_ids.reshape(-1, 1).to(self.embed.dtype)
+        return SimpleNamespace(logits=(hidden @ self.head).unsqueeze(0))
+
+
+class _Engine:
+    """verl's `prepare_model_inputs` packs the micro-batch on its device (rmpad layout)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def prepare_model_inputs(self, micro_batch):
+        ids = micro_batch["input_ids"]
+        pos = micro_batch["position_ids"]
+        temperature = tu.get_non_tensor_data(data=micro_batch, key="temperature", default=1.0)
+        values = ids.values()
+        inputs = {"input_ids": values.unsqueeze(0), "position_ids": pos.values().unsqueeze(0)}
+        return inputs, {"temperature_rmpad": torch.full(values.shape, float(temperature), device=values.device)}
+
+
+def _teacher_case(vocab=11):
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, vocab, (n,), generator=g) for n in (3, 5)]
+    responses = [torch.randint(0, vocab, (n,), generator=g) for n in (4, 2)]
+    teacher_prompts = [torch.randint(0, vocab, (n,), generator=g) for n in (6, 4)]
+    data = tu.get_tensordict(
+        {
+            "prompts": nested(prompts),
+            "responses": nested(responses),
+            "srpo_teacher_input_ids": nested([torch.cat([t, r]) for t, r in zip(teacher_prompts, responses)]),
+            "srpo_row": torch.arange(2),
+        }
+    )
+    tu.assign_non_tensor(data, temperature=0.7, use_remove_padding=True)
+    return prompts, responses, teacher_prompts, data
+
+
+def test_teacher_pass_on_cuda_equals_a_direct_float64_computation():
+    vocab, k = 11, 4
+    student, teacher = _LinearLM(vocab, 0), _LinearLM(vocab, 1)
+    prompts, responses, teacher_prompts, data = _teacher_case(vocab)
+    collector = _TeacherPass(_Engine(teacher), k=k, chunk_size=2)
+    with VirtualCuda(), torch.no_grad():
+        teacher.to(CUDA), student.to(CUDA)
+        mb = data.to(CUDA)
+        packed = torch.cat([torch.cat([p, r]) for p, r in zip(prompts, responses)]).to(CUDA)
+        positions = torch.cat([torch.arange(len(p) + len(r)) for p, r in zip(prompts, responses)]).to(CUDA)
+        logits = student(packed, positions).logits / 0.7  # the engine's temperature-scaled logits
+        assert collector(student_logits=logits, data=mb) == {}
+    for i, (p, r, t) in enumerate(zip(prompts, responses, teacher_prompts)):
+        got = collector.rows[i]
+        assert all(v.device.type == "cpu" and not is_virtual(v) for v in got.values())  # host-side for the trainer
+        s_logits = student(torch.cat([p, r]), torch.arange(len(p) + len(r))).logits[0, len(p) - 1 : -1] / 0.7
+        t_logits = teacher(torch.cat([t, r]), torch.arange(len(t) + len(r))).logits[0, len(t) - 1 : -1] / 0.7
+        ids = s_logits.topk(k, -1).indices
+        log_q = torch.log_softmax(t_logits, -1)
+        assert torch.equal(got["srpo_topk_ids"].long().sort(-1).values, ids.sort(-1).values)
+        order = got["srpo_topk_ids"].long()
+        torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, order), rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["srpo_teacher_entropy"].double(), -(log_q.exp() * log_q).sum(-1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["srpo_teacher_log_prob"].double(), log_q.gather(-1, r[:, None]).squeeze(-1), rtol=0, atol=1e-6)
+        assert set(got) == set(TEACHER_FIELDS)
+
+
+# ------------------------------------------------------------------ weight normaliser and EMA step
+
+
+class _RecordingEngine:
+    def __init__(self, module=None, grad_norm=1.0):
+        self.module, self.seen, self.grad_norm = module, None, grad_norm
+
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        self.seen = data
+        return {}
+
+    def optimizer_step(self):
+        return torch.tensor(self.grad_norm)
+
+    def get_data_parallel_group(self):
+        return None
+
+
+def _worker(actor_engine, teacher_engine=None, beta=1.0, teacher="ema"):
+    worker = SimpleNamespace(
+        actor=SimpleNamespace(engine=actor_engine),
+        teacher=SimpleNamespace(engine=teacher_engine) if teacher_engine is not None else None,
+        srpo=SRPOConfig(beta=beta, teacher=teacher),
+    )
+    worker._param_pairs = partial(SRPOActorRolloutRefWorker._param_pairs, worker)
+    return worker
+
+
+def test_weight_normaliser_on_cuda_equals_the_log_mean_over_routed_tokens(monkeypatch):
+    engine = _RecordingEngine()
+    SRPOActorRolloutRefWorker._install_weight_normaliser(_worker(engine, beta=2.0))
+    # A data-parallel group on NCCL: collectives take accelerator tensors only (one rank here).
+    reduced = []
+
+    def nccl_all_reduce(tensor, op=None, group=None):
+        if not is_virtual(tensor):
+            raise RuntimeError("NCCL: Tensors must be CUDA and dense")
+        reduced.append(op)
+
+    monkeypatch.setattr(engine, "get_data_parallel_group", lambda: object())
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", nccl_all_reduce)
+    monkeypatch.setattr(worker_module, "get_device_id", lambda: 0)
+    entropy = [torch.tensor([400.0, 401.0, 1.0]), torch.tensor([402.0, 0.5])]
+    data = tu.get_tensordict(
+        {
+            "responses": nested([torch.zeros(3, dtype=torch.long), torch.zeros(2, dtype=torch.long)]),
+            "response_mask": nested([torch.tensor([1, 1, 0]), torch.tensor([1, 1])]),
+            "srpo_route": torch.tensor([1, 1]),
+            "srpo_teacher_entropy": nested(entropy),
+        }
+    )
+    with VirtualCuda():
+        engine.forward_backward_batch(data.to(CUDA), None)
+    # beta * H = 800.. on every routed token: a linear-space mean would be log(0).
+    expected = math.log((math.exp(-800) + math.exp(-802) + math.exp(-804) + math.exp(-1)) / 4)
+    assert tu.get_non_tensor_data(data=engine.seen, key="srpo_log_mean_weight", default=None) == pytest.approx(expected)
+    assert reduced == [torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM]
+
+
+def _modules(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(4, 3).double()
+
+
+@pytest.mark.parametrize("grad_norm", [1.0, float("inf"), float("nan")], ids=["finite", "inf", "nan"])
+def test_ema_step_on_cuda_student_and_host_teacher(grad_norm):
+    student, teacher = _modules(0), _modules(1)
+    t0 = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    actor = _RecordingEngine(student, grad_norm=grad_norm)
+    worker = _worker(actor, _RecordingEngine(teacher))
+    SRPOActorRolloutRefWorker._install_weight_normaliser(worker)
+    with VirtualCuda():
+        student.to(CUDA)  # the student shards live on the accelerator; the teacher is offloaded to host
+        actor.optimizer_step()
+        out = SRPOActorRolloutRefWorker.srpo_ema_update(worker)
+    rate = 0.05 if math.isfinite(grad_norm) else 0.0
+    for name, p in teacher.named_parameters():
+        expected = (1 - rate) * t0[name] + rate * dict(student.named_parameters())[name].detach()
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-15)
+    assert out["srpo/ema_skipped"] == float(not math.isfinite(grad_norm))

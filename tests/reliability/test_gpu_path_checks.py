@@ -1,0 +1,52 @@
+"""Settings that would crash SRPO on GPU or silently change what it optimises, refused in the driver
+by `checks.check_gpu_path_config` (called from `check_trainer_config`), naming the key."""
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from srpo_verl import SUPPORTED_VERL
+from srpo_verl.integration.checks import check_trainer_config
+
+BASE = ("algorithm=srpo", "actor_rollout_ref.model.use_remove_padding=True")
+
+
+def _check(*overrides):
+    with initialize_config_module("srpo_verl.config", version_base=None):
+        config = compose("srpo_trainer", overrides=[*BASE, *overrides])
+    return check_trainer_config(config, verl_version=SUPPORTED_VERL)
+
+
+REFUSED = [
+    # (id, overrides, exception, text the message must contain)
+    ("fused_kernels", ["actor_rollout_ref.model.use_fused_kernels=True"], ValueError, "actor_rollout_ref.model.use_fused_kernels=True"),
+    ("teacher_fsdp_size", ["actor_rollout_ref.ref.fsdp_config.fsdp_size=4"], ValueError, "actor_rollout_ref.ref.fsdp_config.fsdp_size=4"),
+    ("teacher_wrap_policy", ["actor_rollout_ref.ref.fsdp_config.wrap_policy.min_num_params=1000"], ValueError, "actor_rollout_ref.ref.fsdp_config.wrap_policy"),
+    ("teacher_bf16", ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"], ValueError, "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"),
+    ("teacher_strategy_differs", ["actor_rollout_ref.ref.strategy=fsdp2"], ValueError, "actor_rollout_ref.ref.strategy=fsdp2"),
+    ("use_kl_loss", ["actor_rollout_ref.actor.use_kl_loss=True"], ValueError, "actor_rollout_ref.actor.use_kl_loss=True"),
+    ("entropy_coeff", ["actor_rollout_ref.actor.entropy_coeff=0.01"], ValueError, "actor_rollout_ref.actor.entropy_coeff=0.01"),
+    ("loss_agg_mode", ["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum"], ValueError, "loss_agg_mode=seq-mean-token-sum"),
+    ("loss_scale_factor", ["actor_rollout_ref.actor.loss_scale_factor=2.0"], ValueError, "actor_rollout_ref.actor.loss_scale_factor=2.0"),
+    ("del_local_ckpt", ["trainer.del_local_ckpt_after_load=True"], ValueError, "trainer.del_local_ckpt_after_load=True"),
+    ("lora", ["actor_rollout_ref.model.lora_rank=8"], NotImplementedError, "actor_rollout_ref.model.lora_rank"),
+    ("megatron", ["actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.ref.strategy=megatron"], NotImplementedError, "actor_rollout_ref.actor.strategy=megatron"),
+]
+
+
+@pytest.mark.parametrize("overrides,exc,text", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_gpu_path_setting_is_refused_naming_the_key(overrides, exc, text):
+    with pytest.raises(exc) as err:
+        _check(*overrides)
+    assert text in str(err.value)
+
+
+CONTROLS = [
+    ("defaults", []),
+    ("fsdp2_both", ["actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.ref.strategy=fsdp2"]),
+    ("calculate_entropy", ["actor_rollout_ref.actor.calculate_entropy=True"]),
+]
+
+
+@pytest.mark.parametrize("overrides", [c[1] for c in CONTROLS], ids=[c[0] for c in CONTROLS])
+def test_gpu_path_controls_pass(overrides):
+    assert _check(*overrides).method == "srpo"
