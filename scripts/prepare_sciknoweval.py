@@ -6,18 +6,24 @@ Writes, for each domain (default: all four),
     <out-dir>/<domain>/train.parquet
     <out-dir>/<domain>/test.parquet        domain in chemistry, physics, biology, materials
 
-with verl's RL columns: data_source (`sciknoweval_<domain>`), prompt (system + user chat
-messages), ability, reward_model {style: rule, ground_truth: letter}, extra_info {split, index,
-domain, question, labels, choices, task, subtask, type}. Questions are the L3 records of type
-mcq-4-choices / mcq-2-choices of the domain, split 90/10 with seed 42 (paper sizes: Chemistry
-1890/210, Physics 720/80, Biology 450/50, Materials 841/94). Prints what it wrote.
+with verl's RL columns, as the public SDPO code (github.com/lasgroup/SDPO) the paper builds on
+writes them: data_source (`sciknoweval`), prompt (the fork's system prompt + the user turn
+`question, A: … lines, Please reason step by step.`), ability (`mcq`), reward_model {style: rule,
+ground_truth: letter}, extra_info {split, index, domain, question, labels, choices}. Questions are
+the L3 records of type mcq-4-choices / mcq-2-choices of the domain, split 90/10 with seed 42 as
+the fork splits them (paper sizes: Chemistry 1890/210, Physics 720/80, Biology 450/50, Materials
+841/94). Prints what it wrote.
 
-Source: the Hugging Face dataset hicai-zju/SciKnowEval (split `test`), downloaded with the
-`datasets` library; or, offline, --local-file with the upstream JSONL/JSON/parquet files (or a
-folder holding them), e.g. data/<Domain>/sciknoweval_<domain>_test.jsonl from the dataset repo.
+Sources (one of):
+- the Hugging Face dataset hicai-zju/SciKnowEval (split `test`), downloaded with `datasets`;
+- offline, --local-file with the upstream JSONL/JSON/parquet files (or a folder holding them),
+  e.g. data/<Domain>/sciknoweval_<domain>_test.jsonl from the dataset repo;
+- --local-file with the SDPO fork's datasets/sciknoweval folder (or its <domain>/{train,test}.json
+  splits, or <domain>.json): the same rows, its split kept as shipped.
 
     python scripts/prepare_sciknoweval.py --out-dir ~/data/srpo
     python scripts/prepare_sciknoweval.py --local-file ./SciKnowEval/data --out-dir ~/data/srpo
+    python scripts/prepare_sciknoweval.py --local-file ./SDPO/datasets/sciknoweval --out-dir ~/data/srpo
 """
 
 from __future__ import annotations
@@ -142,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", nargs="+", default=None, choices=list(ske.DOMAINS),
                         help="default: all four (with only SDPO fork files: the domains they hold)")
     parser.add_argument("--local-file", action="append", default=None, metavar="PATH",
-                        help="upstream JSONL/JSON/parquet file or folder instead of the hub (repeatable)")
+                        help="upstream JSONL/JSON/parquet file or folder, or the SDPO fork's datasets/sciknoweval "
+                             "files, instead of the hub (repeatable)")
     parser.add_argument("--revision", default=None, help="hub revision (commit) to pin, default: main")
     parser.add_argument("--seed", type=int, default=ske.SEED, help="split seed (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=ske.TEST_FRACTION, help="default: %(default)s")
