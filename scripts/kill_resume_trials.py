@@ -9,7 +9,15 @@ every step) is compared with, per trial, a run of the same seed whose whole proc
 (driver, Ray, workers) is SIGKILLed a random delay after a random checkpoint exists, then
 resumed from its last checkpoint by the same command. A trial is identical when every step's
 metrics (timings excluded) and the final student (actor/model_world_size_1_rank_0.pt) and EMA
-teacher (actor/srpo_ema_teacher/rank_0.pt) weights equal the reference's exactly.
+teacher (actor/srpo_ema_teacher/rank_0.pt) weights equal the reference's exactly; otherwise the
+first differing metric and its step are printed.
+
+Exact equality holds because nothing a launch computes depends on timing or on what an earlier
+launch left on disk: the rollout server decodes in fixed-shape chunks (srpo_verl/cpu/hf_rollout.py,
+DECODE_ROWS; before that, its timing-dependent batch shapes moved rollout log-probs, hence the IS
+weights, by ~5e-7 and two uninterrupted launches already differed from step 2 on), the trainers put
+rows in content order, and `setup` builds every cache (model, data, the datasets cache of the
+parquet files) before the reference run, so all launches find the same disk state.
 
 A test can call one trial: `setup(workdir)`, `reference_run(...)`, `run_trial(...)`.
 """
@@ -20,6 +28,7 @@ import argparse
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -48,6 +57,7 @@ class TrialResult:
     metrics_mismatches: list[str] = field(default_factory=list)
     student_max_abs_diff: float = math.inf
     teacher_max_abs_diff: float = math.inf
+    first_difference: str | None = None  # the lowest step's first differing metric, if any
     identical: bool = False
     wall_s: float = 0.0
     error: str | None = None
@@ -87,6 +97,15 @@ def compare_metrics(reference: dict[int, dict], other: dict[int, dict]) -> tuple
     return worst, mismatches
 
 
+def first_difference(mismatches: list[str]) -> str | None:
+    """The mismatch of the lowest step (metrics of one step are compared in key order)."""
+    def step(text: str) -> int:
+        match = re.search(r"step (\d+)", text)
+        return int(match.group(1)) if match else -1
+
+    return min(mismatches, key=step) if mismatches else None
+
+
 def compare_weights(a: dict, b: dict) -> float:
     """max |a - b| over all tensors of two state dicts; inf if their names or shapes differ."""
     if a.keys() != b.keys() or not a:
@@ -107,6 +126,12 @@ def setup(workdir: str) -> tuple[str, dict]:
 
     model = build_tiny_model(os.path.join(workdir, "tiny_qwen3"))
     data = write_addition_data(os.path.join(workdir, "addition"), n_train=512, n_val=64)
+    # verl reads the parquet files through `datasets`, which caches an Arrow copy on first read:
+    # built here, the reference launch does not differ from the others in what it finds on disk.
+    import datasets
+
+    for path in (data["train"], data["val"]):
+        datasets.load_dataset("parquet", data_files=path)
     return model, data
 
 
@@ -213,7 +238,9 @@ def evaluate(
     diff, mismatches = compare_metrics(expected, merged)
     diff_replayed, mismatches_replayed = compare_metrics({s: ref_launch.steps[s] for s in replayed}, replayed)
     result.metrics_max_abs_diff = max(diff, diff_replayed)
-    result.metrics_mismatches = (mismatches + [f"replayed {m}" for m in mismatches_replayed])[:20]
+    all_mismatches = mismatches + [f"replayed {m}" for m in mismatches_replayed]
+    result.first_difference = first_difference(all_mismatches)
+    result.metrics_mismatches = all_mismatches[:20]
     result.metrics_identical = not mismatches and not mismatches_replayed
 
     final = checkpoint_weights(ckpt, steps)
@@ -271,6 +298,10 @@ def main(argv=None) -> int:
             + (f"; error: {r.error}" if r.error else ""),
             flush=True,
         )
+        if r.first_difference:
+            print(f"    first difference: {r.first_difference}", flush=True)
+        elif not r.identical and r.error is None:
+            print("    metrics identical at every step; only the final weights differ", flush=True)
         for m in r.metrics_mismatches[:5]:
             print(f"    {m}", flush=True)
 

@@ -7,8 +7,8 @@ of which runs on CPU. This module supplies the three pieces verl's rollout regis
 * `HFServerAdapter` (a `BaseRollout`): lives in each training worker; forwards weight updates from
   the FSDP engine to the server. Sleep/resume are no-ops (weights stay in host memory).
 * `HFServer`: the Ray actor verl's load balancer sends one `generate` request per sample to. A
-  micro-batcher groups concurrent requests by sampling parameters, left-pads them and decodes them
-  together with a KV cache; each row stops at its own EOS or token budget.
+  micro-batcher groups concurrent requests by sampling parameters and decodes them with a KV cache
+  in fixed-shape chunks (DECODE_ROWS); each row stops at its own EOS or token budget.
 * `HFReplica` (a `RolloutReplica`): launches one server per replica, named `hf_server_{replica}_0`.
 
 Log-probs are verl's "processed" ones: log_softmax(logits / T) over the whole vocabulary (T = 1
@@ -45,6 +45,16 @@ NAME = "hf"
 # issues a step's 64 requests over ~0.3 s; one batched decode of 64 costs about as much as one of 8.
 BATCH_QUIET_S = 0.05
 BATCH_MAX_WAIT_S = 0.3
+
+# Which requests share a batch depends on arrival timing, and a CPU forward's result for one row
+# depends on the batch's shape (matmul blocking changes with the row count and padded width;
+# ~5e-7 in log-probs for the tiny model), though not on the other rows' content. Rollout log-probs
+# feed the trainer's IS weights, so a timing-dependent shape made two launches of one seed
+# diverge from step 2 on. Every decode therefore runs in chunks of exactly DECODE_ROWS rows
+# (topped up with copies of a real row, whose outputs are dropped) padded to a width that depends
+# on the prompt's own length only: a request's tokens and log-probs are then bit-identical
+# however the requests were batched.
+DECODE_ROWS = 16
 
 
 def server_name(replica_rank: int, node_rank: int = 0, kind: str = "", suffix: str = "") -> str:
@@ -370,24 +380,47 @@ class HFServer:
             else:
                 request.future.set_result(reasons[i])
 
-    @torch.no_grad()
+    def _prompt_width(self, prompt_len: int) -> int:
+        """Padded prompt width: rollout.prompt_length, or its next multiple for a longer prompt.
+
+        A function of the request alone, never of the batch (see DECODE_ROWS)."""
+        unit = max(1, int(self.config.prompt_length))
+        return unit * max(1, -(-prompt_len // unit))
+
     def _decode(self, rows: list[_Request], key: SamplingKey) -> list[str]:
-        """Left-pad the prompts, decode all rows with one KV cache; fills request.tokens/log_probs."""
-        batch, width = len(rows), max(len(r.prompt_ids) for r in rows)
+        """Decode `rows` in fixed-shape chunks (DECODE_ROWS rows, a per-request width); fills
+        request.tokens/log_probs and returns each row's stop reason."""
+        reasons: list[str] = ["completed"] * len(rows)
+        by_width: dict[int, list[int]] = {}
+        for i, request in enumerate(rows):
+            by_width.setdefault(self._prompt_width(len(request.prompt_ids)), []).append(i)
+        for width, indices in by_width.items():
+            for start in range(0, len(indices), DECODE_ROWS):
+                part = indices[start : start + DECODE_ROWS]
+                for i, reason in zip(part, self._decode_chunk([rows[i] for i in part], key, width)):
+                    reasons[i] = reason
+        return reasons
+
+    @torch.no_grad()
+    def _decode_chunk(self, rows: list[_Request], key: SamplingKey, width: int) -> list[str]:
+        """Left-pad to `width`, top up to DECODE_ROWS rows, decode all with one KV cache."""
+        n = len(rows)
         if self._abort_running:
-            return ["aborted"] * batch
+            return ["aborted"] * n
+        prompts = [r.prompt_ids for r in rows] + [rows[0].prompt_ids] * (DECODE_ROWS - n)
+        batch = len(prompts)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)  # (B, L)
         attention_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, L)
-        for i, request in enumerate(rows):
-            input_ids[i, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
-            attention_mask[i, width - len(request.prompt_ids) :] = 1
+        for i, prompt in enumerate(prompts):
+            input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[i, width - len(prompt) :] = 1
         # Positions count real tokens only, as the trainer's unpadded forward does.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
         generators = [torch.Generator().manual_seed(r.seed) for r in rows]
         greedy = key.temperature <= 0.0
         scale = 1.0 if greedy else key.temperature
-        finished = [False] * batch
-        reasons = ["completed"] * batch
+        finished = [False] * n
+        reasons = ["completed"] * n
         past = None
         for _step in range(max(r.max_tokens for r in rows)):
             out = self.model(
@@ -400,13 +433,14 @@ class HFServer:
             past = out.past_key_values
             logits = out.logits[:, -1, :].float() / scale  # (B, V)
             log_probs = torch.log_softmax(logits, dim=-1)  # (B, V)
+            # Whole fixed-shape batch in every op; filler rows (>= n) are fed row 0's token, then dropped.
             if greedy:
-                next_tokens = logits.argmax(dim=-1)  # (B,)
+                next_tokens = logits.argmax(dim=-1)[:n]  # (n,)
             else:
                 probs = torch.softmax(filter_logits(logits, key.top_k, key.top_p), dim=-1)  # (B, V)
                 next_tokens = torch.stack(
-                    [torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(batch)]
-                )  # (B,)
+                    [torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(n)]
+                )  # (n,)
             for i, request in enumerate(rows):
                 if finished[i]:
                     continue
@@ -416,12 +450,13 @@ class HFServer:
                 if (token in self.eos_ids and not self.config.ignore_eos) or len(request.tokens) >= request.max_tokens:
                     finished[i] = True
             if self._abort_running:
-                for i in range(batch):
+                for i in range(n):
                     if not finished[i]:
                         finished[i], reasons[i] = True, "aborted"
             if all(finished):
                 break
-            input_ids = next_tokens.unsqueeze(-1)  # (B, 1)
+            fed = torch.cat([next_tokens, next_tokens[:1].expand(batch - n)])  # (B,)
+            input_ids = fed.unsqueeze(-1)  # (B, 1)
             attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=torch.long)], dim=-1)
             position_ids = position_ids[:, -1:] + 1  # (B, 1)
         return reasons

@@ -1,8 +1,11 @@
 """The kill/resume harness (scripts/kill_resume_trials.py) can fail: its comparisons catch one
-differing metric or weight. The trials themselves launch verl and are run by hand, not here."""
+differing metric or weight. The trials themselves launch verl (tests/e2e/test_kill_resume.py and the
+script). Also here: the rollout server's outputs do not depend on how requests were batched, the
+launch-to-launch difference the trials once showed."""
 
 import importlib.util
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -67,9 +70,14 @@ def test_trial_evaluation_tolerates_only_a_lost_metrics_line(tmp_path):
     # A step lost after the checkpoint (never replayed) is a real gap, not tolerated.
     r = evaluate(first, {5: ref_steps[5]})
     assert not r.identical and "step 4 only in reference" in r.metrics_mismatches
+    assert r.first_difference == "step 4 only in reference"
     # A replayed step (logged before the kill, after the checkpoint) must equal the reference too.
     r = evaluate({**first, 4: {"actor/pg_loss": 0.5}}, second)
     assert not r.identical and r.metrics_mismatches == ["replayed step 4 actor/pg_loss: 0.4 vs 0.5"]
+    # The printed first difference is the lowest step's, wherever it sits in the list.
+    r = evaluate({**first, 4: {"actor/pg_loss": 0.5}}, {4: ref_steps[4], 5: {"actor/pg_loss": 9.0}})
+    assert r.first_difference == "replayed step 4 actor/pg_loss: 0.4 vs 0.5"
+    assert r.metrics_mismatches[0] == "step 5 actor/pg_loss: 0.5 vs 9.0"
     # One differing teacher element is caught.
     _checkpoint(tmp_path / "trial2", 5, w, {"w": w["w"] / 2 + torch.tensor([0.0, 0.0, 1e-6])})
     r = krt.evaluate(
@@ -77,3 +85,49 @@ def test_trial_evaluation_tolerates_only_a_lost_metrics_line(tmp_path):
         reference, first, second, str(tmp_path / "trial2"), 5,
     )
     assert not r.identical and r.student_max_abs_diff == 0.0 and 0 < r.teacher_max_abs_diff < 2e-6
+
+
+def test_rollout_outputs_do_not_depend_on_how_requests_were_batched(tiny_model_path):
+    # Which requests share a batch depends on arrival timing; a request's tokens and log-probs (the
+    # trainer's IS weights) must be bit-identical alone, among few or many others, at any position,
+    # in the first or a later chunk, whatever the other prompts' lengths (one longer than
+    # prompt_length). Before fixed-shape chunks they differed by ~5e-7 with the batch's shape.
+    import asyncio
+
+    from omegaconf import OmegaConf
+
+    from srpo_verl.cpu.hf_rollout import DECODE_ROWS, HFServer, SamplingKey, _Request, request_seed
+    from verl.workers.config import RolloutConfig
+
+    config = RolloutConfig(name="hf", dtype="float32", tensor_model_parallel_size=1, prompt_length=32, response_length=8)
+    model = OmegaConf.create(
+        {"_target_": "verl.workers.config.HFModelConfig", "path": tiny_model_path,
+         "override_config": {"attn_implementation": "sdpa"}}
+    )
+    server = HFServer(config, model)
+    asyncio.run(server.launch_server())
+    server.eos_ids = set()  # every row decodes its full budget: more log-probs compared
+    rng = random.Random(0)
+    prompts = [[1] + [rng.randrange(4, 100) for _ in range(rng.randint(3, 30))] + [2] for _ in range(48)]
+    prompts[5] = [1] + [rng.randrange(4, 100) for _ in range(40)] + [2]  # wider than prompt_length
+    key = SamplingKey(temperature=1.0, top_k=-1, top_p=1.0)
+
+    def decode(indices):
+        rows = [
+            _Request(f"r{i}", prompts[i], 8, key, request_seed(7, 1, prompts[i], key, 0), future=None)
+            for i in indices
+        ]
+        server._decode(rows, key)
+        return {i: (r.tokens, r.log_probs) for i, r in zip(indices, rows)}
+
+    targets = [0, 5, 7]
+    alone = {i: decode([i])[i] for i in targets}
+    others = [i for i in range(len(prompts)) if i not in targets]
+    for size in (1, 3, DECODE_ROWS - 1, DECODE_ROWS + 2, 2 * DECODE_ROWS + 5):
+        indices = rng.sample(others, size)
+        for i in targets:
+            indices.insert(rng.randint(0, len(indices)), i)
+        batched = decode(indices)
+        for i in targets:
+            assert batched[i] == alone[i], f"prompt {i} among {size} others"
+    assert len({tuple(t) for t, _ in alone.values()}) == len(targets)  # real samples, not a constant
