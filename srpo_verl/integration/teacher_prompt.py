@@ -159,7 +159,9 @@ def _template_sides(tokenizer, chat: list[dict], kwargs: dict) -> tuple[list[int
         )
 
     def encode(part: str) -> list[int]:
-        return list(tokenizer(part, add_special_tokens=False)["input_ids"]) if part else []
+        # Explicit: a tokenizer saved with split_special_tokens=True would otherwise split the template's own.
+        ids = tokenizer(part, add_special_tokens=False, split_special_tokens=False)["input_ids"] if part else []
+        return list(ids)
 
     return encode(sides[0]), encode(sides[1])
 
