@@ -13,6 +13,8 @@ import string
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+import torch
+
 from verl.base_config import BaseConfig
 from verl.trainer.config import AlgoConfig
 
@@ -203,6 +205,61 @@ class SRPOConfig(BaseConfig):
         if unknown:
             raise ValueError(f"Unknown key(s) under algorithm.srpo: {unknown}. Valid keys: {sorted(known - {'_target_'})}")
         return cls(**data)
+
+    # ------------------------------------------------------------------------------------------
+    # The method as one object: what the trainer, the worker and the loss ask of `method` and the
+    # distill/teacher/entropy modes is answered here, and nowhere else.
+
+    @property
+    def distils_logits(self) -> bool:
+        """Whether the update computes the top-K+tail divergence from the student's logits (the
+        logits processor runs); False for sampled-token distillation and the advantage-mix ablation,
+        whose SDPO signal is the sampled token's teacher log-prob."""
+        return self.method != "advantage_mix" and self.distill_mode != "sampled_token"
+
+    def support_size(self, vocab_size: int) -> int:
+        """K, the number of token ids per position the teacher pass returns: the whole vocabulary for
+        `full_vocab`, 1 when only the sampled token is used, else min(topk, V)."""
+        if not self.distils_logits:
+            return 1
+        return vocab_size if self.distill_mode == "full_vocab" else min(self.topk, vocab_size)
+
+    def routes(self, routing) -> tuple[Any, Any]:
+        """(distilled, taught): bool (B,) rows on the distillation branch, and rows the teacher scores,
+        from a `core_algos.Routing`.
+
+        srpo: failed rows with a teacher, both. sdpo: every row with a teacher, both (correct ones
+        too, as published). advantage_mix: nothing on the distillation branch; every row with a
+        teacher is scored, for the mixed advantage."""
+        if self.method == "srpo":
+            return routing.sdpo, routing.sdpo
+        if self.method == "sdpo":
+            return routing.teacher_available, routing.teacher_available
+        return torch.zeros_like(routing.teacher_available), routing.teacher_available
+
+    def advantage(self, grpo_advantage, sampled_advantage, taught: bool):
+        """The per-token advantage of one row's PPO term: A_GRPO (srpo), 0 (sdpo: no GRPO term), or
+        lambda A_GRPO + (1 - lambda) A_SDPO on rows with a teacher and A_GRPO on the others
+        (advantage_mix). grpo_advantage, sampled_advantage: (T,) tensors of the row."""
+        from srpo_verl import core_algos  # the math stays free of config imports
+
+        if self.method == "sdpo":
+            return torch.zeros_like(grpo_advantage)
+        if self.method == "advantage_mix" and taught:
+            return core_algos.advantage_mix(grpo_advantage, sampled_advantage, mix_lambda=self.mix_lambda)
+        return grpo_advantage
+
+    @property
+    def distilled_tokens_denominator(self) -> bool:
+        """True for `sdpo`: its loss is the mean over distilled tokens (SDPO's reference code:
+        loss_mask = response_mask x self_distillation_mask). SRPO's objective divides both branches by
+        all valid tokens of the mini-batch (one denominator)."""
+        return self.method == "sdpo"
+
+    @property
+    def weight_entropy_field(self) -> str:
+        """The teacher-pass field the entropy weights read (`entropy_mode`)."""
+        return "srpo_teacher_entropy" if self.entropy_mode == "full" else "srpo_teacher_entropy_topk"
 
 
 @dataclass

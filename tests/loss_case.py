@@ -67,20 +67,20 @@ def response_positions():
     return torch.tensor(out)
 
 
-def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1):
+def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE, **non_tensor):
     """A micro-batch TensorDict in verl's no-padding layout (what the engine hands the loss)."""
     pick = lambda xs: [xs[i] for i in rows_idx]  # noqa: E731
     td = {
         "prompts": nested(pick([s[:p] for s, p in zip(batch["seq"], PROMPT_LENS)])),
         "responses": nested(pick([s[p:] for s, p in zip(batch["seq"], PROMPT_LENS)])),
         "response_mask": nested(pick([torch.ones(r, dtype=torch.int64) for r in RESPONSE_LENS])),
-        "srpo_route": torch.tensor(pick(ROUTE)),
+        "srpo_route": torch.tensor(pick(route)),
         "srpo_topk_ids": nested(pick(batch["topk_rows"])),
         "srpo_teacher_topk": nested(pick(batch["log_q_rows"])),
     }
     td.update({k: nested(pick(v)) for k, v in batch["rows"].items()})
     data = tu.get_tensordict(td)
-    tu.assign_non_tensor(data, batch_num_tokens=num_tokens, dp_size=dp_size, srpo_log_mean_weight=log_mean)
+    tu.assign_non_tensor(data, batch_num_tokens=num_tokens, dp_size=dp_size, srpo_log_mean_weight=log_mean, **non_tensor)
     return data
 
 
@@ -88,11 +88,12 @@ def _log_probs(logits, tokens, inplace_backward=True):
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def engine_like_call(fn, batch, rows_idx, logits, *, logprobs=_log_probs, move=None, **kw):
+def engine_like_call(fn, batch, rows_idx, logits, *, logprobs=_log_probs, move=None, processor=True, **kw):
     """What verl's engine does for one micro-batch: processor call, token log-probs, nesting, loss call.
 
     `logprobs(logits, labels, inplace_backward=True)` computes the token log-probs after the processor
-    (verl's `logprobs_from_logits`); `move` maps the micro-batch to the engine's device first.
+    (verl's `logprobs_from_logits`); `move` maps the micro-batch to the engine's device first;
+    processor=False is the engine without `distillation_use_topk` (no processor call).
     """
     data = micro_batch(batch, rows_idx, **kw)
     if move is not None:
@@ -104,7 +105,7 @@ def engine_like_call(fn, batch, rows_idx, logits, *, logprobs=_log_probs, move=N
     mb_logits = torch.cat(parts)
     mb_tokens = torch.cat([batch["seq"][i] for i in rows_idx]).to(mb_logits.device)
     cu = data["prompts"].offsets() + data["responses"].offsets()  # packed sequence boundaries
-    processed = fn(student_logits=mb_logits.unsqueeze(0), data=data)
+    processed = fn(student_logits=mb_logits.unsqueeze(0), data=data) if processor else {}
     log_probs = logprobs(mb_logits, mb_tokens.roll(-1), inplace_backward=True)
     model_output = {"log_probs": torch.nested.nested_tensor_from_jagged(log_probs, cu)}
     for key, value in processed.items():

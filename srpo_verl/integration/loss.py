@@ -73,7 +73,7 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
     nnz = logits.shape[0]
     divergence = logits.new_zeros(nnz, dtype=torch.float32)
     match = logits.new_zeros(nnz, dtype=torch.float32)
-    if srpo.distill_mode == "sampled_token" or "srpo_topk_ids" not in data:
+    if not srpo.distils_logits or "srpo_topk_ids" not in data:
         return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
     routed = routed_response_tokens(data)  # (R_total,)
     positions = response_positions(data)[routed]  # (n,)
@@ -92,7 +92,7 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
 
 
 def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig):
-    """Loss role: the one-denominator SRPO objective on this micro-batch."""
+    """Loss role: the one-denominator SRPO objective on this micro-batch (sdpo: the distilled-token mean)."""
     log_prob = no_padding_2_padding(model_output["log_probs"], data)  # (B, T)
     fields = ["response_mask", "old_log_probs", "advantages", "srpo_teacher_entropy", "srpo_sampled_adv"]
     if "rollout_is_weights" in data:
@@ -109,7 +109,7 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         rollout_is_weights=rho,
     )
     grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
-    if srpo.distill_mode == "sampled_token":
+    if not srpo.distils_logits:  # sampled-token distillation (and advantage_mix, which routes nothing)
         sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["srpo_sampled_adv"], **clip_kwargs)
         divergence = torch.zeros_like(log_prob)
     else:
@@ -125,8 +125,11 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         log_mean=data["srpo_log_mean_weight"],
     )
     num_tokens, dp_size = data["batch_num_tokens"], data["dp_size"]
+    # SRPO: one denominator, all valid tokens of the mini-batch. sdpo: the distilled tokens of the
+    # mini-batch (SDPO's token mean over distilled tokens; its reference code takes it per micro-batch).
+    denominator = data["srpo_num_distilled_tokens"] if srpo.distilled_tokens_denominator else num_tokens
     loss = core_algos.srpo_loss(
-        grpo_loss, sdpo_loss, route, weights, mask, num_tokens=num_tokens, dp_size=dp_size
+        grpo_loss, sdpo_loss, route, weights, mask, num_tokens=denominator, dp_size=dp_size
     )
 
     # Metrics summed over micro-batches and ranks are normalised by the global token counts.
@@ -142,6 +145,13 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         "srpo/sdpo_token_share": share(torch.ones_like(log_prob), sdpo_tokens),
         "actor/pg_clipfrac": share(clipped, grpo_tokens),
     }
+    if "srpo_num_distilled_tokens" in data:
+        # The entropy the weights read (entropy_mode), as a token mean over the mini-batch's routed tokens.
+        distilled = max(float(data["srpo_num_distilled_tokens"]), 1.0)
+        metrics["srpo/weight_entropy_mean"] = Metric(
+            value=(padded["srpo_teacher_entropy"].float() * sdpo_tokens).sum().item() / distilled * dp_size,
+            aggregation=AggregationType.SUM,
+        )
     if sdpo_tokens.any():
         w = weights[sdpo_tokens]
         metrics.update(

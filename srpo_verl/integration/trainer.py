@@ -64,10 +64,7 @@ class SRPOStepMixin:
     def _load_checkpoint(self):
         # Again here: launches through verl's own entry point skip srpo_verl.main_ppo.prepare.
         self.srpo = checks.check_trainer_config(self.config)
-        vocab = len(self.tokenizer)
-        k = vocab if self.srpo.distill_mode == "full_vocab" else min(self.srpo.topk, vocab)
-        if self.srpo.distill_mode == "sampled_token" or self.srpo.method == "advantage_mix":
-            k = 1  # only the sampled-token log-prob is used
+        k = self.srpo.support_size(len(self.tokenizer))
         node = OmegaConf.to_container(self.config.algorithm.srpo, resolve=True)
         self.actor_rollout_wg.srpo_setup(node, k)
         self._srpo_k = k
@@ -138,13 +135,7 @@ class SRPOStepMixin:
         routing = checks.route_step(
             step, success_threshold=srpo.success_threshold, has_feedback=has_feedback, demonstrable=demonstrable
         )
-        teacher_ok = routing.teacher_available
-        if srpo.method == "srpo":
-            route, teacher_rows = routing.sdpo, routing.sdpo
-        elif srpo.method == "sdpo":
-            route, teacher_rows = teacher_ok, teacher_ok
-        else:  # advantage_mix: every sample keeps the PPO loss
-            route, teacher_rows = torch.zeros(n, dtype=torch.bool), teacher_ok
+        route, teacher_rows = srpo.routes(routing)
 
         responses = list(data["responses"].unbind())
         teacher_idx = teacher_rows.nonzero().flatten().tolist()
@@ -160,7 +151,7 @@ class SRPOStepMixin:
         )
         scored = self._srpo_teacher_pass(batch, teacher_idx, responses)
 
-        # Per-row fields for the loss; advantages rewritten for sdpo / advantage_mix.
+        # Per-row fields for the loss; the method decides each row's advantage.
         out = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TEACHER_FIELDS)
         )
@@ -171,11 +162,8 @@ class SRPOStepMixin:
             core_algos.sampled_token_advantage(t_logp[i], old[i]) if teacher_rows[i] else torch.zeros_like(old[i])
             for i in range(n)
         ]
-        if srpo.method == "sdpo":
-            adv = [torch.zeros_like(a) for a in adv]  # SDPO as published: no GRPO term
-        elif srpo.method == "advantage_mix":
-            adv = [core_algos.advantage_mix(adv[i], sampled_adv[i], mix_lambda=srpo.mix_lambda) for i in range(n)]
-        entropy_key = "srpo_teacher_entropy" if srpo.entropy_mode == "full" else "srpo_teacher_entropy_topk"
+        adv = [srpo.advantage(adv[i], sampled_adv[i], taught=bool(teacher_rows[i])) for i in range(n)]
+        entropy_key = srpo.weight_entropy_field
         fields_out = {
             "srpo_route": route.long(),
             "srpo_sampled_adv": _nested(sampled_adv),
@@ -205,6 +193,7 @@ class SRPOStepMixin:
                 "srpo/all_correct_group_share": float(((group_correct == group_size) & real_groups).sum())
                 / max(int(real_groups.sum()), 1),
                 "srpo/teacher_rows": len(teacher_idx),
+                "srpo/distilled_correct_rows": int((route & routing.correct).sum()),
                 "srpo/teacher_pass_rows": scored,
                 "srpo/feedback_rows": int((teacher_rows & ~core_algos.teacher_availability(routing.demonstration, uid)).sum()),
                 "srpo/teacher_prompt_truncated": truncated,

@@ -268,7 +268,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def update_actor(self, data):
         """verl's update; with top-K distillation on, the engine also calls the SRPO loss as its
         logits processor (the hook verl's own top-K distillation uses)."""
-        if self.srpo is not None and self.srpo.distill_mode != "sampled_token" and self.srpo.method != "advantage_mix":
+        if self.srpo is not None and self.srpo.distils_logits:
             tu.assign_non_tensor(data, distillation_use_topk=True)
         return super().update_actor(data)
 
@@ -280,8 +280,9 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def _install_weight_normaliser(self) -> None:
         """Engine hooks: the mini-batch-global entropy-weight normaliser, and the last grad norm.
 
-        Each optimiser mini-batch gets `core_algos.entropy_weight_log_mean` over its routed tokens,
-        reduced over data-parallel ranks (on the accelerator, as NCCL needs). verl's engine computes
+        Each optimiser mini-batch gets `core_algos.entropy_weight_log_mean` over its routed tokens
+        and the number of those tokens, reduced over data-parallel ranks (on the accelerator, as NCCL
+        needs). verl's engine computes
         the mini-batch token count the same way (all-reduce in forward_backward_batch) before
         splitting into micro-batches; the weights need the same mini-batch-global view
         (docs/spec.md §1.7), whatever the micro-batch and rank split. The grad norm tells the EMA
@@ -307,7 +308,11 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
                 entropy = data["srpo_teacher_entropy"].values()
                 log_mean = core_algos.entropy_weight_log_mean(entropy, routed, beta=beta, all_reduce=all_reduce)
-                tu.assign_non_tensor(data, srpo_log_mean_weight=float(log_mean))
+                # The distilled tokens of the whole mini-batch: sdpo's denominator (SRPOConfig).
+                distilled = all_reduce(routed.sum().double(), "sum")
+                tu.assign_non_tensor(
+                    data, srpo_log_mean_weight=float(log_mean), srpo_num_distilled_tokens=float(distilled)
+                )
             return inner(data, loss_function, forward_only)
 
         def optimizer_step():

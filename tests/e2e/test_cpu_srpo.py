@@ -122,6 +122,16 @@ def test_srpo_routes_failed_samples_with_a_correct_sibling_only(runs):
             assert m["srpo/routed_share"] == 0.0, step
 
 
+def test_srpo_never_distils_a_correct_row_and_sdpo_does(runs):
+    for name in ("srpo_first", "srpo_resumed", "srpo_straight", "srpo_async"):
+        for step, m in runs[name].steps.items():
+            assert m["srpo/distilled_correct_rows"] == 0, (name, step)
+            if m["srpo/routed_share"] > 0:  # the weights read the full-vocabulary entropy (entropy_mode=full)
+                assert m["actor/srpo/weight_entropy_mean"] == pytest.approx(m["srpo/teacher_entropy_full"], rel=1e-4)
+    sdpo = [m for name in ("sdpo_first", "sdpo_resumed") for m in runs[name].steps.values()]
+    assert sum(m["srpo/distilled_correct_rows"] for m in sdpo) > 0
+
+
 def test_sdpo_distils_every_sample_that_has_a_teacher(runs):
     for name in ("sdpo_first", "sdpo_resumed"):
         for step, m in runs[name].steps.items():

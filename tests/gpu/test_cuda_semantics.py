@@ -271,7 +271,9 @@ def test_weight_normaliser_on_cuda_equals_the_log_mean_over_routed_tokens(monkey
     # beta * H = 800.. on every routed token: a linear-space mean would be log(0).
     expected = math.log((math.exp(-800) + math.exp(-802) + math.exp(-804) + math.exp(-1)) / 4)
     assert tu.get_non_tensor_data(data=engine.seen, key="srpo_log_mean_weight", default=None) == pytest.approx(expected)
-    assert reduced == [torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM]
+    # log-mean: max then sum of (weights, count); the distilled-token count: one more sum.
+    assert reduced == [torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM, torch.distributed.ReduceOp.SUM]
+    assert tu.get_non_tensor_data(data=engine.seen, key="srpo_num_distilled_tokens", default=None) == 4.0
 
 
 def _modules(seed):

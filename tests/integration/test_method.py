@@ -1,0 +1,113 @@
+"""The method as one object (`SRPOConfig`): every method/mode question has one answer, and the loss
+follows it (sdpo's distilled-token denominator, advantage_mix without the top-K processor)."""
+
+from functools import partial
+
+import pytest
+import torch
+from loss_case import ACTOR, PROMPT_LENS, RESPONSE_LENS, ROUTE, engine_like_call, make_batch
+
+from srpo_verl import core_algos
+from srpo_verl.algo_config import SRPOConfig
+from srpo_verl.integration.loss import srpo_loss_fn
+
+# Rows: 0 correct with a correct sibling, 1 failed with one, 2 failed in an all-wrong group,
+# 3 lone correct, 4 failed with feedback only.
+ROUTING = core_algos.Routing(
+    correct=torch.tensor([True, False, False, True, False]),
+    demonstration=torch.tensor([True, False, False, True, False]),
+    teacher_available=torch.tensor([True, True, False, False, True]),
+    sdpo=torch.tensor([False, True, False, False, True]),
+    grpo=torch.tensor([True, False, True, True, False]),
+)
+
+
+@pytest.mark.parametrize(
+    "method,distilled,taught",
+    [
+        ("srpo", [0, 1, 0, 0, 1], [0, 1, 0, 0, 1]),
+        ("sdpo", [1, 1, 0, 0, 1], [1, 1, 0, 0, 1]),  # correct rows with a teacher are distilled too
+        ("advantage_mix", [0, 0, 0, 0, 0], [1, 1, 0, 0, 1]),
+    ],
+)
+def test_routes_by_hand(method, distilled, taught):
+    d, t = SRPOConfig(method=method).routes(ROUTING)
+    assert d.long().tolist() == distilled and t.long().tolist() == taught
+
+
+def test_advantage_per_method_by_hand():
+    grpo, sampled = torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 2.0])
+    assert SRPOConfig(method="srpo").advantage(grpo, sampled, taught=True).tolist() == [0.5, 0.5]
+    assert SRPOConfig(method="sdpo").advantage(grpo, sampled, taught=True).tolist() == [0.0, 0.0]
+    mix = SRPOConfig(method="advantage_mix", mix_lambda=0.9)
+    assert mix.advantage(grpo, sampled, taught=True).tolist() == pytest.approx([0.35, 0.65])
+    # Rows without a teacher keep A_GRPO (not lambda * A_GRPO).
+    assert mix.advantage(grpo, torch.zeros(2), taught=False).tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "kw,distils,k",
+    [
+        ({}, True, 100),
+        ({"distill_mode": "full_vocab"}, True, 1000),
+        ({"distill_mode": "sampled_token"}, False, 1),
+        ({"method": "advantage_mix"}, False, 1),
+        ({"topk": 5000}, True, 1000),
+    ],
+)
+def test_processor_and_support_size(kw, distils, k):
+    cfg = SRPOConfig(**kw)
+    assert cfg.distils_logits is distils and cfg.support_size(1000) == k
+
+
+def test_weight_entropy_field_follows_entropy_mode():
+    assert SRPOConfig().weight_entropy_field == "srpo_teacher_entropy"
+    assert SRPOConfig(entropy_mode="topk_tail").weight_entropy_field == "srpo_teacher_entropy_topk"
+
+
+@pytest.fixture(scope="module")
+def batch():
+    b = make_batch()
+    b["rows"]["advantages"] = [torch.zeros(r) for r in RESPONSE_LENS]  # sdpo: no GRPO term
+    return b
+
+
+def test_sdpo_divides_by_the_distilled_tokens_and_srpo_by_all(batch):
+    distilled = sum(r for r, z in zip(RESPONSE_LENS, ROUTE) if z)
+    total = sum(RESPONSE_LENS)
+    losses = {}
+    for method in ("srpo", "sdpo"):
+        fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(method=method, beta=0.0, topk=4))
+        logits = batch["student_logits"].clone().requires_grad_(True)
+        losses[method], _ = engine_like_call(
+            fn, batch, range(5), logits, num_tokens=total, log_mean=0.0, srpo_num_distilled_tokens=float(distilled)
+        )
+    # Same routed rows, zero GRPO advantage: only the denominators differ.
+    assert float(losses["srpo"]) > 0
+    assert float(losses["sdpo"]) == pytest.approx(float(losses["srpo"]) * total / distilled, rel=1e-9)
+
+
+def test_advantage_mix_runs_without_the_processor_and_is_the_ppo_loss(batch):
+    # verl does not call the processor for advantage_mix (no top-K distillation): no divergence output.
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(method="advantage_mix", topk=4))
+    mixed = [torch.full((r,), 0.3 * (i - 2)) for i, r in enumerate(RESPONSE_LENS)]
+    b = dict(batch, rows=dict(batch["rows"], advantages=mixed))
+    logits = batch["student_logits"].clone().requires_grad_(True)
+    loss, metrics = engine_like_call(
+        fn, b, range(5), logits, processor=False, route=[0] * 5, num_tokens=sum(RESPONSE_LENS), log_mean=0.0
+    )
+    logp = torch.log_softmax(batch["student_logits"], -1)
+    ref = torch.zeros((), dtype=torch.float64)
+    offset = 0
+    for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
+        tokens = batch["seq"][i][p:]
+        lp = logp[offset + p - 1 : offset + p - 1 + r].gather(-1, tokens[:, None]).squeeze(-1)
+        token_loss, _ = core_algos.ppo_clip_token_loss(
+            lp[None], batch["rows"]["old_log_probs"][i][None], mixed[i][None].double(), clip_ratio_c=3.0,
+            rollout_is_weights=batch["rows"]["rollout_is_weights"][i][None],
+        )
+        ref = ref + token_loss.sum()
+        offset += p + r
+    assert float(loss) == pytest.approx(float(ref / sum(RESPONSE_LENS)), rel=1e-9)
+    assert metrics["srpo/sdpo_token_share"].aggregate() == 0.0
+    assert metrics["srpo/grpo_token_share"].aggregate() == pytest.approx(1.0)
