@@ -7,6 +7,7 @@ emulates both; each test here runs one piece of the GPU path under it and compar
 reference, so a CPU tensor next to a CUDA one, or a backward that re-reads the logits, fails here.
 """
 
+import contextlib
 import math
 from functools import partial
 from types import SimpleNamespace
@@ -187,6 +188,34 @@ def _teacher_case(vocab=11):
     return prompts, responses, teacher_prompts, data
 
 
+def _expected_teacher_fields(student, teacher, prompt, response, teacher_prompt, k, temperature=0.7):
+    """The teacher-pass outputs of one row, computed directly in float64 on the CPU."""
+    s_logits = student(torch.cat([prompt, response]), torch.arange(len(prompt) + len(response))).logits
+    t_logits = teacher(torch.cat([teacher_prompt, response]), torch.arange(len(teacher_prompt) + len(response))).logits
+    s_logits = s_logits[0, len(prompt) - 1 : -1] / temperature
+    log_q = torch.log_softmax(t_logits[0, len(teacher_prompt) - 1 : -1] / temperature, -1)
+    return s_logits.topk(k, -1).indices, log_q
+
+
+def _assert_teacher_fields(got, ids, log_q, response):
+    assert set(got) == set(TEACHER_FIELDS)
+    assert torch.equal(got["srpo_topk_ids"].long().sort(-1).values, ids.sort(-1).values)
+    order = got["srpo_topk_ids"].long()
+    torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, order), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["srpo_teacher_entropy"].double(), -(log_q.exp() * log_q).sum(-1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        got["srpo_teacher_log_prob"].double(), log_q.gather(-1, response[:, None]).squeeze(-1), rtol=0, atol=1e-6
+    )
+
+
+def _packed_student_logits(student, mb, temperature=0.7):
+    """What verl's engine hands the processor: the student's packed logits of the micro-batch."""
+    seqs = [torch.cat([p, r]) for p, r in zip(mb["prompts"].unbind(), mb["responses"].unbind())]
+    packed = torch.cat(seqs)
+    positions = torch.cat([torch.arange(len(x), device=packed.device) for x in seqs])
+    return student(packed, positions).logits / temperature
+
+
 def test_teacher_pass_on_cuda_equals_a_direct_float64_computation():
     vocab, k = 11, 4
     student, teacher = _LinearLM(vocab, 0), _LinearLM(vocab, 1)
@@ -195,23 +224,45 @@ def test_teacher_pass_on_cuda_equals_a_direct_float64_computation():
     with VirtualCuda(), torch.no_grad():
         teacher.to(CUDA), student.to(CUDA)
         mb = data.to(CUDA)
-        packed = torch.cat([torch.cat([p, r]) for p, r in zip(prompts, responses)]).to(CUDA)
-        positions = torch.cat([torch.arange(len(p) + len(r)) for p, r in zip(prompts, responses)]).to(CUDA)
-        logits = student(packed, positions).logits / 0.7  # the engine's temperature-scaled logits
-        assert collector(student_logits=logits, data=mb) == {}
+        assert collector(student_logits=_packed_student_logits(student, mb), data=mb) == {}
     for i, (p, r, t) in enumerate(zip(prompts, responses, teacher_prompts)):
         got = collector.rows[i]
         assert all(v.device.type == "cpu" and not is_virtual(v) for v in got.values())  # host-side for the trainer
-        s_logits = student(torch.cat([p, r]), torch.arange(len(p) + len(r))).logits[0, len(p) - 1 : -1] / 0.7
-        t_logits = teacher(torch.cat([t, r]), torch.arange(len(t) + len(r))).logits[0, len(t) - 1 : -1] / 0.7
-        ids = s_logits.topk(k, -1).indices
-        log_q = torch.log_softmax(t_logits, -1)
-        assert torch.equal(got["srpo_topk_ids"].long().sort(-1).values, ids.sort(-1).values)
-        order = got["srpo_topk_ids"].long()
-        torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, order), rtol=0, atol=1e-6)
-        torch.testing.assert_close(got["srpo_teacher_entropy"].double(), -(log_q.exp() * log_q).sum(-1), rtol=0, atol=1e-6)
-        torch.testing.assert_close(got["srpo_teacher_log_prob"].double(), log_q.gather(-1, r[:, None]).squeeze(-1), rtol=0, atol=1e-6)
-        assert set(got) == set(TEACHER_FIELDS)
+        _assert_teacher_fields(got, *_expected_teacher_fields(student, teacher, p, r, t, k), r)
+
+
+def test_teacher_pass_assembly_on_cuda_micro_batches():
+    # compute_srpo_teacher as the worker runs it: verl's infer_batch moves each micro-batch (one row
+    # each here, fixed size 1) to the accelerator and calls the collector; the worker assembles the
+    # per-row host tensors into nested fields for TransferQueue.
+    vocab, k = 11, 4
+    student, teacher = _LinearLM(vocab, 0), _LinearLM(vocab, 1)
+    prompts, responses, teacher_prompts, data = _teacher_case(vocab)
+
+    class Actor:
+        engine_config = SimpleNamespace(infer_micro_batch_size_per_gpu=1, use_dynamic_bsz=False)
+        engine = SimpleNamespace()
+        loss_fn = None
+
+        def infer_batch(self, part):
+            for i in range(part.batch_size[0]):
+                mb = tu.index_select_tensor_dict(part, [i]).to(CUDA)
+                self.loss_fn(student_logits=_packed_student_logits(student, mb), data=mb)
+
+    teacher_engine = _Engine(teacher)
+    teacher_engine.eval_mode = contextlib.nullcontext
+    worker = SimpleNamespace(
+        srpo=SRPOConfig(topk=k, chunk_size=2), srpo_k=k, actor=Actor(), teacher=SimpleNamespace(engine=teacher_engine)
+    )
+    worker._teacher_parts = partial(SRPOActorRolloutRefWorker._teacher_parts, worker)
+    del data["srpo_row"]
+    with VirtualCuda(), torch.no_grad():
+        teacher.to(CUDA), student.to(CUDA)
+        out = SRPOActorRolloutRefWorker.compute_srpo_teacher(worker, data)
+    assert worker.srpo_teacher_rows_total == 2
+    for i, (p, r, t) in enumerate(zip(prompts, responses, teacher_prompts)):
+        got = {key: out[key].unbind()[i] for key in TEACHER_FIELDS}
+        _assert_teacher_fields(got, *_expected_teacher_fields(student, teacher, p, r, t, k), r)
 
 
 # ------------------------------------------------------------------ weight normaliser and EMA step
