@@ -88,7 +88,7 @@ def _check_template(template: str, key: str, slot: str) -> None:
 
 @dataclass
 class SRPOConfig(BaseConfig):
-    """SRPO / SDPO switches (SRPO_SPEC.md §1-2; paper defaults from SRPO Table 3).
+    """SRPO / SDPO switches (docs/spec.md §1-2; paper defaults from SRPO Table 3).
 
     Args:
         method: "srpo" routes failed samples with a correct sibling to distillation and the rest to
@@ -105,7 +105,7 @@ class SRPOConfig(BaseConfig):
         is_clip: upper clamp (> 0) of the detached ratio exp(log p - log p_old) on SDPO tokens.
         teacher: "ema" (default) or "trust_region" (q ∝ exp((1-m) log q_ref + m log q_theta): q_ref the
             frozen initial model, q_theta the current student, both on the teacher prompt).
-            A live-student teacher is not offered: it collapses training (SRPO_SPEC.md §4).
+            A live-student teacher is not offered: it collapses training (docs/spec.md §4).
         ema_rate: theta' <- (1 - rate) theta' + rate theta, in (0, 1). 1 would make the teacher the
             live student and is refused.
         trust_region_mix: m in [0, 1] for the trust-region teacher.

@@ -2,7 +2,7 @@
 
 SRPO — Sample-Routed Policy Optimization, arXiv 2604.02288 (https://arxiv.org/abs/2604.02288).
 SDPO — Reinforcement Learning via Self-Distillation, arXiv 2601.20802 (https://arxiv.org/abs/2601.20802).
-Symbols follow docs/SRPO_SPEC.md: r_i reward, c_i correctness, m_i teacher availability, z_i routing,
+Symbols follow docs/spec.md: r_i reward, c_i correctness, m_i teacher availability, z_i routing,
 A_i advantage, p = pi_theta (student), q = pi_teacher, H teacher entropy, w entropy weight.
 
 Shapes: B responses, T response tokens, N = flattened tokens, V vocabulary, K top-K support.

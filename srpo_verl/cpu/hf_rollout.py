@@ -1,8 +1,7 @@
 """Rollout backend `rollout.name=hf`: HuggingFace model forward passes in a Ray actor, for CPU runs.
 
 verl 0.9.1 reaches a rollout only through an inference-server actor (vLLM, SGLang, TRT-LLM), none
-of which runs on CPU. This module supplies the three pieces verl's rollout registries expect
-(VERL_CPU_ROLLOUT.md §2):
+of which runs on CPU. This module supplies the three pieces verl's rollout registries expect:
 
 * `HFServerAdapter` (a `BaseRollout`): lives in each training worker; forwards weight updates from
   the FSDP engine to the server. Sleep/resume are no-ops (weights stay in host memory).

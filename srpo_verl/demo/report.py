@@ -399,7 +399,7 @@ def build_report(out_dir: str, *, title: str | None = None, window: int = 5) -> 
         "share is the fraction of rollouts trained by self-distillation (SRPO: failed while a sibling "
         "succeeded; SDPO: every rollout whose group has a success); a falling teacher entropy means a confident "
         "self-teacher; response length and teacher-prompted accuracy are the early-warning signals of "
-        "self-distillation collapse (SRPO_SPEC.md §4)."
+        "self-distillation collapse (docs/spec.md §4)."
     )
     md.append("")
     if failed:

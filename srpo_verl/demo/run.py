@@ -41,7 +41,7 @@ class RunSettings:
 
     steps: int = 30
     eval_every: int = 10
-    # 8 prompts x 8 rollouts per step (OFFLINE_ASSETS.md §4).
+    # 8 prompts x 8 rollouts per step.
     batch_size: int = 8
     n: int = 8
     # lr 1e-4 without warmup: 3e-4 wrecked the warm start in the prototype, 1e-4 learned.

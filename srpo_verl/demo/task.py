@@ -3,7 +3,7 @@
 reasoning-gym (Apache-2.0, PyPI) generates the problems and scores the answers; only the prompt is
 rewritten. Its question reads "Calculate 32 + 15." (19 characters); the demo's user turn is the
 compact "32+15=" because with a character tokenizer every character is a token, and the model is
-a 1M-parameter Qwen3 trained from scratch in a minute (OFFLINE_ASSETS.md §4).
+a 1M-parameter Qwen3 trained from scratch in a minute.
 
 * Problems: `basic_arithmetic` with two terms of two digits, "+" only, no parentheses or
   negation: a + b with a, b uniform in 0..100 (reasoning-gym's simple generator draws

@@ -4,10 +4,10 @@ RL needs a policy that is sometimes right (GRPO learns nothing from all-wrong gr
 self-teacher needs a policy that can read a sibling's solution from its prompt. So part of the SFT
 examples (`hint_fraction`) use the plugin's REAL teacher prompt: `teacher_prompt_ids` with the
 default `algorithm.srpo.reprompt_template`, the correct answer standing in for the sibling's
-solution, exactly the token sequence the SRPO trainer builds for its teacher (OFFLINE_ASSETS.md §4,
-lesson 3: a short "hint:" wording the trainer never uses teaches the teacher nothing).
+solution, exactly the token sequence the SRPO trainer builds for its teacher (a short "hint:"
+wording the trainer never uses teaches the teacher nothing).
 
-Recipe (OFFLINE_ASSETS.md §4): batch 64, AdamW lr 1e-3, loss on the answer and <|im_end|> only,
+Recipe: batch 64, AdamW lr 1e-3, loss on the answer and <|im_end|> only,
 300 steps. Measured on 2 cores: see docs/demo.md.
 
 The result is a HF model directory (weights, config, tokenizer) cached under

@@ -24,7 +24,7 @@ def srpo_advantage(
     config=None,
     **_unused,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A_i = r_i - mean_group(r), broadcast to the response tokens (SRPO_SPEC.md §1.4).
+    """A_i = r_i - mean_group(r), broadcast to the response tokens (docs/spec.md §1.4).
 
     verl's estimator signature sees only rewards, mask, uid and the `algorithm` node, so this is
     the GRPO branch's advantage for every sample; the routing and the SDPO branch are added by the

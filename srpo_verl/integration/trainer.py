@@ -177,7 +177,7 @@ class SRPOStepMixin:
         if batch.fields is not None:  # the update fetches only the listed fields; the teacher prompts stay behind
             batch.fields = [f for f in stored.fields if f != "srpo_teacher_input_ids"]
 
-        # Metrics (SRPO_SPEC §4: teacher entropy, response length and routed share foretell collapse).
+        # Metrics (docs/spec.md §4: teacher entropy, response length and routed share foretell collapse).
         correct = routing.correct.float()
         group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, correct)
         group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))

@@ -1,4 +1,4 @@
-"""The paper's tasks (SRPO_SPEC.md §3): data rows and verifiable rewards for verl.
+"""The paper's tasks (docs/spec.md §3): data rows and verifiable rewards for verl.
 
 | task | data_source | module |
 |---|---|---|

@@ -3,7 +3,7 @@
 Upstream: the Hugging Face dataset ``hicai-zju/SciKnowEval`` (split ``test``; one JSON record per
 question with ``question``, ``choices {text, label}``, ``answerKey``, ``type``, ``domain`` and
 ``details {level, task, subtask}``). The SRPO paper trains on the L3 multiple-choice questions of
-each domain, split 90/10 with a fixed seed (SRPO_SPEC.md §3):
+each domain, split 90/10 with a fixed seed (docs/spec.md §3):
 
     Chemistry 1890/210, Physics 720/80, Biology 450/50, Materials 841/94.
 
@@ -51,7 +51,7 @@ DOMAINS: dict[str, tuple[str, ...]] = {
     "materials": ("material", "materials"),
 }
 
-# (train, test) sizes of SRPO_SPEC.md §3.
+# (train, test) sizes of docs/spec.md §3.
 PAPER_SPLITS: dict[str, tuple[int, int]] = {
     "chemistry": (1890, 210),
     "physics": (720, 80),

@@ -9,7 +9,7 @@ Upstream: the GitHub repository ``tangqiaoyu/ToolAlpaca``, folder ``data/``:
 - ``eval_simulated.json``: the 10 simulated test APIs, with ``Instructions`` (100 requests) and
   ``Golden_Answers`` (per request, a list of ``{"Action": name, "Action_Input": "<json>"}``).
 
-The paper's split (SRPO_SPEC.md §3), as the public SDPO code the paper builds on
+The paper's split (docs/spec.md §3), as the public SDPO code the paper builds on
 (github.com/lasgroup/SDPO, ``datasets/tooluse/{train,test}.json``): 4046 training requests
 (every training instance with at least one tool call) and 68 test requests: the simulated
 requests whose golden inputs contain no ``$``. That drops the 31 whose golden inputs hold

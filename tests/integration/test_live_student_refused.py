@@ -1,4 +1,4 @@
-"""A teacher that would be the live student is refused, by configuration and at run time (SRPO_SPEC §4).
+"""A teacher that would be the live student is refused, by configuration and at run time (docs/spec.md §4).
 
 The configuration route is covered in test_config_composition (ema_rate=1.0, teacher=student);
 here the run-time guard: an EMA teacher whose parameters share storage with the student's is

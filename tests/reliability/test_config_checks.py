@@ -111,7 +111,7 @@ def test_valid_configs_pass():
 
 def test_teacher_sharing_storage_with_the_student_is_refused():
     # The EMA teacher's parameter pairs are checked every EMA step (worker._param_pairs): a
-    # teacher whose tensor is the student's would be the live student (SRPO_SPEC §4).
+    # teacher whose tensor is the student's would be the live student (docs/spec.md §4).
     from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 
     def engine(module):
