@@ -2,18 +2,7 @@
 by `checks.check_gpu_path_config` (called from `check_trainer_config`), naming the key."""
 
 import pytest
-from hydra import compose, initialize_config_module
-
-from srpo_verl import SUPPORTED_VERL
-from srpo_verl.integration.checks import check_trainer_config
-
-BASE = ("algorithm=srpo", "actor_rollout_ref.model.use_remove_padding=True")
-
-
-def _check(*overrides):
-    with initialize_config_module("srpo_verl.config", version_base=None):
-        config = compose("srpo_trainer", overrides=[*BASE, *overrides])
-    return check_trainer_config(config, verl_version=SUPPORTED_VERL)
+from test_config_checks import _check  # a valid SRPO launch composed as main_ppo does, then checked
 
 
 REFUSED = [
