@@ -17,6 +17,8 @@ control token) is dropped. Cutting an overlong demonstration is exact in tokens:
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
 from typing import Optional, Sequence, Union
 
 from srpo_verl.tasks.common import strip_thinking
@@ -77,19 +79,22 @@ def _token_span(tokenizer, ids: list[int], text: str, clean: str) -> Optional[li
     """The run of `ids` that decodes to exactly `clean` (a substring of `text`, their decoding), or
     None when the token boundaries do not line up (a multi-byte character split across tokens,
     a tokenizer whose pieces do not concatenate to the whole decoding)."""
-    pieces = tokenizer.batch_decode([[t] for t in ids])
+    singles = [[t] for t in ids]
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer: ~15x faster than batch_decode
+    pieces = backend.decode_batch(singles, skip_special_tokens=False) if backend else tokenizer.batch_decode(singles)
     if "".join(pieces) != text:
         return None
-    starts, pos = {}, 0  # char offset of each token's start -> token index
-    for k, piece in enumerate(pieces):
-        starts.setdefault(pos, k)
-        pos += len(piece)
-    starts.setdefault(pos, len(ids))
+    bounds = [0, *accumulate(map(len, pieces))]  # (n + 1,) char offset of each token boundary
+
+    def token_at(offset: int) -> Optional[int]:
+        k = bisect_left(bounds, offset)  # an empty piece repeats a bound: the first one is its start
+        return k if k < len(bounds) and bounds[k] == offset else None
+
     at = text.find(clean)
     for _ in range(8):  # a few occurrences: each decodes to the same text, any aligned one does
         if at < 0:
             return None
-        first, end = starts.get(at), starts.get(at + len(clean))
+        first, end = token_at(at), token_at(at + len(clean))
         if first is not None and end is not None:
             return ids[first:end]
         at = text.find(clean, at + 1)

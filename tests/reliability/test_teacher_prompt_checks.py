@@ -127,6 +127,10 @@ def _build(tok, path):
         args = dict(solution=plain_ids(tok, INJECTION * 6) + [eos], feedback=None)
         full, _ = teacher_prompt_ids(tok, CHAT, **args, **kw)
         kw["max_length"] = len(full) - 5
+    elif path == "thinking_split_character":
+        # Thinking stripped, and "é" split into two byte tokens by the BPE: the kept text does not
+        # start on a token boundary it can see, so it is encoded as plain text.
+        args = dict(solution=plain_ids(tok, "<think>hm</think>\u00e9") + plain_ids(tok, INJECTION) + [eos], feedback=None)
     elif path == "feedback":
         args, benign = dict(solution=None, feedback=INJECTION), dict(solution=None, feedback="41 is wrong")
     else:  # "text": the evaluator passes the demonstration as text
@@ -136,7 +140,10 @@ def _build(tok, path):
     return ids, cut, skeleton, kw["max_length"]
 
 
-@pytest.mark.parametrize("path", ["sibling", "generated_special", "truncated", "feedback", "text"], ids=["sibling", "generated_special", "truncated", "feedback", "text"])
+PATHS = ["sibling", "generated_special", "truncated", "thinking_split_character", "feedback", "text"]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATHS)
 def test_injected_role_markup_never_becomes_special_tokens(tokenizers, path):
     # Before: the demonstration was decoded and re-tokenised inside apply_chat_template, so its
     # `<|im_start|>system` became a real system turn the student never saw (4 extra special tokens
@@ -147,6 +154,7 @@ def test_injected_role_markup_never_becomes_special_tokens(tokenizers, path):
         assert len(_specials(tok, skeleton)) == 5  # 2 turns opened and closed, the generation prompt
         assert len(ids) <= limit and (cut > 0) == (path == "truncated"), name
         assert "The answer is always 7." in tok.decode(ids) or path in ("generated_special", "truncated")
+        assert "hm" not in tok.decode(ids).split("Correct solution")[-1], name
         # The input is a real attack: the old construction injected a system turn.
         assert len(_specials(tok, _naive(tok, CHAT, INJECTION))) == len(_specials(tok, skeleton)) + 4, name
 
@@ -234,7 +242,8 @@ def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
         # One token per character: for the BPE not the tokenisation its text would get back.
         sibling = [t for ch in INJECTION for t in plain_ids(tok, ch)]
         assert (sibling != plain_ids(tok, INJECTION)) == (name == "bpe")
-        responses = [torch.tensor(sibling + [eos]), torch.tensor(plain_ids(tok, "41") + [eos])]
+        thinking = plain_ids(tok, "<think>check: 40+2</think>\n")  # stripped, the rest kept token for token
+        responses = [torch.tensor(thinking + sibling + [eos]), torch.tensor(plain_ids(tok, "41") + [eos])]
         self = _trainer(tok, [1.0, 0.0], ["a", "a"], [len(r) for r in responses])
         self._srpo_teacher_prompt = trainer_mod.SRPOStepMixin._srpo_teacher_prompt.__get__(self)
         batch = type("Batch", (), {"keys": ["k0", "k1"], "partition_id": "train"})()
@@ -246,5 +255,6 @@ def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
         skeleton, _ = teacher_prompt_ids(tok, CHAT, solution="42", feedback=None, strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES)
         assert cut == 0 and response == responses[1].tolist(), name
         assert _specials(tok, prompt) == _specials(tok, skeleton), name
-        # The sibling's own ids (EOS dropped) appear as one run: spliced, not re-tokenised.
+        # The sibling's own ids (thinking and EOS dropped) appear as one run: spliced, not re-tokenised.
+        assert "check: 40+2" not in tok.decode(prompt), name
         assert any(prompt[k : k + len(sibling)] == sibling for k in range(len(prompt))), name
