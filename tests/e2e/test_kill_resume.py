@@ -2,7 +2,10 @@
 
 An uninterrupted 4-step SRPO run is the reference; a second run of the same seed is SIGKILLed
 (its whole process session) shortly after its step-2 checkpoint, resumed, and compared: the
-metrics trajectory and the final student and EMA-teacher weights must be identical.
+metrics trajectory and the final student and EMA-teacher weights must be identical, bit for bit
+(docs/reliability.md, "Faults: kill and resume"). Three launches, each its own Ray session: an
+exact match also shows that two launches of one seed agree, which timing-dependent rollout
+batching once broke from step 2 on (srpo_verl/cpu/hf_rollout.py, DECODE_ROWS).
 """
 
 import importlib.util
@@ -36,6 +39,6 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(harness, tmp_path):
     assert result.killed, result.error
     assert result.resumed_from is not None and result.resumed_from >= 2
     assert result.error is None, result.error
-    assert result.metrics_identical, result.metrics_mismatches
+    assert result.metrics_identical, (result.first_difference, result.metrics_mismatches)
     assert result.student_max_abs_diff == 0.0
     assert result.teacher_max_abs_diff == 0.0
