@@ -1,6 +1,6 @@
 """Teacher prompts: the original chat with its last user turn rewritten around a demonstration.
 
-docs/design.md, "One step": the last user turn becomes
+docs/spec.md §1.5: the last user turn becomes
     {question}\nCorrect solution:\n{sibling_response}\nCorrectly solve the original question.
 (system message kept, <think> blocks stripped from the demonstration, chat template applied with
 the generation prompt). The student's response tokens are appended afterwards and re-scored by

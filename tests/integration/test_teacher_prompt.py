@@ -1,4 +1,4 @@
-"""Teacher prompts (docs/design.md, "One step"): rewritten last user turn, kept system message, left
+"""Teacher prompts (docs/spec.md §1.5): rewritten last user turn, kept system message, left
 truncation, the sibling's own token ids spliced in. Adversarial demonstrations (role injection, empty
 ones) are in tests/reliability/test_teacher_prompt_checks.py."""
 
