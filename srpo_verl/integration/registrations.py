@@ -7,6 +7,8 @@ the module-level functions below and is idempotent.
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any, Optional
 
 import torch
@@ -78,12 +80,33 @@ def register() -> None:
     """
     verl_core_algos.register_adv_est(NAME)(srpo_advantage)
     verl_core_algos.register_policy_loss(NAME)(srpo_policy_loss)
-    import srpo_verl.integration.trainer  # noqa: F401
+    try:
+        import srpo_verl.integration.trainer  # noqa: F401
+    except ImportError as exc:
+        # A process that imports one of our modules before verl (say srpo_verl.integration.checks)
+        # makes verl load this plugin while that module is half-imported, so the trainer module
+        # cannot import it yet. Nothing is lost: `registered()` (the self-check and pre-flight) and any
+        # later import of the trainer module register the trainers; Ray workers import verl first.
+        if not _half_imported():
+            raise
+        logging.getLogger(__name__).debug("SRPO trainers registered later: %s", exc)
+
+
+def _half_imported() -> bool:
+    """True while one of srpo_verl's modules is still executing its own import."""
+    import sys
+
+    return any(
+        name.startswith("srpo_verl.") and getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+    )
 
 
 def registered() -> dict[str, bool]:
     """What verl's registries currently hold under our names (used by the self-check)."""
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    register()  # completes a registration deferred by a half-imported module (see register)
 
     return {
         "adv_estimator:srpo": verl_core_algos.ADV_ESTIMATOR_REGISTRY.get(NAME) is srpo_advantage,

@@ -51,6 +51,23 @@ def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
 
+def teacher_pass_padding(teacher_idx: list[int], n: int, dp_size: int) -> list[int]:
+    """Rows that pad the teacher pass to a multiple of the data-parallel size.
+
+    verl dispatches a batch in equal shares to the ranks. The pad rows are distinct rows outside the
+    teacher set (TransferQueue refuses a key twice, so repeating a teacher row crashes the step);
+    verl pads the batch itself to a multiple of the data-parallel size, so there are always enough.
+    """
+    need = -len(teacher_idx) % dp_size
+    taught = set(teacher_idx)
+    pad = [i for i in range(n) if i not in taught][:need]
+    if len(pad) < need:
+        raise RuntimeError(
+            f"cannot pad {len(teacher_idx)} teacher rows to a multiple of {dp_size} ranks with a batch of {n} rows"
+        )
+    return pad
+
+
 class SRPOStepMixin:
     """SRPO's additions to a verl v1 trainer (see the module docstring)."""
 
@@ -283,8 +300,33 @@ class SRPOStepMixin:
         )
 
     def _srpo_teacher_pass(self, batch, teacher_idx, responses) -> int:
-        """Run the teacher on exactly the teacher rows; store zeros for the others."""
+        """Run the teacher on the teacher rows (padded to the data-parallel size); zeros for the others."""
         n, k = len(batch.keys), self._srpo_k
+        scored, pad = 0, []
+        if teacher_idx:
+            pad = teacher_pass_padding(teacher_idx, n, self._srpo_dp_size())
+            if pad:
+                # A padding row is scored on its own [prompt | response] (any valid sequence would do);
+                # its outputs are overwritten with zeros below.
+                keys = [batch.keys[i] for i in pad]
+                prompts = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["prompts"])
+                ids = [torch.cat([p, responses[i].to(p.dtype)]) for p, i in zip(prompts["prompts"].unbind(), pad)]
+                tq.kv_batch_put(
+                    keys=keys,
+                    partition_id=batch.partition_id,
+                    fields=TensorDict({"srpo_teacher_input_ids": _nested(ids)}, batch_size=len(pad)),
+                )
+            rows = list(teacher_idx) + pad
+            meta = KVBatchMeta(
+                keys=[batch.keys[i] for i in rows],
+                tags=[batch.tags[i] for i in rows],
+                partition_id=batch.partition_id,
+                extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
+            )
+            before = sum(self.actor_rollout_wg.srpo_teacher_rows_seen())
+            self.actor_rollout_wg.compute_srpo_teacher(meta)
+            # Rows the workers actually scored (padding excluded), logged next to the routing.
+            scored = sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - len(pad)
         others = [i for i in range(n) if i not in set(teacher_idx)]
         zeros = {
             "srpo_topk_ids": [torch.zeros(len(responses[i]), k, dtype=torch.int32) for i in others],
@@ -298,20 +340,7 @@ class SRPOStepMixin:
                 partition_id=batch.partition_id,
                 fields=TensorDict({key: _nested(v) for key, v in zeros.items()}, batch_size=len(others)),
             )
-        if not teacher_idx:
-            return 0
-        dp = self._srpo_dp_size()
-        rows = list(teacher_idx) + [teacher_idx[i % len(teacher_idx)] for i in range(-len(teacher_idx) % dp)]
-        meta = KVBatchMeta(
-            keys=[batch.keys[i] for i in rows],
-            tags=[batch.tags[i] for i in rows],
-            partition_id=batch.partition_id,
-            extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
-        )
-        before = sum(self.actor_rollout_wg.srpo_teacher_rows_seen())
-        self.actor_rollout_wg.compute_srpo_teacher(meta)
-        # Rows the workers actually scored (padding repeats excluded), logged next to the routing.
-        return sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - (len(rows) - len(teacher_idx))
+        return scored
 
     def _srpo_dp_size(self) -> int:
         info = self.actor_rollout_wg._dispatch_info.get("actor")

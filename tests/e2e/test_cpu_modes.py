@@ -12,6 +12,8 @@ modes share four launches here (~6 min on 2 cores), switches that do not interac
   region     teacher=trust_region + entropy_mode=topk_tail (topk=8 < V)
                                                teacher frozen at theta_0; weights read the K+1-bucket entropy
   full       distill_mode=full_vocab           K = V: the top-K hold all teacher mass (empty tail)
+  dp2        srpo on 2 data-parallel ranks     the teacher pass pads odd teacher-row counts with distinct
+                                               rows (a repeated row crashed TransferQueue)
 """
 
 import os
@@ -31,6 +33,7 @@ MODES = {
     "no_dw": ("srpo_no_dw", ["algorithm.srpo.distill_mode=sampled_token"]),
     "region": ("srpo", ["algorithm.srpo.teacher=trust_region", "algorithm.srpo.entropy_mode=topk_tail", "algorithm.srpo.topk=8"]),
     "full": ("srpo", ["algorithm.srpo.distill_mode=full_vocab"]),
+    "dp2": ("srpo", ["trainer.n_gpus_per_node=2"]),
 }
 
 
@@ -105,3 +108,11 @@ def test_full_vocab_distils_over_the_whole_vocabulary(runs):
         assert m["srpo/teacher_tail_mass"] < 1e-5  # K = V: no mass outside the support
         assert m["srpo/teacher_entropy_topk"] == pytest.approx(m["srpo/teacher_entropy_full"], rel=1e-4, abs=1e-5)
         assert m["actor/srpo/weight_entropy_mean"] == pytest.approx(m["srpo/teacher_entropy_full"], rel=1e-4)
+
+
+def test_two_data_parallel_ranks_score_exactly_the_teacher_rows(runs):
+    steps = runs["dp2"].steps.values()
+    for m in steps:
+        assert m["srpo/teacher_pass_rows"] == m["srpo/teacher_rows"]
+    # An odd teacher-row count needs a padding row on the second rank: the case that used to crash.
+    assert any(m["srpo/teacher_rows"] % 2 == 1 for m in steps), [m["srpo/teacher_rows"] for m in steps]

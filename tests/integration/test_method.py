@@ -111,3 +111,20 @@ def test_advantage_mix_runs_without_the_processor_and_is_the_ppo_loss(batch):
     assert float(loss) == pytest.approx(float(ref / sum(RESPONSE_LENS)), rel=1e-9)
     assert metrics["srpo/sdpo_token_share"].aggregate() == 0.0
     assert metrics["srpo/grpo_token_share"].aggregate() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("taught,n,dp", [([0, 3, 5], 8, 2), ([1], 8, 4), ([0, 1], 8, 2), ([], 8, 2), ([2, 3, 4, 5, 6], 6 + 2, 8)])
+def test_teacher_pass_padding_uses_distinct_rows_outside_the_teacher_set(taught, n, dp):
+    from srpo_verl.integration.trainer import teacher_pass_padding
+
+    pad = teacher_pass_padding(taught, n, dp)
+    assert (len(taught) + len(pad)) % dp == 0 and len(pad) < dp
+    assert len(set(pad)) == len(pad) and not set(pad) & set(taught)  # TransferQueue refuses a key twice
+    assert all(0 <= i < n for i in pad)
+
+
+def test_teacher_pass_padding_refuses_a_batch_that_cannot_be_padded():
+    from srpo_verl.integration.trainer import teacher_pass_padding
+
+    with pytest.raises(RuntimeError, match="cannot pad 3 teacher rows to a multiple of 4"):
+        teacher_pass_padding([0, 1, 2], 3, 4)

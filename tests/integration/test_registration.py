@@ -95,3 +95,19 @@ def test_srpo_estimator_matches_verl_grpo_without_std():
         token_level_rewards=tlr, response_mask=mask, index=uid, config=OmegaConf.create({"norm_adv_by_std_in_grpo": False})
     )
     torch.testing.assert_close(ours, ref)
+
+
+def test_importing_our_checks_before_verl_still_registers_the_trainers():
+    # verl loads the plugin while srpo_verl.integration.checks is half-imported; the trainer module
+    # cannot import it then, and the registration completes when the registry is asked.
+    code = (
+        "import srpo_verl.integration.checks\n"
+        "import verl\n"
+        "from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY\n"
+        "print('during', 'srpo' in TRAINER_REGISTRY)\n"
+        "from srpo_verl.integration.registrations import registered\n"
+        "print('after', all(registered().values()), 'srpo' in TRAINER_REGISTRY)\n"
+    )
+    proc = _fresh_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "after True True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
