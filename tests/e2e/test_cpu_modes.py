@@ -12,8 +12,8 @@ modes share four launches here (~6 min on 2 cores), switches that do not interac
   region     teacher=trust_region + entropy_mode=topk_tail (topk=8 < V)
                                                teacher frozen at theta_0; weights read the K+1-bucket entropy
   full       distill_mode=full_vocab           K = V: the top-K hold all teacher mass (empty tail)
-  dp2        srpo on 2 data-parallel ranks     the teacher pass pads odd teacher-row counts with distinct
-                                               rows (a repeated row crashed TransferQueue)
+  dp2        srpo on 2 data-parallel ranks     routed SRPO runs on 2 ranks; the teacher pass scores exactly
+                                               the teacher rows (odd counts are padded with distinct rows)
 """
 
 import os
@@ -111,8 +111,10 @@ def test_full_vocab_distils_over_the_whole_vocabulary(runs):
 
 
 def test_two_data_parallel_ranks_score_exactly_the_teacher_rows(runs):
+    # Routed SRPO on 2 ranks end to end. Whether a step needs a padding row (an odd teacher-row count)
+    # depends on the rollouts, which 2 rollout replicas make timing-dependent; the padding itself is
+    # tested deterministically in tests/integration/test_method.py.
     steps = runs["dp2"].steps.values()
+    assert sum(m["srpo/teacher_rows"] for m in steps) > 0, "nothing was routed"
     for m in steps:
         assert m["srpo/teacher_pass_rows"] == m["srpo/teacher_rows"]
-    # An odd teacher-row count needs a padding row on the second rank: the case that used to crash.
-    assert any(m["srpo/teacher_rows"] % 2 == 1 for m in steps), [m["srpo/teacher_rows"] for m in steps]

@@ -128,3 +128,53 @@ def test_teacher_pass_padding_refuses_a_batch_that_cannot_be_padded():
 
     with pytest.raises(RuntimeError, match="cannot pad 3 teacher rows to a multiple of 4"):
         teacher_pass_padding([0, 1, 2], 3, 4)
+
+
+def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
+    # SRPOStepMixin._srpo_teacher_pass with TransferQueue replaced by a dict and the worker group by a
+    # recorder; KVBatchMeta is TransferQueue's own (it refuses a key twice: the old padding crashed).
+    from types import SimpleNamespace
+
+    from srpo_verl.integration import trainer as trainer_module
+    from srpo_verl.integration.trainer import SRPOStepMixin
+
+    n, teacher_idx = 6, [1, 2, 4]
+    prompts = [torch.arange(3) + 10 * i for i in range(n)]
+    responses = [torch.arange(2 + i % 2) + 100 * i for i in range(n)]
+    store = {f"k{i}": {"prompts": prompts[i]} for i in range(n)}
+
+    def kv_batch_get(keys, partition_id, select_fields):
+        return {f: torch.nested.as_nested_tensor([store[k][f] for k in keys], layout=torch.jagged) for f in select_fields}
+
+    def kv_batch_put(keys, partition_id, fields):
+        for j, k in enumerate(keys):
+            store[k].update({f: fields[f][j] for f in fields.keys()})
+
+    monkeypatch.setattr(trainer_module, "tq", SimpleNamespace(kv_batch_get=kv_batch_get, kv_batch_put=kv_batch_put))
+    seen = []
+
+    class WorkerGroup:
+        def compute_srpo_teacher(self, meta):
+            seen.append(list(meta.keys))
+            for k in meta.keys:  # what the workers write back: non-zero teacher fields for every row sent
+                store[k]["srpo_teacher_entropy"] = torch.ones(3)
+
+        def srpo_teacher_rows_seen(self):
+            return [sum(len(keys) for keys in seen)]
+
+    host = SimpleNamespace(
+        _srpo_k=4,
+        _srpo_dp_size=lambda: 2,
+        actor_rollout_wg=WorkerGroup(),
+        config=SimpleNamespace(actor_rollout_ref=SimpleNamespace(rollout=SimpleNamespace(temperature=1.0))),
+    )
+    batch = SimpleNamespace(keys=[f"k{i}" for i in range(n)], tags=[{} for _ in range(n)], partition_id="p")
+    scored = SRPOStepMixin._srpo_teacher_pass(host, batch, teacher_idx, responses)
+
+    assert scored == 3
+    assert seen == [["k1", "k2", "k4", "k0"]]  # padded with a distinct non-teacher row
+    # The padding row was scored on its own [prompt | response], then set back to zeros like every other row.
+    assert torch.equal(store["k0"]["srpo_teacher_input_ids"], torch.cat([prompts[0], responses[0]]))
+    for i in range(n):
+        expected = 1.0 if i in teacher_idx else 0.0
+        assert store[f"k{i}"]["srpo_teacher_entropy"].eq(expected).all(), i
