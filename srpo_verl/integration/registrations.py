@@ -89,7 +89,12 @@ def register() -> None:
         # later import of the trainer module register the trainers; Ray workers import verl first.
         if not _half_imported():
             raise
+        global _DEFERRED
+        _DEFERRED = True
         logging.getLogger(__name__).debug("SRPO trainers registered later: %s", exc)
+
+
+_DEFERRED = False  # register() ran while one of our modules was half-imported (see register)
 
 
 def _half_imported() -> bool:
@@ -106,7 +111,8 @@ def registered() -> dict[str, bool]:
     """What verl's registries currently hold under our names (used by the self-check)."""
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 
-    register()  # completes a registration deferred by a half-imported module (see register)
+    if _DEFERRED:
+        register()  # completes the registration the plugin had to defer (see register)
 
     return {
         "adv_estimator:srpo": verl_core_algos.ADV_ESTIMATOR_REGISTRY.get(NAME) is srpo_advantage,
