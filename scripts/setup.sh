@@ -25,7 +25,7 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q torch==2.13.0
 fi
 
-if ! $PY -c "import srpo_verl, verl, hypothesis, reasoning_gym, matplotlib" 2>/dev/null; then
+if ! $PY -c "import srpo_verl, verl, hypothesis, reasoning_gym, matplotlib, tensorboard" 2>/dev/null; then
   echo "[setup] installing verl 0.9.1 and srpo_verl (editable) with test/demo extras"
   $PY -m pip install -q -e ".[test,demo]"
 fi
