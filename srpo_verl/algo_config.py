@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 import torch
-
 from verl.base_config import BaseConfig
 from verl.trainer.config import AlgoConfig
+
+from srpo_verl import core_algos
 
 METHODS = ("srpo", "sdpo", "advantage_mix")
 ENTROPY_MODES = ("full", "topk_tail")
@@ -241,8 +242,6 @@ class SRPOConfig(BaseConfig):
         """The per-token advantage of one row's PPO term: A_GRPO (srpo), 0 (sdpo: no GRPO term), or
         lambda A_GRPO + (1 - lambda) A_SDPO on rows with a teacher and A_GRPO on the others
         (advantage_mix). grpo_advantage, sampled_advantage: (T,) tensors of the row."""
-        from srpo_verl import core_algos  # the math stays free of config imports
-
         if self.method == "sdpo":
             return torch.zeros_like(grpo_advantage)
         if self.method == "advantage_mix" and taught:

@@ -134,7 +134,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             self.teacher = self._build_teacher()
         actor_config = self.loss_fn.keywords["config"]  # verl's own ActorConfig dataclass
         self.set_loss_fn(partial(srpo_loss_fn, actor_config, self.srpo))
-        self._install_weight_normaliser()
+        self._install_engine_hooks()
         return {"teacher_params": sum(p.numel() for p in self.teacher.engine.module.parameters())}
 
     def _build_teacher(self) -> TrainingWorker:
@@ -277,7 +277,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         """Rows the teacher has scored on this rank since start (the count the trainer logs)."""
         return getattr(self, "srpo_teacher_rows_total", 0)
 
-    def _install_weight_normaliser(self) -> None:
+    def _install_engine_hooks(self) -> None:
         """Engine hooks: the mini-batch-global entropy-weight normaliser, and the last grad norm.
 
         Each optimiser mini-batch gets `core_algos.entropy_weight_log_mean` over its routed tokens

@@ -295,7 +295,7 @@ def _worker(actor_engine, teacher_engine=None, beta=1.0, teacher="ema"):
 
 def test_weight_normaliser_on_cuda_equals_the_log_mean_over_routed_tokens(monkeypatch):
     engine = _RecordingEngine()
-    SRPOActorRolloutRefWorker._install_weight_normaliser(_worker(engine, beta=2.0))
+    SRPOActorRolloutRefWorker._install_engine_hooks(_worker(engine, beta=2.0))
     # A data-parallel group on NCCL: collectives take accelerator tensors only (one rank here).
     reduced = []
 
@@ -338,7 +338,7 @@ def test_ema_step_on_cuda_student_and_host_teacher(grad_norm):
     t0 = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     actor = _RecordingEngine(student, grad_norm=grad_norm)
     worker = _worker(actor, _RecordingEngine(teacher))
-    SRPOActorRolloutRefWorker._install_weight_normaliser(worker)
+    SRPOActorRolloutRefWorker._install_engine_hooks(worker)
     with VirtualCuda():
         student.to(CUDA)  # the student shards live on the accelerator; the teacher is offloaded to host
         actor.optimizer_step()
