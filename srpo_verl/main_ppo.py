@@ -12,7 +12,8 @@ import hydra
 from omegaconf import OmegaConf, open_dict
 
 from srpo_verl import cpu
-from srpo_verl.integration.checks import check_data_files, check_trainer_config
+from srpo_verl.integration.config_checks import check_trainer_config
+from srpo_verl.integration.data_checks import check_data_files
 
 # Driver environment that Ray workers need. A local Ray started by this driver inherits the
 # whole environment, but the workers of a cluster started beforehand (`ray start`, several

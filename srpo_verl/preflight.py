@@ -50,7 +50,7 @@ def _is_cpu(config) -> bool:
 
 
 def check_config(config) -> str:
-    from srpo_verl.integration.checks import check_trainer_config
+    from srpo_verl.integration.config_checks import check_trainer_config
 
     srpo = check_trainer_config(config)
     algorithm = "srpo block valid" if srpo is not None else "no algorithm.srpo block"
@@ -89,9 +89,9 @@ def check_gpus(config, count: Callable[[], int] | None = None) -> str:
 
 
 def _first_row(path: str) -> dict:
-    from srpo_verl.integration.checks import _read_rows
+    from srpo_verl.integration.data_checks import read_rows
 
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise ValueError(f"{path} has no rows")
     return rows[0]
@@ -126,7 +126,7 @@ def check_reward(config) -> str:
 
 
 def check_data(config) -> str:
-    from srpo_verl.integration.checks import check_data_files
+    from srpo_verl.integration.data_checks import check_data_files
 
     reports = check_data_files(config)
     parts = [

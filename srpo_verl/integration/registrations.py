@@ -83,7 +83,7 @@ def register() -> None:
     try:
         import srpo_verl.integration.trainer  # noqa: F401
     except ImportError as exc:
-        # A process that imports one of our modules before verl (say srpo_verl.integration.checks)
+        # A process that imports one of our modules before verl (say srpo_verl.integration.config_checks)
         # makes verl load this plugin while that module is half-imported, so the trainer module
         # cannot import it yet. Nothing is lost: `registered()` (the self-check and pre-flight) and any
         # later import of the trainer module register the trainers; Ray workers import verl first.

@@ -27,7 +27,7 @@ def test_split_is_disjoint_and_seeded():
 def test_parquet_rows_are_verl_rl_rows_with_compact_prompts(tmp_path, tiny_model_path):
     from transformers import AutoTokenizer
 
-    from srpo_verl.integration.checks import check_data_rows
+    from srpo_verl.integration.data_checks import check_data_rows
 
     paths = task.write_data(str(tmp_path), n_train=64, n_val=16, seed=0)
     for split, n in (("train", 64), ("val", 16)):

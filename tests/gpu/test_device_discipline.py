@@ -56,7 +56,7 @@ def test_every_factory_call_names_its_device_or_is_declared_host_side(path):
 
 def test_host_side_modules_are_the_driver_ones():
     host = [p.name for p in FILES if any(line.startswith(HOST_MODULE) for line in p.read_text().splitlines())]
-    assert host == ["checks.py", "trainer.py"]
+    assert host == ["config_checks.py", "data_checks.py", "step_checks.py", "trainer.py"]
 
 
 def test_the_check_finds_the_pattern_of_the_first_update_crash(tmp_path):

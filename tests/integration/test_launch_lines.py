@@ -28,7 +28,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from srpo_verl.integration.checks import check_trainer_config
+from srpo_verl.integration.config_checks import check_trainer_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -98,10 +98,10 @@ def test_srpo_estimator_matches_verl_grpo_without_std():
 
 
 def test_importing_our_checks_before_verl_still_registers_the_trainers():
-    # verl loads the plugin while srpo_verl.integration.checks is half-imported; the trainer module
+    # verl loads the plugin while srpo_verl.integration.config_checks is half-imported; the trainer module
     # cannot import it then, and the registration completes when the registry is asked.
     code = (
-        "import srpo_verl.integration.checks\n"
+        "import srpo_verl.integration.config_checks\n"
         "import verl\n"
         "from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY\n"
         "print('during', 'srpo' in TRAINER_REGISTRY)\n"

@@ -1,5 +1,5 @@
 """Bad trainer configurations, composed with Hydra exactly as `python -m srpo_verl.main_ppo` does, and
-refused by `check_trainer_config` in the driver before Ray starts (srpo_verl/integration/checks.py)."""
+refused by `check_trainer_config` in the driver before Ray starts (srpo_verl/integration/config_checks.py)."""
 
 import logging
 import re
@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 
 from srpo_verl import SUPPORTED_VERL
 from srpo_verl.algo_config import SRPOConfig
-from srpo_verl.integration.checks import check_trainer_config
+from srpo_verl.integration.config_checks import check_trainer_config
 
 # A valid SRPO launch (packed sequences, as the SRPO teacher pass needs).
 BASE = ("algorithm=srpo", "actor_rollout_ref.model.use_remove_padding=True")
@@ -91,11 +91,11 @@ def test_unsupported_verl_version_is_refused_naming_both(installed):
 
 
 def test_several_optimiser_steps_per_batch_is_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.config_checks"):
         _check("actor_rollout_ref.actor.ppo_mini_batch_size=8", "data.train_batch_size=32")
     assert "several optimiser steps per batch" in caplog.text and "ppo_mini_batch_size=8" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.config_checks"):
         _check()  # the paper's setting: one step per batch, nothing logged
     assert "several optimiser steps" not in caplog.text
 

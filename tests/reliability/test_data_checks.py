@@ -1,5 +1,5 @@
 """Bad data rows and files, refused in the driver before Ray starts (`check_data_rows`,
-`check_data_files` in srpo_verl/integration/checks.py, called by `srpo_verl.main_ppo.prepare`)."""
+`check_data_files` in srpo_verl/integration/data_checks.py, called by `srpo_verl.main_ppo.prepare`)."""
 
 import logging
 import re
@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 
 from srpo_verl.demo.addition import to_row
 from srpo_verl.demo.tiny_model import build_tokenizer
-from srpo_verl.integration.checks import check_data_files, check_data_rows
+from srpo_verl.integration.data_checks import check_data_files, check_data_rows
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_prompt_longer_than_the_limit_is_an_error_naming_the_rows(tok):
 def test_overlong_prompt_allowed_by_the_config_is_logged(tok, caplog, mode, text):
     data = rows()
     data[0]["prompt"] = [{"role": "user", "content": "9" * 60}]
-    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.data_checks"):
         report = check_data_rows(data, tokenizer=tok, max_prompt_length=32, overlong=mode)
     assert report.overlong_rows == [0]
     assert "1 prompt(s) longer than data.max_prompt_length=32 (rows [0])" in caplog.text and text in caplog.text

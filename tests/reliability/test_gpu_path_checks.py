@@ -1,5 +1,5 @@
 """Settings that would crash SRPO on GPU or silently change what it optimises, refused in the driver
-by `checks.check_gpu_path_config` (called from `check_trainer_config`), naming the key."""
+by `config_checks.check_gpu_path_config` (called from `check_trainer_config`), naming the key."""
 
 import pytest
 from test_config_checks import _check  # a valid SRPO launch composed as main_ppo does, then checked

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from srpo_verl import tasks
-from srpo_verl.integration.checks import check_data_rows
+from srpo_verl.integration.data_checks import check_data_rows
 from srpo_verl.tasks import sciknoweval, toolalpaca
 from srpo_verl.tasks.common import strip_thinking
 

@@ -1,4 +1,4 @@
-"""Bad batch inputs of one SRPO step: `check_step_inputs` and `route_step` (srpo_verl/integration/checks.py).
+"""Bad batch inputs of one SRPO step: `check_step_inputs` and `route_step` (srpo_verl/integration/step_checks.py).
 
 Each test is one row of docs/reliability.md: an error naming the field and the rows, or a
 documented behaviour whose counts and routing are checked against hand-worked values.
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from srpo_verl import core_algos as ca
-from srpo_verl.integration.checks import check_step_inputs, route_step
+from srpo_verl.integration.step_checks import check_step_inputs, route_step
 
 NAN, INF = float("nan"), float("inf")
 
@@ -137,7 +137,7 @@ def test_uid_shared_by_two_prompts_within_rollout_n_is_an_error(group_size, as_n
 def test_group_of_size_one_has_no_teacher_and_zero_advantage(caplog):
     rewards = [0.0, 1.0, 0.0]
     uid = ["solo", "pair", "pair"]
-    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.step_checks"):
         s = step(rewards, uid, group_size=2)
     assert s.metrics["srpo/check/singleton_groups"] == 1
     assert "1 group(s) of a single response" in caplog.text
@@ -187,7 +187,7 @@ def test_response_without_valid_tokens_is_never_routed_nor_a_demonstration(layou
         mask = [torch.ones(0, dtype=torch.bool), torch.ones(3, dtype=torch.bool), torch.ones(0, dtype=torch.bool), torch.ones(2, dtype=torch.bool)]
     else:
         mask = masks(0, 3, 0, 2)
-    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.checks"):
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.step_checks"):
         s = check_step_inputs([1.0, 0.0, 0.0, 1.0], ["a", "a", "b", "b"], mask)
     assert "2 response(s) with no valid token (rows [0, 2])" in caplog.text
     assert s.metrics["srpo/check/empty_response_rows"] == 2

@@ -189,7 +189,7 @@ def _trainer(tok, rewards, uid, lengths, **srpo):
 
     from omegaconf import OmegaConf
 
-    from srpo_verl.integration.checks import check_step_inputs
+    from srpo_verl.integration.step_checks import check_step_inputs
 
     masks = [torch.arange(max(lengths) or 1) < n for n in lengths]
     config = OmegaConf.create({"data": {"max_prompt_length": 64, "max_response_length": 256, "seed": 1}})
@@ -209,7 +209,7 @@ def test_trainer_routes_no_row_to_an_empty_demonstration(tokenizers, caplog):
     import logging
 
     from srpo_verl.integration import trainer as trainer_mod
-    from srpo_verl.integration.checks import route_step
+    from srpo_verl.integration.step_checks import route_step
 
     for name, tok in tokenizers.items():
         eos = tok.eos_token_id

@@ -1,0 +1,212 @@
+"""Checks of a composed trainer config, run in the driver before Ray starts (`main_ppo.prepare`) and
+again where the SRPO trainer builds its `algorithm.srpo` block (launches through verl's own entry
+point skip prepare). Pure functions of the config: no Ray, no TransferQueue, no tensors.
+
+A bad setting raises an error naming the key and the reason; a setting that changes the method in a
+documented way is logged at WARNING. docs/reliability.md lists every case and the test that holds it.
+"""
+
+# device: host-side module (driver config checks); see tests/gpu/test_device_discipline.py
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from srpo_verl.algo_config import SRPOConfig, srpo_config_of
+
+logger = logging.getLogger(__name__)
+
+SRPO_TRAINER_MODES = ("srpo", "srpo_colocate_async")
+
+
+def _int_setting(node, key: str, name: str, default=None):
+    """An integer verl setting, or `default` when absent. A Hydra override such as `rollout.n='8'`
+    arrives as a str and would otherwise end in a bare TypeError at the first comparison."""
+    value = node.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: must be an integer, not a {type(value).__name__}")
+    return value
+
+
+def _bool_setting(node, key: str, name: str, default: bool) -> bool:
+    value = node.get(key, default)
+    if not isinstance(value, bool):  # the string "False" is truthy: it would silently mean True
+        raise ValueError(f"{name}={value!r}: must be true or false, not a {type(value).__name__}")
+    return value
+
+
+def verl_version_problem(installed: str, supported: str) -> Optional[str]:
+    """Why `installed` verl cannot run the SRPO trainer, or None. The trainer and worker subclass
+    verl's v1 trainer and engine worker and override private hooks that change between releases."""
+    if installed == supported:
+        return None
+    return (
+        f"srpo_verl's SRPO trainer supports verl {supported} only, but verl {installed} is installed: it "
+        f"overrides private hooks of verl's v1 trainer and engine worker. Install verl=={supported}."
+    )
+
+
+def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optional[SRPOConfig]:
+    """Checks of a composed trainer config: in the driver before Ray starts (main_ppo.prepare), and
+    again where the SRPO trainer builds its block (launches through verl's own entry point skip prepare).
+
+    Returns the validated `algorithm.srpo` block (None for a plain verl algorithm such as grpo).
+    Raises ValueError for invalid or contradictory settings and NotImplementedError for declared
+    but unimplemented ones, naming the key; logs a WARNING for settings that change the method in
+    a documented way. `verl_version` defaults to the installed one (a parameter for the tests).
+    """
+    mode = config.trainer.get("v1", {}).get("trainer_mode", None)
+    srpo = srpo_config_of(config)  # SRPOConfig validation: unknown keys, ranges, types
+    srpo_mode = mode in SRPO_TRAINER_MODES
+    if srpo_mode and srpo is None:
+        raise ValueError(
+            f"trainer.v1.trainer_mode={mode} needs an algorithm.srpo block: launch with algorithm=srpo or "
+            "algorithm=sdpo"
+        )
+    if srpo is not None and not srpo_mode:
+        # The SRPO step lives in the SRPO trainers; any other trainer would silently run plain GRPO.
+        raise ValueError(
+            f"algorithm.srpo is set but trainer.v1.trainer_mode={mode}: the routing, teacher pass and EMA "
+            f"teacher would not run. Use trainer.v1.trainer_mode=srpo or srpo_colocate_async."
+        )
+    if srpo is None:
+        return None
+
+    if verl_version is None:
+        import verl
+
+        verl_version = getattr(verl, "__version__", "unknown")
+    from srpo_verl import SUPPORTED_VERL
+
+    problem = verl_version_problem(str(verl_version), SUPPORTED_VERL)
+    if problem:
+        raise RuntimeError(problem)
+
+    arr = config.actor_rollout_ref
+    n = _int_setting(arr.rollout, "n", "actor_rollout_ref.rollout.n")
+    if n is None or n < 2:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.n={n!r}: SRPO needs groups of >= 2 responses per prompt "
+            "(a sample is never its own demonstration, so with n=1 no sample could ever have a teacher)"
+        )
+    for key, node in (("actor_rollout_ref.model", arr.model), ("actor_rollout_ref.actor", arr.actor)):
+        if not _bool_setting(node, "use_remove_padding", f"{key}.use_remove_padding", True):
+            raise ValueError(
+                f"{key}.use_remove_padding=False: the SRPO teacher pass and loss work on packed sequences; "
+                "set actor_rollout_ref.model.use_remove_padding=True"
+            )
+    for key in ("actor", "ref"):
+        name = f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size"
+        sp = _int_setting(arr[key], "ulysses_sequence_parallel_size", name)
+        if sp is not None and sp > 1:
+            raise NotImplementedError(
+                f"{name}={sp}: Ulysses sequence parallelism is "
+                "not implemented in the SRPO teacher pass; set it to 1"
+            )
+    max_prompt = _int_setting(config.data, "max_prompt_length", "data.max_prompt_length")
+    teacher_limit = srpo.max_teacher_prompt_length
+    if teacher_limit is not None and max_prompt is not None and teacher_limit < max_prompt:
+        # The teacher prompt contains the whole student prompt plus the template and a demonstration.
+        raise ValueError(
+            f"algorithm.srpo.max_teacher_prompt_length={srpo.max_teacher_prompt_length} < "
+            f"data.max_prompt_length={max_prompt}: a prompt at the data limit could never fit in its teacher "
+            "prompt (which contains it); raise the teacher limit or leave it null"
+        )
+    actor = arr.actor
+    mini = _int_setting(actor, "ppo_mini_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size")
+    batch = _int_setting(config.data, "train_batch_size", "data.train_batch_size")
+    epochs = _int_setting(actor, "ppo_epochs", "actor_rollout_ref.actor.ppo_epochs", 1)
+    if epochs > 1 or (mini is not None and batch is not None and mini < batch):
+        logger.warning(
+            "SRPO with several optimiser steps per batch (ppo_epochs=%s, ppo_mini_batch_size=%s < "
+            "train_batch_size=%s): later mini-batches distil on the student's top-K ids taken before the "
+            "first step (docs/design.md, 'Top-K ids from the pre-update policy'); "
+            "actor/srpo/topk_match_fraction shows how far they drift",
+            epochs,
+            mini,
+            batch,
+        )
+    check_gpu_path_config(config)
+    return srpo
+
+
+def _dtype_name(value) -> str:
+    return str(value).replace("torch.", "").lower()
+
+
+def check_gpu_path_config(config) -> None:
+    """Settings that would break SRPO on GPU, or silently change what it optimises, refused by key.
+
+    The SRPO loss replaces verl's whole policy loss (so verl's loss options would be ignored), reads the
+    student's logits in a logits processor, and keeps an EMA teacher paired with the student shard by
+    shard and saved beside the actor checkpoint. Each refusal below names the key and the reason.
+    """
+    arr = config.actor_rollout_ref
+    model, actor, ref = arr.model, arr.actor, arr.ref
+    for key, node in (("actor_rollout_ref.model", model), ("actor_rollout_ref.actor", actor)):
+        if node.get("use_fused_kernels", False):
+            raise ValueError(
+                f"{key}.use_fused_kernels=True: verl's fused kernels compute token log-probs without the "
+                "logits, which the SRPO distillation reads (logits processor); set it to False"
+            )
+    for key, node in (("actor_rollout_ref.actor", actor), ("actor_rollout_ref.ref", ref)):
+        strategy = str(node.get("strategy", "fsdp"))
+        if strategy not in ("fsdp", "fsdp2"):
+            raise NotImplementedError(
+                f"{key}.strategy={strategy}: the SRPO worker extends verl's FSDP engine worker only "
+                "(Megatron and other engines are not implemented); use fsdp or fsdp2"
+            )
+    if str(ref.get("strategy", "fsdp")) != str(actor.get("strategy", "fsdp")):
+        raise ValueError(
+            f"actor_rollout_ref.ref.strategy={ref.strategy} != actor_rollout_ref.actor.strategy={actor.strategy}: "
+            "the EMA teacher is built from the ref config and paired with the student shard by shard"
+        )
+    if (model.get("lora_rank", 0) or 0) > 0 or ((model.get("lora", {}) or {}).get("rank", 0) or 0) > 0:
+        raise NotImplementedError(
+            "actor_rollout_ref.model.lora_rank > 0: an EMA teacher of a LoRA student is not implemented "
+            "(the teacher would average base weights that never change); set lora_rank=0"
+        )
+    actor_fsdp, ref_fsdp = actor.get("fsdp_config", {}) or {}, ref.get("fsdp_config", {}) or {}
+    for sub in ("fsdp_size", "wrap_policy"):
+        a, r = actor_fsdp.get(sub, None), ref_fsdp.get(sub, None)
+        if a != r:
+            raise ValueError(
+                f"actor_rollout_ref.ref.fsdp_config.{sub}={r} differs from actor_rollout_ref.actor.fsdp_config."
+                f"{sub}={a}: the EMA teacher (built from the ref config) is updated shard by shard by "
+                "parameter name, so both must be sharded alike"
+            )
+    teacher_dtype = _dtype_name(ref_fsdp.get("model_dtype", "fp32"))
+    if teacher_dtype not in ("fp32", "float32"):
+        raise ValueError(
+            f"actor_rollout_ref.ref.fsdp_config.model_dtype={teacher_dtype}: the EMA teacher must be kept in "
+            "fp32 (a bf16 teacher rounds most updates of size rate * (theta - theta') away at rate 0.05)"
+        )
+    if actor.get("use_kl_loss", False):
+        raise ValueError(
+            "actor_rollout_ref.actor.use_kl_loss=True: the SRPO loss replaces verl's policy loss and has no "
+            "KL term (the paper uses none); it would be silently ignored. Set it to False"
+        )
+    entropy_coeff = actor.get("entropy_coeff", 0) or 0
+    if entropy_coeff != 0:
+        raise ValueError(
+            f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff}: the SRPO loss has no entropy bonus; it "
+            "would be silently ignored. Set it to 0"
+        )
+    agg = actor.get("loss_agg_mode", "token-mean")
+    if agg != "token-mean":
+        raise ValueError(
+            f"actor_rollout_ref.actor.loss_agg_mode={agg}: the SRPO objective has one token-mean denominator "
+            "(all valid response tokens of the mini-batch); other aggregations would be silently ignored"
+        )
+    if actor.get("loss_scale_factor", None) is not None:
+        raise ValueError(
+            f"actor_rollout_ref.actor.loss_scale_factor={actor.loss_scale_factor}: not applied by the SRPO loss "
+            "(it would be silently ignored); leave it null"
+        )
+    if config.trainer.get("del_local_ckpt_after_load", False):
+        raise ValueError(
+            "trainer.del_local_ckpt_after_load=True: verl deletes the checkpoint directory after loading the "
+            "actor, before the EMA teacher's shards in it are read; set it to False"
+        )
