@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from srpo_verl.launch import Launch, checkpoint_weights, latest_checkpoint, launch, tiny_cpu_overrides
+from srpo_verl.demo.harness import Launch, checkpoint_weights, latest_checkpoint, launch, tiny_cpu_overrides
 
 # Metrics that legitimately differ between two launches of the same run (wall-clock and memory).
 VOLATILE = ("timing", "perf/", "throughput", "time", "memory", "wall")

@@ -20,7 +20,7 @@ global_step_N or its actor/ folder), whose student is first merged by verl's own
 OUT/models/<label>/ (bfloat16, as `python -m verl.model_merger merge` writes it). The EMA teacher
 is evaluated by exporting it first (`python -m srpo_verl export-teacher`).
 
-Generation is the demo evaluator's HF `generate` (srpo_verl/demo/evaluate.py): a CPU or single-GPU
+Generation is HF `generate` (`generate` below, also the CPU demo's evaluator): a CPU or single-GPU
 path for small models and smoke tests. For 4B/8B models on a cluster, verl's own validation is the
 route (vLLM/SGLang, the same avg@16): docs/export.md gives the command.
 """
@@ -110,11 +110,52 @@ def accuracy(result) -> float:
     return float(result)
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    rows: list[list[int]],
+    *,
+    greedy: bool,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 512,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[str]:
+    """Decoded responses (special tokens removed) for the prompt id lists `rows`; sampling at
+    `temperature` with nucleus `top_p` (the training rollouts' T=1, top-p 1 by default)."""
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    out: list[str] = []
+    torch.manual_seed(seed)  # the same draws for every policy evaluated with this seed
+    for start in range(0, len(rows), batch_size):
+        ids, mask = left_pad(rows[start : start + batch_size], pad_id)
+        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
+        seqs = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+            **sampling,
+        )
+        out.extend(tokenizer.batch_decode(seqs[:, ids.shape[1] :], skip_special_tokens=True))
+    return out
+
+
 def score_model(model_dir: str, rows: list[dict], reward_fn, args) -> list[float]:
     """Per-prompt mean accuracy over `args.n` samples."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from srpo_verl.demo.evaluate import generate
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:

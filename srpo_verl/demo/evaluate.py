@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from srpo_verl.evaluate import generate
+
 # The teacher-prompt budget of the demo (algorithm.srpo.max_teacher_prompt_length); the
 # character tokenizer spells the reprompt template out letter by letter (~85 tokens).
 TEACHER_PROMPT_BUDGET = 256
@@ -52,49 +54,6 @@ def hinted_prompt_ids(tokenizer, question: str, solution: str) -> list[int]:
         overflow="error",
     )
     return ids
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    rows: list[list[int]],
-    *,
-    greedy: bool,
-    max_new_tokens: int,
-    seed: int,
-    batch_size: int = 512,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-) -> list[str]:
-    """Decoded responses (special tokens removed) for the prompt id lists `rows`; sampling at
-    `temperature` with nucleus `top_p` (the training rollouts' T=1, top-p 1 by default)."""
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    out: list[str] = []
-    torch.manual_seed(seed)  # the same draws for every policy evaluated with this seed
-    for start in range(0, len(rows), batch_size):
-        ids, mask = left_pad(rows[start : start + batch_size], pad_id)
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
-        seqs = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
-            **sampling,
-        )
-        out.extend(tokenizer.batch_decode(seqs[:, ids.shape[1] :], skip_special_tokens=True))
-    return out
 
 
 def evaluate(
@@ -150,7 +109,7 @@ def load_checkpoint_policy(model_dir: str, ckpt_dir: str, step: int):
 
     import logging
 
-    from srpo_verl.launch import checkpoint_weights
+    from srpo_verl.demo.harness import checkpoint_weights
 
     # Loading DTensor shards outside a process group warns once per file; nothing is wrong here.
     logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)

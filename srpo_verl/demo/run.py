@@ -5,7 +5,7 @@
 
 Every run starts from the same warm start (warm_start.py, cached), trains on the same data
 (task.py) with the same settings except `algorithm=<method>`, through
-`python -m srpo_verl.main_ppo ... platform=cpu` (srpo_verl.launch). It saves a checkpoint every
+`python -m srpo_verl.main_ppo ... platform=cpu` (the launch harness, harness.py). It saves a checkpoint every
 `--eval-every` steps; after the launch each checkpoint's student is scored by evaluate.py on the
 256 held-out prompts (greedy, sampled, teacher-prompted) and deleted. Step 0 is the warm start.
 
@@ -56,43 +56,31 @@ class RunSettings:
 def trainer_overrides(method: str, seed: int, s: RunSettings, *, model: str, data: dict, ckpt_dir: str) -> list[str]:
     """Hydra overrides of one run: identical for every method except `algorithm=`."""
     from srpo_verl.demo import task
+    from srpo_verl.demo.harness import tiny_cpu_overrides
 
-    overrides = [
-        f"algorithm={method}",
-        "platform=cpu",
-        f"actor_rollout_ref.model.path={model}",
-        # SRPO/SDPO's teacher pass needs packed sequences; GRPO gets the same layout for fairness.
-        "actor_rollout_ref.model.use_remove_padding=True",
-        f"data.train_files={data['train']}",
-        f"data.val_files={data['val']}",
-        f"data.train_batch_size={s.batch_size}",
-        f"data.max_prompt_length={s.max_prompt_length}",
-        f"data.max_response_length={s.max_response_length}",
-        f"data.seed={seed}",
-        f"actor_rollout_ref.rollout.seed={seed}",
-        f"actor_rollout_ref.rollout.n={s.n}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={s.batch_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={s.batch_size * s.n}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={s.batch_size * s.n}",
-        f"actor_rollout_ref.actor.optim.lr={s.lr}",
-        f"actor_rollout_ref.actor.optim.lr_warmup_steps={s.warmup_steps}",
-        f"reward.custom_reward_function.path={task.__file__}",
-        "reward.custom_reward_function.name=compute_score",
-        f"trainer.total_training_steps={s.steps}",
-        f"trainer.save_freq={s.eval_every}",
+    return tiny_cpu_overrides(
+        model,
+        data,
+        ckpt_dir,
+        algorithm=method,
+        total_steps=s.steps,
+        save_freq=s.eval_every,
+        batch_size=s.batch_size,
+        n=s.n,
+        micro_batch_size=s.batch_size * s.n,
+        max_prompt_length=s.max_prompt_length,
+        max_response_length=s.max_response_length,
+        reward_file=task.__file__,
+        lr=s.lr,
+        warmup_steps=s.warmup_steps,
+        seed=seed,
+        rollout_seed=seed,
+        project="srpo_verl_demo",
+        experiment=f"{method}_s{seed}",
+    ) + [
         # Only the student's weights are needed for evaluation.
-        "actor_rollout_ref.actor.checkpoint.save_contents=[model]",
-        "trainer.val_before_train=False",
-        "trainer.test_freq=-1",
-        "trainer.logger=[console,file]",
-        f"trainer.default_local_dir={ckpt_dir}",
-        "trainer.project_name=srpo_verl_demo",
-        f"trainer.experiment_name={method}_s{seed}",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model]"
     ]
-    if method != "grpo":
-        # The character tokenizer spells the teacher prompt out (~85 tokens for these questions).
-        overrides.append("algorithm.srpo.max_teacher_prompt_length=256")
-    return overrides
 
 
 def prepare_assets(ws=None, *, log=print) -> dict:
@@ -113,7 +101,7 @@ def prepare_assets(ws=None, *, log=print) -> dict:
 
 
 class Progress:
-    """kill_when hook of srpo_verl.launch.launch, polled every second: prints one line per step."""
+    """kill_when hook of harness.launch, polled every second: prints one line per step."""
 
     KEYS = (("critic/score/mean", "score"), ("srpo/routed_share", "routed"), ("response_length/mean", "len"))
 
@@ -175,7 +163,7 @@ def evaluate_run(run_dir: str, ckpt_dir: str, assets: dict, metrics: dict, *, lo
 
 def run_one(method: str, seed: int, s: RunSettings, assets: dict, out_dir: str, *, log=print) -> dict:
     """One trainer launch plus its evaluation; returns run.json's content."""
-    from srpo_verl.launch import launch
+    from srpo_verl.demo.harness import launch
 
     name = f"{method}_s{seed}"
     # Absolute: the trainer runs with the run directory as its working directory.

@@ -71,45 +71,31 @@ def convert(out_dir: str | None = None) -> str:
 
 
 def overrides(model: str, data: dict, ckpt_dir: str, steps: int) -> list[str]:
-    from srpo_verl.demo import addition
+    from srpo_verl.demo.harness import tiny_cpu_overrides
 
-    return [
-        "algorithm=srpo",
-        "platform=cpu",
-        f"actor_rollout_ref.model.path={model}",
-        "actor_rollout_ref.model.use_remove_padding=True",
-        f"data.train_files={data['train']}",
-        f"data.val_files={data['val']}",
+    # At T=1 the model rambles ("Although x is proud (12 + 35 = x) it does") and is almost never
+    # exactly right, so exact match would give no group with a success and a failure, which routing
+    # needs. Partial credit (the share of digit characters) with a threshold of 0.05 splits its
+    # answers roughly into "mentions numbers" and "does not". (algorithm.srpo.use_feedback=True would
+    # instead give a teacher to every failure: compute_digit_score writes feedback for each.)
+    return tiny_cpu_overrides(
+        model,
+        data,
+        ckpt_dir,
+        total_steps=steps,
         # 2 prompts x 4 rollouts: one step is ~1 min of CPU at 135M parameters.
-        "data.train_batch_size=2",
+        batch_size=2,
+        n=4,
+        micro_batch_size=8,
         # SmolLM2's chat template adds a default system prompt (~30 tokens).
-        "data.max_prompt_length=64",
-        "data.max_response_length=16",
-        "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.actor.optim.lr=1e-6",
-        "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
-        # At T=1 the model rambles ("Although x is proud (12 + 35 = x) it does") and is almost
-        # never exactly right, so exact match would give no group with a success and a failure,
-        # which routing needs. Partial credit (the share of digit characters) with a threshold of
-        # 0.05 splits its answers roughly into "mentions numbers" and "does not".
-        # algorithm.srpo.use_feedback=True would route every failure instead, but it fails on
-        # verl 0.9.1 (see the srpo_verl report on integration/trainer.py).
-        f"reward.custom_reward_function.path={addition.__file__}",
-        "reward.custom_reward_function.name=compute_digit_score",
-        "algorithm.srpo.success_threshold=0.05",
-        "algorithm.srpo.max_teacher_prompt_length=192",
-        f"trainer.total_training_steps={steps}",
-        "trainer.save_freq=-1",
-        "trainer.val_before_train=False",
-        "trainer.test_freq=-1",
-        "trainer.logger=[console,file]",
-        f"trainer.default_local_dir={ckpt_dir}",
-        "trainer.project_name=srpo_verl_demo",
-        "trainer.experiment_name=smollm2_smoke",
-    ]
+        max_prompt_length=64,
+        max_response_length=16,
+        reward="compute_digit_score",
+        lr=1e-6,
+        max_teacher_prompt_length=192,
+        project="srpo_verl_demo",
+        experiment="smollm2_smoke",
+    ) + ["algorithm.srpo.success_threshold=0.05"]
 
 
 REQUIRED = ("critic/score/mean", "srpo/routed_share", "srpo/teacher_rows", "timing_s/step")
@@ -120,7 +106,7 @@ def smoke(out_dir: str, *, steps: int = 1, timeout_s: float = 900, model_dir: st
 
     Returns {"returncode", "steps", "teacher_rows", "wall_s", "problems"}; no problems = success."""
     from srpo_verl.demo import task
-    from srpo_verl.launch import launch
+    from srpo_verl.demo.harness import launch
 
     # Absolute: the trainer runs with `out_dir` as its working directory.
     out_dir = os.path.abspath(out_dir)

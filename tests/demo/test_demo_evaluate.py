@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.demo import evaluate
+from srpo_verl.evaluate import generate
 from srpo_verl.integration.teacher_prompt import teacher_prompt_ids
 
 
@@ -37,8 +38,8 @@ def test_hinted_prompt_is_the_trainers_teacher_prompt(policy):
 def test_left_padding_does_not_change_greedy_answers(policy):
     model, tok = policy
     rows = [evaluate.prompt_ids(tok, q) for q in ("1+2=", "100+100=", "37+5=")]
-    batched = evaluate.generate(model, tok, rows, greedy=True, max_new_tokens=6, seed=0)
-    single = [evaluate.generate(model, tok, [r], greedy=True, max_new_tokens=6, seed=0)[0] for r in rows]
+    batched = generate(model, tok, rows, greedy=True, max_new_tokens=6, seed=0)
+    single = [generate(model, tok, [r], greedy=True, max_new_tokens=6, seed=0)[0] for r in rows]
     assert batched == single
 
 

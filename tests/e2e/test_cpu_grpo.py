@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from srpo_verl.launch import latest_checkpoint, launch
+from srpo_verl.demo.harness import latest_checkpoint, launch
 
 pytestmark = pytest.mark.slow
 

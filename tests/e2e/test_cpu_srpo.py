@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from srpo_verl.launch import checkpoint_weights, launch, tiny_cpu_overrides
+from srpo_verl.demo.harness import checkpoint_weights, launch, tiny_cpu_overrides
 
 pytestmark = pytest.mark.slow
 

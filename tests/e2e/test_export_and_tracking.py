@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from srpo_verl import export
-from srpo_verl.launch import checkpoint_weights, launch, tiny_cpu_overrides
+from srpo_verl.demo.harness import checkpoint_weights, launch, tiny_cpu_overrides
 
 pytestmark = pytest.mark.slow
 

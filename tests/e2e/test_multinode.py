@@ -36,7 +36,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from srpo_verl.export import export_teacher
-from srpo_verl.launch import kill_session, launch, tiny_cpu_overrides
+from srpo_verl.demo.harness import kill_session, launch, tiny_cpu_overrides
 
 pytestmark = pytest.mark.slow
 

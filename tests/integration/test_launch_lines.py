@@ -13,7 +13,7 @@ How a doc line is read (docs/quickstart.md, step 3, states the convention for `.
   dummy values and `$(...)` a timestamp;
 - a placeholder value (`data.train_files=...`, `.../test.parquet`) becomes a dummy path;
 - a standalone `...` stands for the rest of a complete line: the quickstart's on a GPU line, a tiny
-  CPU run's (`srpo_verl.launch.tiny_cpu_overrides`, what the e2e tests launch) on a `platform=cpu`
+  CPU run's (`srpo_verl.demo.harness.tiny_cpu_overrides`, what the e2e tests launch) on a `platform=cpu`
   line; the line's own overrides replace the same keys.
 """
 
@@ -122,7 +122,7 @@ def quickstart_launch() -> Launch:
 
 
 def tiny_cpu_base(overrides: list[str]) -> list[str]:
-    from srpo_verl.launch import tiny_cpu_overrides
+    from srpo_verl.demo.harness import tiny_cpu_overrides
 
     algorithm = next((o.split("=", 1)[1] for o in overrides if o.startswith("algorithm=")), "srpo")
     data = {"train": f"{PLACEHOLDER}/train.parquet", "val": f"{PLACEHOLDER}/test.parquet"}

@@ -11,7 +11,7 @@ import pytest
 
 from srpo_verl import __main__ as cli
 from srpo_verl import cpu, preflight
-from srpo_verl.launch import tiny_cpu_overrides
+from srpo_verl.demo.harness import tiny_cpu_overrides
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ def test_custom_reward_manager_does_not_require_reward_fields(tmp_path):
 def test_addition_data_with_the_e2e_settings_passes(tiny_model_path, addition_data):
     # Control: the demo / end-to-end data at max_prompt_length=32, with the model's own tokenizer
     # loaded by the check (tokenizer="auto"), passes; so prepare() keeps those launches working.
-    from srpo_verl.launch import tiny_cpu_overrides
+    from srpo_verl.demo.harness import tiny_cpu_overrides
 
     with initialize_config_module("srpo_verl.config", version_base=None):
         config = compose("srpo_trainer", overrides=tiny_cpu_overrides(tiny_model_path, addition_data, "/tmp/x", total_steps=1))

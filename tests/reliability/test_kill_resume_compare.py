@@ -51,7 +51,7 @@ def _checkpoint(root, step, student, teacher):
 def test_trial_evaluation_tolerates_only_a_lost_metrics_line(tmp_path):
     # verl saves step 3's checkpoint, then logs step 3: a kill in between loses that line (the
     # resume starts at 4). Same weights and same logged metrics: identical, with step 3 reported lost.
-    from srpo_verl.launch import Launch
+    from srpo_verl.demo.harness import Launch
 
     ref_steps = {s: {"actor/pg_loss": 0.1 * s} for s in range(1, 6)}
     w = {"w": torch.arange(3.0)}

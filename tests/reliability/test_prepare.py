@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from srpo_verl import cpu, main_ppo
-from srpo_verl.launch import tiny_cpu_overrides
+from srpo_verl.demo.harness import tiny_cpu_overrides
 
 
 def _config(model, data, *extra):

@@ -1,9 +1,11 @@
-"""Launch verl's trainer (`python -m srpo_verl.main_ppo ...`) as a subprocess and read its metrics.
+"""The launch harness: start verl's trainer (`python -m srpo_verl.main_ppo ...`) as a subprocess on a
+tiny CPU run and read back its metrics and checkpoints.
 
-Used by the end-to-end tests, the demo, the benchmarks and the kill/resume harness: one place
-that knows how a launch is started (its own process session, so Ray's processes can be killed
-with it), where its per-step metrics go (verl's `file` logger, VERL_FILE_LOGGER_PATH) and how a
-checkpoint directory is read.
+Used by the demo, the end-to-end tests and the scripts (benchmarks, kill/resume trials), never by
+the plugin itself: one place that knows how a launch is started (its own process session, so Ray's
+processes can be killed with it), where its per-step metrics go (verl's `file` logger,
+VERL_FILE_LOGGER_PATH), how a checkpoint directory is read, and which Hydra overrides make a small
+`platform=cpu` run (`tiny_cpu_overrides`, the one builder every CPU launch starts from).
 """
 
 from __future__ import annotations
@@ -152,19 +154,29 @@ def tiny_cpu_overrides(
     batch_size: int = 8,
     n: int = 4,
     micro_batch_size: int = 16,
+    max_prompt_length: int = 32,
+    max_response_length: int = 8,
+    reward_file: str | None = None,
     reward: str = "compute_score",
     lr: float = 1e-3,
+    warmup_steps: int = 0,
     seed: int = 0,
+    rollout_seed: int | None = None,
+    max_teacher_prompt_length: int = 256,
+    project: str = "srpo_verl",
     experiment: str = "cpu",
 ) -> list[str]:
-    """Hydra overrides for a tiny-model run of `algorithm` on CPU (platform=cpu) on the addition task.
+    """Hydra overrides for a small run of `algorithm` on CPU (platform=cpu), one optimiser step per batch.
 
-    The SRPO teacher pass works on packed sequences (use_remove_padding=True); the teacher prompt
-    of the character-level tokenizer is long, hence its 256-token budget.
+    The reward defaults to the addition task's exact match (`srpo_verl/demo/addition.py`). The
+    teacher-prompt budget (SRPO and SDPO only) defaults to 256 tokens: the tiny model's character
+    tokenizer spells the teacher prompt out (~85 tokens for the addition questions).
     """
-    from srpo_verl.demo import addition
+    if reward_file is None:
+        from srpo_verl.demo import addition
 
-    return [
+        reward_file = addition.__file__
+    overrides = [
         f"algorithm={algorithm}",
         "platform=cpu",
         f"actor_rollout_ref.model.path={model_path}",
@@ -172,16 +184,16 @@ def tiny_cpu_overrides(
         f"data.train_files={data['train']}",
         f"data.val_files={data['val']}",
         f"data.train_batch_size={batch_size}",
-        "data.max_prompt_length=32",
-        "data.max_response_length=8",
+        f"data.max_prompt_length={max_prompt_length}",
+        f"data.max_response_length={max_response_length}",
         f"data.seed={seed}",
         f"actor_rollout_ref.rollout.n={n}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch_size}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch_size}",
         f"actor_rollout_ref.actor.optim.lr={lr}",
-        "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
-        f"reward.custom_reward_function.path={addition.__file__}",
+        f"actor_rollout_ref.actor.optim.lr_warmup_steps={warmup_steps}",
+        f"reward.custom_reward_function.path={reward_file}",
         f"reward.custom_reward_function.name={reward}",
         f"trainer.total_training_steps={total_steps}",
         f"trainer.save_freq={save_freq}",
@@ -189,6 +201,11 @@ def tiny_cpu_overrides(
         "trainer.test_freq=-1",
         "trainer.logger=[console,file]",
         f"trainer.default_local_dir={ckpt_dir}",
-        "trainer.project_name=srpo_verl",
+        f"trainer.project_name={project}",
         f"trainer.experiment_name={experiment}",
-    ] + (["algorithm.srpo.max_teacher_prompt_length=256"] if algorithm != "grpo" else [])
+    ]
+    if rollout_seed is not None:
+        overrides.append(f"actor_rollout_ref.rollout.seed={rollout_seed}")
+    if algorithm != "grpo":
+        overrides.append(f"algorithm.srpo.max_teacher_prompt_length={max_teacher_prompt_length}")
+    return overrides
