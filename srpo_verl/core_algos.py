@@ -43,6 +43,7 @@ __all__ = [
     "topk_tail_divergence",
     "topk_tail_entropy",
     "trust_region_teacher_log_probs",
+    "trust_region_teacher_logits_",
 ]
 
 # Rows of (N, V) logits upcast at a time. 256 rows of a 151,936-token vocabulary are 156 MB in
@@ -682,21 +683,34 @@ def topk_tail_entropy(teacher_log_probs_with_tail: torch.Tensor) -> torch.Tensor
         return -_sum_p_log_ratio(log_q, torch.zeros_like(log_q))
 
 
+def trust_region_teacher_logits_(
+    ref_logits: torch.Tensor, teacher_logits: torch.Tensor, *, mix: float
+) -> torch.Tensor:
+    """Trust-region teacher logits, written into `ref_logits`: (1 - mix) ref + mix teacher  (SDPO Sec. 3).
+
+    These are unnormalised logits of q proportional to exp((1 - mix) log q_ref + mix log q_theta): log_softmax
+    ignores a per-row constant, so mixing raw logits is the geometric mixture, and dividing the result
+    by a temperature divides both. In place because the teacher pass holds (tokens, V) of each: no
+    third buffer. No gradient. ref_logits, teacher_logits: (..., V). Returns ref_logits.
+    """
+    _check_range("mix", mix, 0.0, 1.0)
+    _check_same_shape(ref_logits=ref_logits, teacher_logits=teacher_logits)
+    with torch.no_grad():
+        return ref_logits.mul_(1.0 - mix).add_(teacher_logits.to(ref_logits.dtype), alpha=mix)
+
+
 def trust_region_teacher_log_probs(
     ref_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, *, mix: float
 ) -> torch.Tensor:
-    """Trust-region teacher: q proportional to exp((1 - a) log q_ref + a log q_theta)  (SDPO Sec. 3).
+    """log q of the trust-region teacher: log_softmax of `trust_region_teacher_logits_` in at least fp32.
 
-    log_softmax((1 - mix) ref + mix teacher) over the last dim. Because log_softmax ignores a per-row
-    constant, raw logits work as well as log-probs. Normalisation is over whatever the last dim
-    holds: pass full-vocabulary values for the full-vocabulary geometric mixture. No gradient.
+    Raw logits work as well as log-probs. Normalisation is over whatever the last dim holds: pass
+    full-vocabulary values for the full-vocabulary geometric mixture. No gradient; inputs unchanged.
     ref_log_probs, teacher_log_probs: (..., V). Returns (..., V).
     """
-    _check_range("mix", mix, 0.0, 1.0)
     _check_same_shape(ref_log_probs=ref_log_probs, teacher_log_probs=teacher_log_probs)
-    with torch.no_grad():
-        mixed = (1.0 - mix) * _as_float(ref_log_probs) + mix * _as_float(teacher_log_probs)  # (..., V)
-        return torch.log_softmax(mixed, dim=-1)
+    mixed = ref_log_probs.detach().to(_compute_dtype(ref_log_probs), copy=True)  # (..., V)
+    return torch.log_softmax(trust_region_teacher_logits_(mixed, teacher_log_probs.detach(), mix=mix), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------

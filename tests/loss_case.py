@@ -67,8 +67,14 @@ def response_positions():
     return torch.tensor(out)
 
 
-def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE, **non_tensor):
-    """A micro-batch TensorDict in verl's no-padding layout (what the engine hands the loss)."""
+TEACHER_ROW_FIELDS = ("srpo_topk_ids", "srpo_teacher_topk", "srpo_teacher_entropy", "srpo_sampled_adv")
+
+
+def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE, taught_only=False, **non_tensor):
+    """A micro-batch TensorDict in verl's no-padding layout (what the engine hands the loss).
+
+    taught_only: the teacher's fields carry an empty row for rows off the distillation branch, as
+    the trainer ships them (nothing for GRPO rows); else every row carries them."""
     pick = lambda xs: [xs[i] for i in rows_idx]  # noqa: E731
     td = {
         "prompts": nested(pick([s[:p] for s, p in zip(batch["seq"], PROMPT_LENS)])),
@@ -79,6 +85,9 @@ def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE
         "srpo_teacher_topk": nested(pick(batch["log_q_rows"])),
     }
     td.update({k: nested(pick(v)) for k, v in batch["rows"].items()})
+    if taught_only:
+        for key in TEACHER_ROW_FIELDS:
+            td[key] = nested([v if route[i] else v[:0] for i, v in zip(rows_idx, td[key].unbind())])
     data = tu.get_tensordict(td)
     tu.assign_non_tensor(data, batch_num_tokens=num_tokens, dp_size=dp_size, srpo_log_mean_weight=log_mean, **non_tensor)
     return data

@@ -183,6 +183,12 @@ def check_gpu_path_config(config) -> None:
             f"actor_rollout_ref.ref.fsdp_config.model_dtype={teacher_dtype}: the EMA teacher must be kept in "
             "fp32 (a bf16 teacher rounds most updates of size rate * (theta - theta') away at rate 0.05)"
         )
+    correction = config.algorithm.get("rollout_correction", None) or {}
+    if correction.get("bypass_mode", False):
+        raise ValueError(
+            "algorithm.rollout_correction.bypass_mode=True: verl then skips its old-log-prob forward, in which "
+            "SRPO takes the student's top-K ids of the teacher rows (no second student forward); set it to False"
+        )
     if actor.get("use_kl_loss", False):
         raise ValueError(
             "actor_rollout_ref.actor.use_kl_loss=True: the SRPO loss replaces verl's policy loss and has no "

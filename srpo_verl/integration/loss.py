@@ -8,12 +8,14 @@ verl's FSDP engine calls one function in two roles (the hook verl's own top-K di
      one-denominator SRPO objective of `core_algos.srpo_loss` and metrics.
 Nothing here holds math: every formula is a `srpo_verl.core_algos` function.
 
-Fields the trainer step puts in the batch (response-aligned nested tensors unless noted):
+Fields the trainer step puts in the batch. The teacher's fields are nested tensors with the
+response's length on rows the teacher scored and an empty row elsewhere (nothing is shipped for a
+GRPO row): their values are the response tokens of the scored rows, in order (`teacher_token_mask`).
   srpo_route (B,) int        1 = SDPO-routed (distillation branch), 0 = GRPO branch
-  srpo_topk_ids (B, R, K)    student top-K token ids from the teacher pass
-  srpo_teacher_topk (B, R, K) teacher log q at those ids (full-vocabulary normalised)
-  srpo_teacher_entropy (B, R) teacher entropy used for the weights
-  srpo_sampled_adv (B, R)    log q(y_t) - log p_old(y_t) (sampled-token mode)
+  srpo_topk_ids (B, R|0, K)  student top-K token ids, from verl's old-log-prob forward
+  srpo_teacher_topk (B, R|0, K) teacher log q at those ids (full-vocabulary normalised)
+  srpo_teacher_entropy (B, R|0) teacher entropy used for the weights
+  srpo_sampled_adv (B, R|0)  log q(y_t) - log p_old(y_t) (sampled-token mode)
 and, per optimiser mini-batch, the non-tensor `srpo_log_mean_weight` (see worker.py).
 """
 
@@ -62,6 +64,25 @@ def routed_response_tokens(data) -> torch.Tensor:
     return torch.repeat_interleave(data["srpo_route"].bool(), response_lens)
 
 
+def teacher_token_mask(data, key: str = "srpo_teacher_entropy") -> torch.Tensor:
+    """(R_total,) bool: the response tokens that have teacher values in field `key` (the tokens of
+    rows the teacher scored; other rows carry an empty row). `data[key].values()[i]` belongs to the
+    i-th True token. On the micro-batch's device."""
+    response_lens = data["responses"].offsets().diff()
+    return torch.repeat_interleave(data[key].offsets().diff() > 0, response_lens)
+
+
+def padded_teacher_field(data, key: str, shape: torch.Size) -> torch.Tensor:
+    """A teacher field as a (B, T) response-aligned tensor, zero where the row carries none."""
+    field = data[key]
+    lens = field.offsets().diff()  # (B,)
+    values = field.values()
+    present = torch.arange(shape[1], device=lens.device).unsqueeze(0) < lens.unsqueeze(-1)  # (B, T)
+    out = values.new_zeros(shape)
+    out[present] = values  # row-major order = the order of the packed values
+    return out
+
+
 def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig) -> dict[str, torch.Tensor]:
     """Logits-processor role: per-token divergence D_alpha on SDPO-routed response tokens.
 
@@ -78,8 +99,11 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
     routed = routed_response_tokens(data)  # (R_total,)
     positions = response_positions(data)[routed]  # (n,)
     if positions.numel() > 0:
-        topk_ids = data["srpo_topk_ids"].values()[routed].long()  # (n, K)
-        teacher_topk = data["srpo_teacher_topk"].values()[routed].float()  # (n, K)
+        # Routed rows are scored by the teacher: their tokens' places among the teacher's values.
+        taught = teacher_token_mask(data, "srpo_teacher_topk")  # (R_total,)
+        index = (taught.cumsum(0) - 1)[routed]  # (n,)
+        topk_ids = data["srpo_topk_ids"].values()[index].long()  # (n, K)
+        teacher_topk = data["srpo_teacher_topk"].values()[index].float()  # (n, K)
         token_div = core_algos.topk_tail_divergence(
             logits, teacher_topk, topk_ids, alpha=srpo.alpha, tail=True, rows=positions, chunk_size=srpo.chunk_size
         )  # (n,)
@@ -94,10 +118,12 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
 def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig):
     """Loss role: the one-denominator SRPO objective on this micro-batch (sdpo: the distilled-token mean)."""
     log_prob = no_padding_2_padding(model_output["log_probs"], data)  # (B, T)
-    fields = ["response_mask", "old_log_probs", "advantages", "srpo_teacher_entropy", "srpo_sampled_adv"]
+    fields = ["response_mask", "old_log_probs", "advantages"]
     if "rollout_is_weights" in data:
         fields.append("rollout_is_weights")
-    padded = data.select(*fields).to_padded_tensor()
+    padded = dict(data.select(*fields).to_padded_tensor().items())
+    for key in ("srpo_teacher_entropy", "srpo_sampled_adv"):  # empty rows outside the taught ones
+        padded[key] = padded_teacher_field(data, key, padded["old_log_probs"].shape)
     mask = padded["response_mask"].bool()  # (B, T)
     old_log_prob, rho = padded["old_log_probs"], padded.get("rollout_is_weights", None)
     route = data["srpo_route"].bool()  # (B,)

@@ -1,10 +1,12 @@
 """The SRPO step as verl v1 trainers: `trainer.v1.trainer_mode=srpo` (sync) and `srpo_colocate_async`.
 
-verl's step is kept whole; three hooks add SRPO after the rewards and the GRPO advantage:
-  _compute_advantage  routing -> teacher prompts for the rows that need one -> teacher pass on the
-                      workers (only those rows) -> per-row route, entropies, advantages in the batch;
-  _update_actor       verl's update with the SRPO loss (installed by `srpo_setup`), then the EMA step;
-  _load_checkpoint    builds the EMA teacher before verl restores a checkpoint (so it is restored too).
+verl's step is kept whole; SRPO hooks in where docs/design.md's "One step" puts it:
+  _compute_old_log_prob  routing (the rewards are known) -> mark the teacher rows -> verl's old-log-prob
+                         forward, which also takes the student's top-K ids of those rows;
+  _compute_advantage     verl's GRPO advantage -> teacher prompts -> teacher pass (teacher rows only)
+                         -> each row's route and advantage for the loss;
+  _update_actor          verl's update with the SRPO loss (installed by `srpo_setup`), then the EMA step;
+  _load_checkpoint       builds the EMA teacher before verl restores a checkpoint (so it is restored too).
 """
 
 # device: host-side module (the trainer runs in the driver on TransferQueue's host tensors); see tests/gpu/test_device_discipline.py
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -27,12 +30,17 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 
 from srpo_verl import core_algos
-from srpo_verl.integration import checks
+from srpo_verl.integration.config_checks import check_trainer_config
+from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
 from srpo_verl.integration.teacher_prompt import has_demonstration_content, teacher_prompt_ids, text_has_content
-from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
+from srpo_verl.integration.worker import TAUGHT_FIELD, TEACHER_FIELDS, TOPK_FIELD, SRPOActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+TEACHER_INPUT_FIELD = "srpo_teacher_input_ids"
+# Fields only the driver reads (the teacher sequences exist on teacher rows only): the update does not fetch them.
+HOST_ONLY_FIELDS = (TEACHER_INPUT_FIELD, "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
 
 
 def reward_extra(extra_fields, key: str) -> str:
@@ -68,6 +76,21 @@ def teacher_pass_padding(teacher_idx: list[int], n: int, dp_size: int) -> list[i
     return pad
 
 
+@dataclass
+class StepRouting:
+    """One step's routing, decided once the rewards are known (before verl's old-log-prob pass)."""
+
+    routing: core_algos.Routing
+    route: torch.Tensor  # (B,) bool: rows on the distillation branch
+    taught: torch.Tensor  # (B,) bool: rows the teacher scores
+    groups: torch.Tensor  # (B,) long: group index per row
+    feedback: list[str]  # per row, "" unless use_feedback
+
+    @property
+    def teacher_idx(self) -> list[int]:
+        return self.taught.nonzero().flatten().tolist()
+
+
 class SRPOStepMixin:
     """SRPO's additions to a verl v1 trainer (see the module docstring)."""
 
@@ -80,7 +103,7 @@ class SRPOStepMixin:
 
     def _load_checkpoint(self):
         # Again here: launches through verl's own entry point skip srpo_verl.main_ppo.prepare.
-        self.srpo = checks.check_trainer_config(self.config)
+        self.srpo = check_trainer_config(self.config)
         k = self.srpo.support_size(len(self.tokenizer))
         node = OmegaConf.to_container(self.config.algorithm.srpo, resolve=True)
         self.actor_rollout_wg.srpo_setup(node, k)
@@ -104,14 +127,47 @@ class SRPOStepMixin:
         batch.reorder([i for *_, i in sorted(rows)])
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        # 1-2. Check the step's inputs and route (rewards, groups and responses are all known now).
+        with marked_timer("srpo_route", self.timing_raw, color="purple"):
+            self._srpo_routing = self._srpo_route(batch, metrics)
+            # 3. verl's old-log-prob forward also returns the student's top-K ids of these rows.
+            self._srpo_put(batch, {TAUGHT_FIELD: self._srpo_routing.taught.long()})
+        return super()._compute_old_log_prob(batch, metrics)
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        # Rewards and groups are checked before verl's estimator sees them (a NaN is named, not averaged).
-        data = tq.kv_batch_get(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            select_fields=["uid", "rm_scores", "response_mask", "responses", "prompts"],
-        )
-        self._srpo_inputs = checks.check_step_inputs(
+        batch = super()._compute_advantage(batch, metrics)  # 4. verl's GRPO advantage, every row
+        step = self._srpo_routing
+        with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
+            data = tq.kv_batch_get(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                select_fields=["responses", "response_mask", "old_log_probs", "advantages", "raw_prompt"],
+            )
+            responses = list(data["responses"].unbind())
+            truncated = self._srpo_put_teacher_prompts(batch, step, list(data["raw_prompt"]), responses)  # 5
+            scored = self._srpo_teacher_pass(batch, step, responses)  # 6
+            teacher = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TEACHER_FIELDS))
+            self._srpo_put_loss_fields(batch, step, data, teacher)  # 7
+            self._srpo_log_step(metrics, step, data, teacher, scored=scored, truncated=truncated)
+        return batch
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._update_actor(batch, metrics)  # 8. the SRPO loss
+        with marked_timer("srpo_ema", self.timing_raw, color="purple"):
+            metrics.update(self.actor_rollout_wg.srpo_ema_update()[0])  # 9. the EMA teacher
+        return batch
+
+    # -------------------------------------------------------------- the named steps
+    def _srpo_route(self, batch: KVBatchMeta, metrics: dict) -> StepRouting:
+        """Checked rewards and groups -> `core_algos.routing_mask` -> the method's route and teacher rows."""
+        srpo = self.srpo
+        fields = ["uid", "rm_scores", "response_mask", "responses", "prompts"]
+        if srpo.use_feedback:
+            fields.append("extra_fields")  # the reward function's extra values live here (verl 0.9)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        responses = list(data["responses"].unbind())
+        step = check_step_inputs(
             data["rm_scores"],
             list(data["uid"]),
             data["response_mask"],
@@ -122,118 +178,25 @@ class SRPOStepMixin:
             max_response_length=self.config.actor_rollout_ref.rollout.response_length,
             prompts=data["prompts"],
         )
-        metrics.update(self._srpo_inputs.metrics)
-        batch = super()._compute_advantage(batch, metrics)
-        with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
-            self._srpo_route_and_teach(batch, metrics)
-        return batch
-
-    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._update_actor(batch, metrics)
-        with marked_timer("srpo_ema", self.timing_raw, color="purple"):
-            metrics.update(self.actor_rollout_wg.srpo_ema_update()[0])
-        return batch
-
-    def _srpo_route_and_teach(self, batch: KVBatchMeta, metrics: dict) -> None:
-        srpo = self.srpo
-        fields = ["uid", "rm_scores", "responses", "response_mask", "old_log_probs", "advantages", "raw_prompt"]
-        if srpo.use_feedback:
-            fields.append("extra_fields")  # the reward function's extra values live here (verl 0.9)
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        n = len(batch.keys)
-        step = self._srpo_inputs
-        real, uid = step.real, step.uid  # padding rows carry their own "__pad_<i>" group
-        feedback = [""] * n
+        metrics.update(step.metrics)
+        feedback = [""] * len(responses)
         if srpo.use_feedback:
             feedback = [reward_extra(row, srpo.feedback_key) for row in list(data["extra_fields"])]
-        has_feedback = torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & real
-        demonstrable = self._srpo_demonstrable(list(data["responses"].unbind()), metrics)
+        has_feedback = torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & step.real
+        demonstrable = self._srpo_demonstrable(step, responses, metrics)
         # teacher_available and sdpo are limited to real rows with a non-empty response.
-        routing = checks.route_step(
+        routing = route_step(
             step, success_threshold=srpo.success_threshold, has_feedback=has_feedback, demonstrable=demonstrable
         )
-        route, teacher_rows = srpo.routes(routing)
+        route, taught = srpo.routes(routing)
+        self._srpo_real, self._srpo_uid = step.real, step.uid  # for the step's metrics
+        return StepRouting(routing, route, taught, core_algos.group_ids(step.uid), feedback)
 
-        responses = list(data["responses"].unbind())
-        teacher_idx = teacher_rows.nonzero().flatten().tolist()
-        groups = core_algos.group_ids(uid)
-        truncated = self._srpo_put_teacher_prompts(
-            batch,
-            list(data["raw_prompt"]),
-            groups.tolist(),
-            routing.demonstration.tolist(),
-            feedback,
-            teacher_idx,
-            responses,
-        )
-        scored = self._srpo_teacher_pass(batch, teacher_idx, responses)
-
-        # Per-row fields for the loss; the method decides each row's advantage.
-        out = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TEACHER_FIELDS)
-        )
-        old = list(data["old_log_probs"].unbind())
-        adv = list(data["advantages"].unbind())
-        t_logp = list(out["srpo_teacher_log_prob"].unbind())
-        sampled_adv = [
-            core_algos.sampled_token_advantage(t_logp[i], old[i]) if teacher_rows[i] else torch.zeros_like(old[i])
-            for i in range(n)
-        ]
-        adv = [srpo.advantage(adv[i], sampled_adv[i], taught=bool(teacher_rows[i])) for i in range(n)]
-        entropy_key = srpo.weight_entropy_field
-        fields_out = {
-            "srpo_route": route.long(),
-            "srpo_sampled_adv": _nested(sampled_adv),
-            "advantages": _nested(adv),
-        }
-        if entropy_key != "srpo_teacher_entropy":
-            fields_out["srpo_teacher_entropy"] = _nested(list(out[entropy_key].unbind()))
-        stored = tq.kv_batch_put(
-            keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields_out, batch_size=n)
-        )
-        if batch.fields is not None:  # the update fetches only the listed fields; the teacher prompts stay behind
-            batch.fields = [f for f in stored.fields if f != "srpo_teacher_input_ids"]
-
-        # Metrics (docs/spec.md §4: teacher entropy, response length and routed share foretell collapse).
-        correct = routing.correct.float()
-        group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, correct)
-        group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
-        real_groups = torch.zeros_like(group_correct).index_add_(0, groups, real.float()) > 0
-        n_real = max(int(real.sum()), 1)
-        metrics.update(
-            {
-                "srpo/routed_share": float(route.sum()) / n_real,
-                "srpo/grpo_share": float((~route & real).sum()) / n_real,
-                "srpo/correct_share": float((routing.correct & real).sum()) / n_real,
-                "srpo/all_wrong_group_share": float(((group_correct == 0) & real_groups).sum())
-                / max(int(real_groups.sum()), 1),
-                "srpo/all_correct_group_share": float(((group_correct == group_size) & real_groups).sum())
-                / max(int(real_groups.sum()), 1),
-                "srpo/teacher_rows": len(teacher_idx),
-                "srpo/distilled_correct_rows": int((route & routing.correct).sum()),
-                "srpo/teacher_pass_rows": scored,
-                "srpo/feedback_rows": int((teacher_rows & ~core_algos.teacher_availability(routing.demonstration, uid)).sum()),
-                "srpo/teacher_prompt_truncated": truncated,
-            }
-        )
-        if teacher_idx:
-            mask = list(data["response_mask"].unbind())
-            sel = lambda key: torch.cat([out[key].unbind()[i][mask[i].bool()] for i in teacher_idx])  # noqa: E731
-            topk = torch.cat([out["srpo_teacher_topk"].unbind()[i][mask[i].bool()] for i in teacher_idx])
-            metrics.update(
-                {
-                    "srpo/teacher_entropy_full": sel("srpo_teacher_entropy").mean().item(),
-                    "srpo/teacher_entropy_topk": sel("srpo_teacher_entropy_topk").mean().item(),
-                    "srpo/teacher_tail_mass": (1 - topk.double().exp().sum(-1)).clamp(min=0).mean().item(),
-                    "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in teacher_idx])),
-                }
-            )
-
-    def _srpo_demonstrable(self, responses: list[torch.Tensor], metrics: dict) -> torch.Tensor:
+    def _srpo_demonstrable(self, step, responses: list[torch.Tensor], metrics: dict) -> torch.Tensor:
         """(B,) bool: responses a teacher can read as a demonstration (checked on the correct, usable
         rows, the only ones that can demonstrate). A correct response that is only EOS, whitespace or
         thinking is no teacher for its siblings; counted in srpo/check/empty_demonstration_rows."""
-        step, srpo = self._srpo_inputs, self.srpo
+        srpo = self.srpo
         candidates = core_algos.correctness(step.rewards, success_threshold=srpo.success_threshold) & step.usable
         demonstrable = torch.zeros(len(responses), dtype=torch.bool)
         for i in candidates.nonzero().flatten().tolist():
@@ -247,28 +210,40 @@ class SRPOStepMixin:
                 len(empty),
                 empty[:10],
             )
-        metrics[checks.METRIC_PREFIX + "empty_demonstration_rows"] = len(empty)
+        metrics[METRIC_PREFIX + "empty_demonstration_rows"] = len(empty)
         return demonstrable
 
-    def _srpo_put_teacher_prompts(self, batch, raw_prompts, groups, correct, feedback, teacher_idx, responses) -> int:
-        """Tokenise the teacher prompt of each teacher row and store [teacher prompt | response]."""
+    def _srpo_put_teacher_prompts(self, batch, step: StepRouting, raw_prompts, responses) -> int:
+        """Tokenise the teacher prompt of each teacher row and store [teacher prompt | response].
+
+        Returns how many teacher prompts were truncated."""
         srpo = self.srpo
-        n = len(batch.keys)
         max_len = srpo.max_teacher_prompt_length or (
             self.config.data.max_prompt_length + self.config.data.max_response_length
         )
         template_kwargs = dict(self.config.data.get("apply_chat_template_kwargs", {}) or {})
         rng = np.random.default_rng([int(self.config.data.get("seed", 1) or 1), int(self.global_steps)])
-        ids: list[torch.Tensor] = [responses[i][:1] for i in range(n)]  # placeholder for other rows
-        truncated = 0
-        for i in teacher_idx:
-            siblings = [j for j in range(n) if groups[j] == groups[i] and correct[j] and j != i]
+        groups, correct = step.groups.tolist(), step.routing.demonstration.tolist()
+        rows, ids, truncated = step.teacher_idx, [], 0
+        for i in rows:
+            siblings = [j for j in range(len(responses)) if groups[j] == groups[i] and correct[j] and j != i]
             solution = None
             if siblings:
                 # The sibling's own token ids: spliced into the template, never re-tokenised as text.
                 solution = responses[int(rng.choice(siblings))].tolist()
             try:
-                prompt, cut = self._srpo_teacher_prompt(raw_prompts[i], solution, feedback[i], max_len, template_kwargs)
+                prompt, cut = teacher_prompt_ids(
+                    self.tokenizer,
+                    list(raw_prompts[i]),
+                    solution=solution,
+                    feedback=step.feedback[i] if solution is None else None,
+                    reprompt_template=srpo.reprompt_template,
+                    feedback_template=srpo.feedback_template,
+                    strip_think=srpo.strip_thinking,
+                    max_length=max_len,
+                    overflow=srpo.teacher_prompt_overflow,
+                    apply_chat_template_kwargs=template_kwargs,
+                )
             except ValueError as err:
                 if srpo.max_teacher_prompt_length is None:
                     raise ValueError(
@@ -276,71 +251,104 @@ class SRPOStepMixin:
                     ) from err
                 raise
             truncated += int(cut > 0)
-            ids[i] = torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]])
-        tq.kv_batch_put(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            fields=TensorDict({"srpo_teacher_input_ids": _nested(ids)}, batch_size=n),
-        )
+            ids.append(torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]]))
+        if rows:
+            self._srpo_put(batch, {TEACHER_INPUT_FIELD: _nested(ids)}, rows=rows)
         return truncated
 
-    def _srpo_teacher_prompt(self, raw_prompt, solution, feedback, max_len, template_kwargs):
-        srpo = self.srpo
-        return teacher_prompt_ids(
-            self.tokenizer,
-            list(raw_prompt),
-            solution=solution,
-            feedback=feedback if solution is None else None,
-            reprompt_template=srpo.reprompt_template,
-            feedback_template=srpo.feedback_template,
-            strip_think=srpo.strip_thinking,
-            max_length=max_len,
-            overflow=srpo.teacher_prompt_overflow,
-            apply_chat_template_kwargs=template_kwargs,
-        )
-
-    def _srpo_teacher_pass(self, batch, teacher_idx, responses) -> int:
-        """Run the teacher on the teacher rows (padded to the data-parallel size); zeros for the others."""
-        n, k = len(batch.keys), self._srpo_k
-        scored, pad = 0, []
-        if teacher_idx:
-            pad = teacher_pass_padding(teacher_idx, n, self._srpo_dp_size())
+    def _srpo_teacher_pass(self, batch, step: StepRouting, responses) -> int:
+        """Run the teacher on the teacher rows (padded to the data-parallel size); an empty row of each
+        teacher field for every other row. Returns the rows the workers' teacher actually ran on."""
+        n, rows, scored = len(batch.keys), step.teacher_idx, 0
+        if rows:
+            pad = teacher_pass_padding(rows, n, self._srpo_dp_size())
             if pad:
-                # A padding row is scored on its own [prompt | response] (any valid sequence would do);
-                # its outputs are overwritten with zeros below.
-                keys = [batch.keys[i] for i in pad]
-                prompts = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["prompts"])
-                ids = [torch.cat([p, responses[i].to(p.dtype)]) for p, i in zip(prompts["prompts"].unbind(), pad)]
-                tq.kv_batch_put(
-                    keys=keys,
-                    partition_id=batch.partition_id,
-                    fields=TensorDict({"srpo_teacher_input_ids": _nested(ids)}, batch_size=len(pad)),
-                )
-            rows = list(teacher_idx) + pad
+                # A pad row carries no top-K ids, so the worker runs it (FSDP forwards are collective)
+                # without scoring it; one token is all its teacher sequence needs.
+                self._srpo_put(batch, {TEACHER_INPUT_FIELD: _nested([responses[i][:1] for i in pad])}, rows=pad)
             meta = KVBatchMeta(
-                keys=[batch.keys[i] for i in rows],
-                tags=[batch.tags[i] for i in rows],
+                keys=[batch.keys[i] for i in rows + pad],
+                tags=[batch.tags[i] for i in rows + pad],
                 partition_id=batch.partition_id,
+                fields=[TEACHER_INPUT_FIELD, "responses", TOPK_FIELD],
                 extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
             )
             before = sum(self.actor_rollout_wg.srpo_teacher_rows_seen())
             self.actor_rollout_wg.compute_srpo_teacher(meta)
-            # Rows the workers actually scored (padding excluded), logged next to the routing.
             scored = sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - len(pad)
-        others = [i for i in range(n) if i not in set(teacher_idx)]
-        zeros = {
-            "srpo_topk_ids": [torch.zeros(len(responses[i]), k, dtype=torch.int32) for i in others],
-            "srpo_teacher_topk": [torch.zeros(len(responses[i]), k) for i in others],
-        }
-        for key in ("srpo_teacher_entropy", "srpo_teacher_entropy_topk", "srpo_teacher_log_prob"):
-            zeros[key] = [torch.zeros(len(responses[i])) for i in others]
+        others = [i for i in range(n) if not step.taught[i]]
         if others:
-            tq.kv_batch_put(
-                keys=[batch.keys[i] for i in others],
-                partition_id=batch.partition_id,
-                fields=TensorDict({key: _nested(v) for key, v in zeros.items()}, batch_size=len(others)),
-            )
+            empty = {key: _nested([torch.zeros(0) for _ in others]) for key in TEACHER_FIELDS}
+            empty["srpo_teacher_topk"] = _nested([torch.zeros(0, self._srpo_k) for _ in others])
+            self._srpo_put(batch, empty, rows=others)
         return scored
+
+    def _srpo_put_loss_fields(self, batch, step: StepRouting, data, teacher) -> None:
+        """Each row's route and advantage (the method decides: SRPOConfig.advantage), the sampled-token
+        advantage and the weight entropy of the teacher rows."""
+        srpo, taught = self.srpo, step.taught.tolist()
+        old, adv = list(data["old_log_probs"].unbind()), list(data["advantages"].unbind())
+        t_logp = list(teacher["srpo_teacher_log_prob"].unbind())
+        sampled = [
+            core_algos.sampled_token_advantage(t_logp[i], old[i]) if taught[i] else old[i][:0] for i in range(len(old))
+        ]
+        fields = {
+            "srpo_route": step.route.long(),
+            "srpo_sampled_adv": _nested(sampled),
+            "advantages": _nested([srpo.advantage(adv[i], sampled[i], taught=taught[i]) for i in range(len(old))]),
+        }
+        if srpo.weight_entropy_field != "srpo_teacher_entropy":
+            fields["srpo_teacher_entropy"] = _nested(list(teacher[srpo.weight_entropy_field].unbind()))
+        stored = self._srpo_put(batch, fields)
+        # The update fetches the listed fields: what the driver alone reads stays behind.
+        batch.fields = [f for f in stored.fields if f not in HOST_ONLY_FIELDS]
+
+    def _srpo_log_step(self, metrics: dict, step: StepRouting, data, teacher, *, scored: int, truncated: int) -> None:
+        """Routing shares, teacher statistics and counts (docs/spec.md §4: teacher entropy, response
+        length and routed share foretell collapse)."""
+        routing, route, taught, groups = step.routing, step.route, step.taught, step.groups
+        real, n = self._srpo_real, len(route)
+        group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, routing.correct.float())
+        group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
+        real_groups = torch.zeros_like(group_correct).index_add_(0, groups, real.float()) > 0
+        n_real, n_groups = max(int(real.sum()), 1), max(int(real_groups.sum()), 1)
+        rows = step.teacher_idx
+        metrics.update(
+            {
+                "srpo/routed_share": float(route.sum()) / n_real,
+                "srpo/grpo_share": float((~route & real).sum()) / n_real,
+                "srpo/correct_share": float((routing.correct & real).sum()) / n_real,
+                "srpo/all_wrong_group_share": float(((group_correct == 0) & real_groups).sum()) / n_groups,
+                "srpo/all_correct_group_share": float(((group_correct == group_size) & real_groups).sum()) / n_groups,
+                "srpo/teacher_rows": len(rows),
+                "srpo/distilled_correct_rows": int((route & routing.correct).sum()),
+                "srpo/teacher_pass_rows": scored,
+                "srpo/feedback_rows": int(
+                    (taught & ~core_algos.teacher_availability(routing.demonstration, self._srpo_uid)).sum()
+                ),
+                "srpo/teacher_prompt_truncated": truncated,
+            }
+        )
+        if rows:
+            mask = list(data["response_mask"].unbind())
+            sel = lambda key: torch.cat([teacher[key].unbind()[i][mask[i].bool()] for i in rows])  # noqa: E731
+            metrics.update(
+                {
+                    "srpo/teacher_entropy_full": sel("srpo_teacher_entropy").mean().item(),
+                    "srpo/teacher_entropy_topk": sel("srpo_teacher_entropy_topk").mean().item(),
+                    "srpo/teacher_tail_mass": (1 - sel("srpo_teacher_topk").double().exp().sum(-1)).clamp(min=0).mean().item(),
+                    "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in rows])),
+                }
+            )
+
+    # -------------------------------------------------------------- TransferQueue and dispatch
+    def _srpo_put(self, batch: KVBatchMeta, fields: dict, rows: list[int] | None = None) -> KVBatchMeta:
+        """Store per-row fields for all rows (or `rows`) of the step; returns TransferQueue's record of
+        the written rows (its `fields` lists every field they hold)."""
+        keys = batch.keys if rows is None else [batch.keys[i] for i in rows]
+        return tq.kv_batch_put(
+            keys=keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=len(keys))
+        )
 
     def _srpo_dp_size(self) -> int:
         info = self.actor_rollout_wg._dispatch_info.get("actor")

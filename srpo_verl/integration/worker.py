@@ -1,12 +1,15 @@
 """The SRPO worker: verl's ActorRolloutRefWorker plus an EMA self-teacher and its teacher pass.
 
 Everything verl does stays as is; this subclass adds
+  - the student's top-K ids of the teacher rows, taken inside verl's own old-log-prob forward
+    (`compute_log_prob`, logits-processor hook): the routing is known once rewards are, so no
+    second student forward is needed;
   - an EMA teacher: a second forward-only FSDP engine built like verl's reference model, starting
     from the same weights as the student and updated after each optimiser step;
-  - `compute_srpo_teacher`: for the rows the trainer routes to the teacher, the student's top-K
-    ids and the teacher's log-probs at them, its entropy and sampled-token log-prob, computed
-    micro-batch by micro-batch inside verl's own forward (logits-processor hook): no (tokens x V)
-    tensor leaves the worker;
+  - `compute_srpo_teacher`: for the rows the trainer routes to the teacher, the teacher's log-probs
+    at the student's top-K ids, its entropy and sampled-token log-prob. The teacher runs on its own
+    micro-batches, budgeted by teacher tokens, and computes logits only at the response positions:
+    no (tokens x V) tensor beyond those positions is made, and none leaves the worker;
   - the per-mini-batch mean of the entropy weights, reduced over data-parallel ranks;
   - the teacher in verl checkpoints (saved beside the actor, restored on resume).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import ExitStack, nullcontext
 from copy import deepcopy
 from functools import partial
 
@@ -24,17 +28,29 @@ from omegaconf import open_dict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
-from verl.utils.device import get_device_id
+from verl.utils.device import get_device_id, get_device_name
+from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker, TrainingWorkerConfig
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
-from srpo_verl.integration.loss import packed_response_positions, response_positions, routed_response_tokens, srpo_loss_fn
+from srpo_verl.integration import teacher_forward
+from srpo_verl.integration.loss import (
+    packed_response_positions,
+    response_positions,
+    routed_response_tokens,
+    srpo_loss_fn,
+    teacher_token_mask,
+)
 
 logger = logging.getLogger(__name__)
 
 TEACHER_DIR = "srpo_ema_teacher"
-TEACHER_FIELDS = ("srpo_topk_ids", "srpo_teacher_topk", "srpo_teacher_entropy", "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
+# What the teacher pass returns per teacher row (response-aligned). The update reads the first two
+# and the weight entropy; the last two are read by the trainer only (metrics, sampled-token advantage).
+TEACHER_FIELDS = ("srpo_teacher_topk", "srpo_teacher_entropy", "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
+TOPK_FIELD = "srpo_topk_ids"  # the student's top-K ids, from the old-log-prob forward
+TAUGHT_FIELD = "srpo_taught"  # (B,) 1 for the rows the teacher will score
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -42,81 +58,49 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-class _TeacherPass:
-    """Logits processor for the student's no-grad forward over teacher rows.
+def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
-    Called by verl's engine once per micro-batch with the student's (temperature-scaled) logits;
-    runs the teacher on the same rows' teacher prompts and keeps, per response token, what the
-    loss needs. Results are keyed by the `srpo_row` field so verl's micro-batch reordering
-    (dynamic batch sizes) cannot misalign them.
-    """
 
-    def __init__(self, teacher_engine, k: int, chunk_size: int, student_engine=None, mix: float | None = None):
-        self.teacher_engine, self.k, self.chunk_size = teacher_engine, k, chunk_size
-        # Trust-region teacher: the teacher engine holds the frozen initial weights (q_ref) and the
-        # student's own forward on the teacher sequences gives q_theta.
-        self.student_engine, self.mix = student_engine, mix
-        self.rows: dict[int, dict[str, torch.Tensor]] = {}
+class _StudentTopK:
+    """Logits processor for verl's old-log-prob forward: the student's top-K ids at the response
+    tokens of the rows marked `srpo_taught` (the rows the teacher will score), keyed by `srpo_row`
+    so verl's micro-batch reordering cannot misalign them. The loss role returns nothing to optimise."""
+
+    def __init__(self, k: int, chunk_size: int):
+        self.k, self.chunk_size = k, chunk_size
+        self.rows: dict[int, torch.Tensor] = {}
 
     def __call__(self, student_logits=None, data=None, model_output=None, dp_group=None):
-        if student_logits is None:  # the loss role of the same call: nothing to optimise
+        if student_logits is None:
             return torch.zeros((), device=data["responses"].values().device), {}
-        logits = student_logits.squeeze(0)  # (nnz, V)
-        k = min(self.k, logits.shape[-1])
-        s_pos = response_positions(data)  # (R_total,) on the micro-batch's device
-        topk_ids = core_algos.student_topk(logits, k=k, rows=s_pos, chunk_size=self.chunk_size)  # (R_total, K)
-
-        teacher_logits, t_pos = self._teacher_logits(data)  # (nnz_t, V), (R_total,)
-        topk_ids = topk_ids.to(teacher_logits.device)
-        log_q_topk = core_algos.teacher_topk_log_probs(teacher_logits, topk_ids, rows=t_pos, chunk_size=self.chunk_size)
-        entropy = core_algos.teacher_entropy(teacher_logits, rows=t_pos, chunk_size=self.chunk_size)
-        entropy_topk = core_algos.topk_tail_entropy(core_algos.add_tail_bucket(log_q_topk))
-        sampled = data["responses"].values().to(teacher_logits.device).long().unsqueeze(-1)  # (R_total, 1)
-        log_q_sampled = core_algos.teacher_topk_log_probs(
-            teacher_logits, sampled, rows=t_pos, chunk_size=self.chunk_size
-        ).squeeze(-1)
-
-        lens = data["responses"].offsets().diff().tolist()
-        per_token = {  # host-side: kept until the trainer stores them
-            "srpo_topk_ids": topk_ids.to(torch.int32).cpu(),
-            "srpo_teacher_topk": log_q_topk.float().cpu(),
-            "srpo_teacher_entropy": entropy.float().cpu(),
-            "srpo_teacher_entropy_topk": entropy_topk.float().cpu(),
-            "srpo_teacher_log_prob": log_q_sampled.float().cpu(),
-        }
-        for row, pieces in zip(data["srpo_row"].tolist(), zip(*(v.split(lens) for v in per_token.values()))):
-            self.rows[row] = dict(zip(per_token, pieces))
+        logits = student_logits.squeeze(0)  # (nnz, V), at the rollout temperature
+        response_lens = data["responses"].offsets().diff()  # (B,)
+        taught = data[TAUGHT_FIELD].bool()  # (B,)
+        tokens = torch.repeat_interleave(taught, response_lens)  # (R_total,)
+        ids = core_algos.student_topk(
+            logits, k=min(self.k, logits.shape[-1]), rows=response_positions(data)[tokens], chunk_size=self.chunk_size
+        )  # (n, K)
+        lens = (response_lens * taught).tolist()
+        for row, piece in zip(data["srpo_row"].tolist(), ids.to(torch.int32).cpu().split(lens)):
+            self.rows[row] = piece
         return {}
 
-    def _teacher_logits(self, data):
-        """Teacher logits over the packed teacher sequences, and where its response tokens sit."""
-        teacher_ids = data["srpo_teacher_input_ids"]
-        seq_lens = teacher_ids.offsets().diff()
-        response_lens = data["responses"].offsets().diff()
-        position_ids = torch.nested.as_nested_tensor(
-            [torch.arange(int(n), device=teacher_ids.device) for n in seq_lens.tolist()], layout=torch.jagged
-        )
-        mb = tu.get_tensordict({"input_ids": teacher_ids, "position_ids": position_ids})
-        for key in ("temperature", "use_remove_padding", "pad_mode", "use_fused_kernels", "sp_size"):
-            value = tu.get(data, key)
-            if isinstance(value, torch.Tensor):
-                mb[key] = value
-            elif value is not None:
-                tu.assign_non_tensor(mb, **{key: value})
-        if not tu.get_non_tensor_data(data=mb, key="use_remove_padding", default=True):
-            raise NotImplementedError("the SRPO teacher pass needs actor_rollout_ref.model.use_remove_padding=True")
-        engine = self.teacher_engine
-        inputs, output_args = engine.prepare_model_inputs(micro_batch=mb)
-        logits = engine.module(**inputs, use_cache=False).logits.squeeze(0)  # (nnz_t, V)
-        if self.mix is not None:
-            # log_softmax((1 - m) a + m b) = log_softmax((1 - m) log_softmax(a) + m log_softmax(b)):
-            # mixing raw logits is the geometric mixture of the two distributions.
-            student = self.student_engine.module(**inputs, use_cache=False).logits.squeeze(0)
-            logits = core_algos.trust_region_teacher_log_probs(logits, student, mix=self.mix)
-        temperature = output_args["temperature_rmpad"].reshape(-1, 1)  # (nnz_t, 1), as verl scales
-        logits.div_(temperature.to(logits.dtype))  # forward-only tensor of ours: in place, no second copy
-        t_pos = packed_response_positions(seq_lens.to(logits.device), response_lens.to(logits.device))
-        return logits, t_pos
+
+def teacher_micro_batches(data, *, use_dynamic_bsz: bool, micro_batch_size: int | None, dp_group=None):
+    """The teacher rows in micro-batches for the teacher's forward.
+
+    With dynamic batch sizes, verl's own balancing on the teacher sequences (`input_ids` here), so
+    the per-GPU token budget bounds teacher tokens (prompt + demonstration + response), not the
+    student's; verl makes the count equal on all data-parallel ranks (FSDP forwards are collective).
+    With fixed sizes, `micro_batch_size` rows each and the remainder in its own last piece (never
+    padded with rows the teacher does not need); every rank holds the same number of rows.
+    """
+    if use_dynamic_bsz:
+        return prepare_micro_batches(data, dp_group=dp_group, same_micro_num_in_dp=True)[0]
+    n = data.batch_size[0]
+    size = micro_batch_size or n
+    return [tu.index_select_tensor_dict(data, list(range(i, min(i + size, n)))) for i in range(0, n, size)]
 
 
 class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -132,10 +116,18 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         self.srpo_k = vocab_k
         if self.teacher is None:
             self.teacher = self._build_teacher()
+            self.srpo_teacher_rows_total = 0
+            # Counted where the teacher module actually runs: sequences in each packed forward.
+            self.teacher.engine.module.register_forward_pre_hook(self._count_teacher_rows, with_kwargs=True)
         actor_config = self.loss_fn.keywords["config"]  # verl's own ActorConfig dataclass
         self.set_loss_fn(partial(srpo_loss_fn, actor_config, self.srpo))
         self._install_engine_hooks()
         return {"teacher_params": sum(p.numel() for p in self.teacher.engine.module.parameters())}
+
+    def _count_teacher_rows(self, module, args, kwargs):
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:  # packed sequences: each starts at position 0
+            self.srpo_teacher_rows_total += int((position_ids == 0).sum())
 
     def _build_teacher(self) -> TrainingWorker:
         """A forward-only FSDP engine over the same model, built the way verl builds its reference."""
@@ -146,8 +138,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             ref.ppo_micro_batch_size_per_gpu = ref.pop("log_prob_micro_batch_size_per_gpu", None)
             ref.use_dynamic_bsz = ref.pop("log_prob_use_dynamic_bsz", False)
             ref.ppo_max_token_len_per_gpu = ref.pop("log_prob_max_token_len_per_gpu", None)
-            # The teacher runs inside the actor's micro-batches (see _TeacherPass), never through its
-            # own batching; any valid value satisfies verl's config check.
+            # The teacher pass batches by the actor's forward settings (teacher_micro_batches), never
+            # through the teacher engine's own batching; any valid value satisfies verl's config check.
             if ref.ppo_micro_batch_size is None and ref.ppo_micro_batch_size_per_gpu is None and not ref.use_dynamic_bsz:
                 ref.ppo_micro_batch_size_per_gpu = 1
         ref_config = omega_conf_to_dataclass(ref)
@@ -196,73 +188,151 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def srpo_ema_update(self) -> dict:
         """theta' <- (1 - rate) theta' + rate theta, shard by shard (no communication).
 
+        One difference d = theta - theta' per shard gives both the step (theta' += rate d, which is
+        `lerp_`) and the gap metric (||theta - theta'_new|| = (1 - rate) ||d||), accumulated where the
+        teacher lives and read once: when both shards are on the accelerator nothing crosses to the
+        host but that one number. (verl offloads forward-only engines to host by default; the student
+        shard is then copied over, one shard at a time.)
+
         The trust-region teacher keeps theta' = theta_0 (its reference) and only reports the gap. When the
         optimiser skipped its step (verl does on a non-finite gradient norm) the teacher stays too: the
         EMA follows the student's optimiser steps, and the student did not move."""
         skipped = not math.isfinite(getattr(self.actor.engine, "_srpo_last_grad_norm", 0.0))
         rate = self.srpo.ema_rate if self.srpo.teacher == "ema" and not skipped else 0.0
-        gap = 0.0
+        gap = None
         for _, t, s in self._param_pairs():
+            d = s.to(t.device, t.dtype) - t  # the one temporary, one shard large
+            sq = torch.linalg.vector_norm(d, dtype=torch.promote_types(d.dtype, torch.float32)).square()
+            gap = sq if gap is None else gap.add_(sq)
             if rate:
-                t.lerp_(s.to(t.device, t.dtype), rate)  # verl offloads forward-only engines to host
-            gap += float((t.float() - s.to(t.device).float()).pow(2).sum())
-        return {"srpo/teacher_student_l2": math.sqrt(gap), "srpo/ema_skipped": float(skipped)}
+                t.add_(d, alpha=rate)
+        gap = (1.0 - rate) * math.sqrt(float(gap)) if gap is not None else 0.0
+        return {"srpo/teacher_student_l2": gap, "srpo/ema_skipped": float(skipped)}
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_teacher_state(self) -> dict:
         """Rank-local teacher shards (for tests and the resume check)."""
         return {name: t.detach().cpu().clone() for name, t, _ in self._param_pairs()}
 
+    # ------------------------------------------------------------------ student top-K
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
-    def compute_srpo_teacher(self, data):
-        """Teacher pass over the rows the trainer sent (only rows that need a teacher)."""
+    def compute_log_prob(self, data):
+        """verl's old-log-prob forward; when the trainer marked teacher rows (`srpo_taught`), the
+        same forward also returns the student's top-K ids at their response tokens (`srpo_topk_ids`,
+        an empty row for every other row)."""
+        if self.srpo is None or TAUGHT_FIELD not in data.keys():
+            return super().compute_log_prob(data)
         n = data.batch_size[0]
         data["srpo_row"] = torch.arange(n)  # host: the batch arrives from TransferQueue on the host
-        tu.assign_non_tensor(
-            data, compute_loss=True, calculate_entropy=False, distillation_use_topk=True, distillation_only=True
-        )
-        trust_region = self.srpo.teacher == "trust_region"
-        collector = _TeacherPass(
-            self.teacher.engine,
-            self.srpo_k,
-            self.srpo.chunk_size,
-            student_engine=self.actor.engine if trust_region else None,
-            mix=self.srpo.trust_region_mix if trust_region else None,
-        )
+        tu.assign_non_tensor(data, compute_loss=True, distillation_use_topk=True)
+        collector = _StudentTopK(self.srpo_k, self.srpo.chunk_size)
         saved, self.actor.loss_fn = self.actor.loss_fn, collector
         try:
-            with self.teacher.engine.eval_mode():
-                for part in self._teacher_parts(data):
-                    self.actor.infer_batch(part)
+            output = super().compute_log_prob(data)
         finally:
             self.actor.loss_fn = saved
-        self.srpo_teacher_rows_total = getattr(self, "srpo_teacher_rows_total", 0) + len(collector.rows)
-        missing = set(range(n)) - set(collector.rows)
+        if output is not None:  # host: verl's output is on the host (.cpu()), as are the collected ids
+            empty = torch.zeros(0, self.srpo_k, dtype=torch.int32)  # host: see above
+            output[TOPK_FIELD] = _nested([collector.rows.get(i, empty) for i in range(n)])
+        return output
+
+    # ------------------------------------------------------------------ teacher pass
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_srpo_teacher(self, data):
+        """Teacher pass over the rows the trainer sent (only rows that need a teacher).
+
+        data: srpo_teacher_input_ids (the teacher sequences [teacher prompt | response]), responses,
+        srpo_topk_ids; the non-tensor `temperature`. Returns TEACHER_FIELDS per row."""
+        n = data.batch_size[0]
+        engine_config = self.actor.engine_config
+        batch = tu.get_tensordict(
+            {
+                "input_ids": data["srpo_teacher_input_ids"],  # verl balances micro-batches by this length
+                "responses": data["responses"],
+                TOPK_FIELD: data[TOPK_FIELD],
+                "srpo_row": torch.arange(n),  # host: TransferQueue hands the batch over on the host
+            }
+        )
+        budget = engine_config.infer_max_token_len_per_gpu
+        longest = int(batch["input_ids"].offsets().diff().max()) if n else 0
+        if engine_config.use_dynamic_bsz and budget is not None and longest > budget:
+            raise ValueError(
+                f"a teacher sequence of {longest} tokens (teacher prompt + response) exceeds the per-GPU "
+                f"forward token budget actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={budget}; "
+                "raise it or lower algorithm.srpo.max_teacher_prompt_length"
+            )
+        temperature = tu.get(data, "temperature")
+        if isinstance(temperature, torch.Tensor):  # per-row temperatures travel with their rows
+            batch["temperature"] = temperature
+        else:
+            tu.assign_non_tensor(batch, temperature=temperature)
+        tu.assign_non_tensor(
+            batch,
+            use_dynamic_bsz=engine_config.use_dynamic_bsz,
+            max_token_len_per_gpu=budget,
+            micro_batch_size_per_gpu=engine_config.infer_micro_batch_size_per_gpu,
+        )
+        micro_batches = teacher_micro_batches(
+            batch,
+            use_dynamic_bsz=engine_config.use_dynamic_bsz,
+            micro_batch_size=engine_config.infer_micro_batch_size_per_gpu,
+            dp_group=self.actor.engine.get_data_parallel_group(),
+        )
+        trust_region = self.srpo.teacher == "trust_region"
+        rows: dict[int, dict[str, torch.Tensor]] = {}
+        with ExitStack() as stack:
+            stack.enter_context(self.teacher.engine.eval_mode())
+            if trust_region:  # q_theta on the teacher sequences: the student's weights are needed too
+                stack.enter_context(self.actor.engine.eval_mode())
+            for mb in micro_batches:
+                rows.update(self._score_teacher_micro_batch(mb, trust_region))
+        missing = set(range(n)) - set(rows)
         if missing:
             raise RuntimeError(f"teacher pass produced no output for rows {sorted(missing)[:8]}")
-        fields = {
-            key: torch.nested.as_nested_tensor([collector.rows[i][key] for i in range(n)], layout=torch.jagged)
-            for key in TEACHER_FIELDS
-        }
-        return tu.get_tensordict(fields)
+        return tu.get_tensordict({key: _nested([rows[i][key] for i in range(n)]) for key in TEACHER_FIELDS})
 
-    def _teacher_parts(self, data):
-        """The rows in pieces verl's fixed-size micro-batching accepts.
-
-        With fixed micro-batches verl requires rows % micro_batch_size == 0; the teacher rows are
-        as many as the routing says, so the remainder goes in its own piece (never padded with
-        rows the teacher does not need). Dynamic batch sizes take any row count.
-        """
-        engine_config = self.actor.engine_config
-        n = data.batch_size[0]
-        size = engine_config.infer_micro_batch_size_per_gpu
-        if engine_config.use_dynamic_bsz or not size or n % size == 0:
-            yield data
-            return
-        for start in range(0, n, size):
-            part = tu.index_select_tensor_dict(data, list(range(start, min(start + size, n))))
-            tu.assign_non_tensor(part, micro_batch_size_per_gpu=min(size, n - start))
-            yield part
+    @torch.no_grad()
+    def _score_teacher_micro_batch(self, mb, trust_region: bool) -> dict[int, dict]:
+        """The teacher's forward on one micro-batch of packed teacher sequences, logits at the response
+        positions only (transformers' `logits_to_keep` with an index tensor), and what the loss needs."""
+        engine = self.teacher.engine
+        mb = mb.to(get_device_id())
+        teacher_ids = mb["input_ids"]
+        seq_lens, response_lens = teacher_ids.offsets().diff(), mb["responses"].offsets().diff()
+        position_ids = _nested([torch.arange(int(s), device=teacher_ids.device) for s in seq_lens.tolist()])
+        model_mb = tu.get_tensordict({"input_ids": teacher_ids, "position_ids": position_ids})
+        tu.assign_non_tensor(model_mb, use_remove_padding=True, use_fused_kernels=False, sp_size=1)
+        temperature = mb["temperature"]
+        if isinstance(temperature, torch.Tensor):
+            model_mb["temperature"] = temperature
+        else:
+            tu.assign_non_tensor(model_mb, temperature=temperature)
+        inputs, output_args = engine.prepare_model_inputs(micro_batch=model_mb)
+        # Pad rows (added for an even split over ranks) carry no top-K ids: run, not scored.
+        scored = mb[TOPK_FIELD].offsets().diff() > 0  # (B,)
+        tokens = torch.repeat_interleave(scored, response_lens)  # (R_all,)
+        positions = packed_response_positions(seq_lens, response_lens)[tokens]  # (R,) in the packed sequence
+        autocast_dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)  # as verl's forward_step
+        autocast = (
+            nullcontext() if autocast_dtype == torch.float32 else torch.autocast(get_device_name(), dtype=autocast_dtype)
+        )
+        with autocast:
+            logits = teacher_forward.response_logits(engine.module, inputs, positions)  # (R, V)
+            if trust_region:
+                # q_theta of the current student on the teacher sequences, mixed in place (geometric mixture).
+                student = teacher_forward.response_logits(self.actor.engine.module, inputs, positions)
+                core_algos.trust_region_teacher_logits_(logits, student, mix=self.srpo.trust_region_mix)
+                del student
+        per_token = teacher_forward.score_response_tokens(
+            logits,
+            output_args["temperature_rmpad"].reshape(-1)[positions].unsqueeze(-1),  # (R, 1), as verl scales
+            mb[TOPK_FIELD].values().long(),
+            mb["responses"].values()[tokens].long(),
+            chunk_size=self.srpo.chunk_size,
+        )
+        lens = (response_lens * scored).tolist()
+        pieces = zip(*(v.cpu().split(lens) for v in per_token.values()))  # host-side until the trainer stores them
+        return {row: dict(zip(per_token, p)) for row, p in zip(mb["srpo_row"].tolist(), pieces)}
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
@@ -274,7 +344,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_teacher_rows_seen(self) -> int:
-        """Rows the teacher has scored on this rank since start (the count the trainer logs)."""
+        """Sequences the teacher module has run on this rank since start (the count the trainer logs)."""
         return getattr(self, "srpo_teacher_rows_total", 0)
 
     def _install_engine_hooks(self) -> None:
@@ -306,6 +376,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         def forward_backward_batch(data, loss_function, forward_only=False):
             if not forward_only and "srpo_teacher_entropy" in data.keys():
                 routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
+                # The teacher's values exist for the taught rows' tokens only (routed rows among them).
+                routed = routed[teacher_token_mask(data)]
                 entropy = data["srpo_teacher_entropy"].values()
                 log_mean = core_algos.entropy_weight_log_mean(entropy, routed, beta=beta, all_reduce=all_reduce)
                 # The distilled tokens of the whole mini-batch: sdpo's denominator (SRPOConfig).
@@ -323,7 +395,6 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         engine.forward_backward_batch = forward_backward_batch
         engine.optimizer_step = optimizer_step
         engine._srpo_normaliser = True
-
     # ------------------------------------------------------------------ checkpoints
     def _teacher_path(self, local_path: str) -> str:
         return os.path.join(local_path, TEACHER_DIR, f"rank_{torch.distributed.get_rank()}.pt")

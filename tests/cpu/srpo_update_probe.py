@@ -14,7 +14,7 @@ checkpoint, the loss and gradient that `srpo_verl.core_algos` gives on the whole
 import os
 import sys
 
-from srpo_verl.cpu.local import as_batch, compose, local_env, response_log_probs, update_info
+from srpo_verl.cpu.local import as_batch, compose, local_env, update_info
 
 local_env()
 
@@ -87,7 +87,9 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
     from omegaconf import OmegaConf
 
     import verl.utils.tensordict_utils as tu
-    from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
+    from srpo_verl.integration.worker import TAUGHT_FIELD, TEACHER_FIELDS, TOPK_FIELD, SRPOActorRolloutRefWorker
+
+    nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     config = srpo_config(model_path, micro_batch, teacher)
@@ -97,21 +99,43 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
 
     prompts, responses, teacher_prompts, advantages, old_offsets, is_weights = fixed_batch()
     sequences = list(zip(prompts, responses))
+
+    def old_log_prob_pass():
+        """verl's old-log-prob forward with the teacher rows marked: response log-probs and the
+        student's top-K ids of the marked rows (an empty row for the others)."""
+        data = as_batch(sequences)
+        data[TAUGHT_FIELD] = torch.tensor([int(i in ROUTED) for i in range(ROWS)])
+        tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=True, compute_loss=False)
+        out = worker.compute_log_prob(data)
+        log_probs = [out["log_probs"][i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
+        return log_probs, list(out[TOPK_FIELD].unbind())
+
+    def teacher_pass(topk):
+        """The teacher pass on the routed rows, as the trainer dispatches it."""
+        teacher_in = tu.get_tensordict(
+            {
+                "srpo_teacher_input_ids": nested([torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED]),
+                "responses": nested([torch.tensor(responses[i]) for i in ROUTED]),
+                TOPK_FIELD: nested([topk[i] for i in ROUTED]),
+            }
+        )
+        tu.assign_non_tensor(teacher_in, temperature=1.0)
+        out = worker.compute_srpo_teacher(teacher_in)
+        fields = {key: list(out[key].unbind()) for key in TEACHER_FIELDS}
+        fields[TOPK_FIELD] = [topk[i] for i in ROUTED]
+        return fields
+
     # Every rank runs the no-grad passes on the whole batch (FSDP forwards are collective).
-    old = [lp + off for lp, off in zip(response_log_probs(worker, sequences), old_offsets)]
-    teacher_in = as_batch(
-        [sequences[i] for i in ROUTED],
-        srpo_teacher_input_ids=[torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED],
-    )
-    tu.assign_non_tensor(teacher_in, temperature=1.0)
-    taught = worker.compute_srpo_teacher(teacher_in)
-    fields = {key: [torch.zeros(len(r), TOPK) for r in responses] for key in ("srpo_teacher_topk",)}
-    fields["srpo_topk_ids"] = [torch.zeros(len(r), TOPK, dtype=torch.int32) for r in responses]
-    for key in ("srpo_teacher_entropy", "srpo_teacher_entropy_topk", "srpo_teacher_log_prob"):
-        fields[key] = [torch.zeros(len(r)) for r in responses]
-    for j, i in enumerate(ROUTED):
-        for key in TEACHER_FIELDS:
-            fields[key][i] = taught[key].unbind()[j]
+    log_probs, topk = old_log_prob_pass()
+    assert all(len(topk[i]) == 0 for i in range(ROWS) if i not in ROUTED)  # nothing for GRPO rows
+    old = [lp + off for lp, off in zip(log_probs, old_offsets)]
+    taught = teacher_pass(topk)
+    # What the trainer stores: teacher values on routed rows, an empty row on the others.
+    fields = {key: [values[0][:0]] * ROWS for key, values in taught.items()}
+    for key, values in taught.items():
+        for j, i in enumerate(ROUTED):
+            fields[key] = fields[key][:i] + [values[j]] + fields[key][i + 1 :]
+    fields["srpo_sampled_adv"] = [torch.zeros(len(responses[i]) if i in ROUTED else 0) for i in range(ROWS)]
 
     theta0 = full_params(worker)
     mine = list(range(rank * ROWS // world, (rank + 1) * ROWS // world))
@@ -121,7 +145,6 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
         old_log_probs=pick(old),
         advantages=pick(advantages),
         rollout_is_weights=pick(is_weights),
-        srpo_sampled_adv=pick([torch.zeros(len(r)) for r in responses]),
         **{key: pick(values) for key, values in fields.items()},
     )
     data["srpo_route"] = torch.tensor([int(i in ROUTED) for i in mine])
@@ -138,13 +161,12 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
     result = {
         "loss": float(loss),
         "grad": {name: theta0[name] - theta1[name] for name in theta0},
-        "teacher_fields": {key: [fields[key][i] for i in ROUTED] for key in TEACHER_FIELDS},
+        "teacher_fields": taught,
         "old": old,
     }
     if teacher == "trust_region":
         # After the step the trust-region teacher mixes the frozen theta_0 with the moved student.
-        after = worker.compute_srpo_teacher(teacher_in)
-        result["teacher_after_step"] = {key: list(after[key].unbind()) for key in TEACHER_FIELDS}
+        result["teacher_after_step"] = teacher_pass(old_log_prob_pass()[1])
         result["theta1"] = {name: p.float() for name, p in theta1.items()}
     torch.distributed.destroy_process_group()
     return result

@@ -23,7 +23,7 @@ from virtual_cuda import CUDA, DeviceMismatch, VirtualCuda, inplace_logprobs_fro
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration import worker as worker_module
 from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
-from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker, _TeacherPass
+from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,9 @@ def test_inplace_cross_entropy_emulation_overwrites_the_logits_like_flash_attn()
     labels = torch.tensor([1, 0, 6, 3, 3])
     x = logits * 1.0  # a non-leaf, as the engine's logits are
     out = inplace_logprobs_from_logits(x, labels)
-    torch.testing.assert_close(out.double(), torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1))
+    # fp32 output, as flash-attn's kernel gives (float64 in, so compare at fp32 precision).
+    expected_lp = torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(out.double(), expected_lp, rtol=1e-6, atol=1e-6)
     before = x.detach().clone()
     out.sum().backward()
     assert not torch.equal(x.detach(), before)  # x's storage now holds d out / d x
@@ -143,21 +145,28 @@ def test_processor_output_stays_on_the_device_and_only_routed_rows_are_nonzero(b
 
 
 class _LinearLM(torch.nn.Module):
-    """A tiny causal LM stand-in: embedding, one linear layer per position, vocabulary V."""
+    """A tiny causal LM stand-in: embedding, one linear layer per position, vocabulary V; like
+    transformers' causal LMs, `logits_to_keep` (an index tensor) picks the positions given logits."""
 
     def __init__(self, vocab, seed):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.embed = torch.nn.Parameter(torch.randn(vocab, 8, generator=g, dtype=torch.float64))
         self.head = torch.nn.Parameter(torch.randn(8, vocab, generator=g, dtype=torch.float64))
+        self.positions_seen = 0
 
-    def forward(self, input_ids, position_ids=None, use_cache=False):
+    def forward(self, input_ids, position_ids=None, use_cache=False, logits_to_keep=None):
         hidden = self.embed.index_select(0, input_ids.reshape(-1)) + 0.1 * position_ids.reshape(-1, 1).to(self.embed.dtype)
+        if logits_to_keep is not None:
+            hidden = hidden[logits_to_keep]
+        self.positions_seen += hidden.shape[0]
         return SimpleNamespace(logits=(hidden @ self.head).unsqueeze(0))
 
 
 class _Engine:
     """verl's `prepare_model_inputs` packs the micro-batch on its device (rmpad layout)."""
+
+    _autocast_dtype = torch.float32  # verl skips autocast for fp32 parameters
 
     def __init__(self, module):
         self.module = module
@@ -170,99 +179,109 @@ class _Engine:
         inputs = {"input_ids": values.unsqueeze(0), "position_ids": pos.values().unsqueeze(0)}
         return inputs, {"temperature_rmpad": torch.full(values.shape, float(temperature), device=values.device)}
 
+    eval_mode = staticmethod(contextlib.nullcontext)
 
-def _teacher_case(vocab=11):
+    def get_data_parallel_group(self):
+        return None
+
+
+def _teacher_case(vocab=11, k=4, temperature=0.7):
+    """Two teacher rows: student prompts, responses, teacher prompts, and the student's top-K ids of
+    each response token (what the old-log-prob forward stored)."""
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, vocab, (n,), generator=g) for n in (3, 5)]
     responses = [torch.randint(0, vocab, (n,), generator=g) for n in (4, 2)]
     teacher_prompts = [torch.randint(0, vocab, (n,), generator=g) for n in (6, 4)]
+    student = _LinearLM(vocab, 0)
+    ids = [_student_logits(student, p, r, temperature).topk(k, -1).indices.to(torch.int32) for p, r in zip(prompts, responses)]
     data = tu.get_tensordict(
         {
-            "prompts": nested(prompts),
             "responses": nested(responses),
             "srpo_teacher_input_ids": nested([torch.cat([t, r]) for t, r in zip(teacher_prompts, responses)]),
-            "srpo_row": torch.arange(2),
+            "srpo_topk_ids": nested(ids),
         }
     )
-    tu.assign_non_tensor(data, temperature=0.7, use_remove_padding=True)
-    return prompts, responses, teacher_prompts, data
+    tu.assign_non_tensor(data, temperature=temperature)
+    return prompts, responses, teacher_prompts, ids, data
 
 
-def _expected_teacher_fields(student, teacher, prompt, response, teacher_prompt, k, temperature=0.7):
-    """The teacher-pass outputs of one row, computed directly in float64 on the CPU."""
-    s_logits = student(torch.cat([prompt, response]), torch.arange(len(prompt) + len(response))).logits
-    t_logits = teacher(torch.cat([teacher_prompt, response]), torch.arange(len(teacher_prompt) + len(response))).logits
-    s_logits = s_logits[0, len(prompt) - 1 : -1] / temperature
-    log_q = torch.log_softmax(t_logits[0, len(teacher_prompt) - 1 : -1] / temperature, -1)
-    return s_logits.topk(k, -1).indices, log_q
+def _student_logits(student, prompt, response, temperature):
+    logits = student(torch.cat([prompt, response]), torch.arange(len(prompt) + len(response))).logits
+    return logits[0, len(prompt) - 1 : -1] / temperature
 
 
-def _assert_teacher_fields(got, ids, log_q, response):
+def _assert_teacher_fields(got, ids, teacher, teacher_prompt, response, temperature=0.7):
+    """The teacher-pass outputs of one row against a direct float64 computation on the CPU."""
     assert set(got) == set(TEACHER_FIELDS)
-    assert torch.equal(got["srpo_topk_ids"].long().sort(-1).values, ids.sort(-1).values)
-    order = got["srpo_topk_ids"].long()
-    torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, order), rtol=0, atol=1e-6)
+    t_logits = teacher(torch.cat([teacher_prompt, response]), torch.arange(len(teacher_prompt) + len(response))).logits
+    log_q = torch.log_softmax(t_logits[0, len(teacher_prompt) - 1 : -1] / temperature, -1)
+    torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, ids.long()), rtol=0, atol=1e-6)
     torch.testing.assert_close(got["srpo_teacher_entropy"].double(), -(log_q.exp() * log_q).sum(-1), rtol=0, atol=1e-6)
     torch.testing.assert_close(
         got["srpo_teacher_log_prob"].double(), log_q.gather(-1, response[:, None]).squeeze(-1), rtol=0, atol=1e-6
     )
 
 
-def _packed_student_logits(student, mb, temperature=0.7):
-    """What verl's engine hands the processor: the student's packed logits of the micro-batch."""
-    seqs = [torch.cat([p, r]) for p, r in zip(mb["prompts"].unbind(), mb["responses"].unbind())]
-    packed = torch.cat(seqs)
-    positions = torch.cat([torch.arange(len(x), device=packed.device) for x in seqs])
-    return student(packed, positions).logits / temperature
-
-
-def test_teacher_pass_on_cuda_equals_a_direct_float64_computation():
+def test_student_topk_in_the_old_log_prob_forward_on_cuda():
+    # verl's engine hands the processor the packed student logits of a micro-batch on the accelerator;
+    # only the taught rows get ids, host-side, keyed by srpo_row.
     vocab, k = 11, 4
-    student, teacher = _LinearLM(vocab, 0), _LinearLM(vocab, 1)
-    prompts, responses, teacher_prompts, data = _teacher_case(vocab)
-    collector = _TeacherPass(_Engine(teacher), k=k, chunk_size=2)
-    with VirtualCuda(), torch.no_grad():
-        teacher.to(CUDA), student.to(CUDA)
-        mb = data.to(CUDA)
-        assert collector(student_logits=_packed_student_logits(student, mb), data=mb) == {}
-    for i, (p, r, t) in enumerate(zip(prompts, responses, teacher_prompts)):
-        got = collector.rows[i]
-        assert all(v.device.type == "cpu" and not is_virtual(v) for v in got.values())  # host-side for the trainer
-        _assert_teacher_fields(got, *_expected_teacher_fields(student, teacher, p, r, t, k), r)
-
-
-def test_teacher_pass_assembly_on_cuda_micro_batches():
-    # compute_srpo_teacher as the worker runs it: verl's infer_batch moves each micro-batch (one row
-    # each here, fixed size 1) to the accelerator and calls the collector; the worker assembles the
-    # per-row host tensors into nested fields for TransferQueue.
-    vocab, k = 11, 4
-    student, teacher = _LinearLM(vocab, 0), _LinearLM(vocab, 1)
-    prompts, responses, teacher_prompts, data = _teacher_case(vocab)
-
-    class Actor:
-        engine_config = SimpleNamespace(infer_micro_batch_size_per_gpu=1, use_dynamic_bsz=False)
-        engine = SimpleNamespace()
-        loss_fn = None
-
-        def infer_batch(self, part):
-            for i in range(part.batch_size[0]):
-                mb = tu.index_select_tensor_dict(part, [i]).to(CUDA)
-                self.loss_fn(student_logits=_packed_student_logits(student, mb), data=mb)
-
-    teacher_engine = _Engine(teacher)
-    teacher_engine.eval_mode = contextlib.nullcontext
-    worker = SimpleNamespace(
-        srpo=SRPOConfig(topk=k, chunk_size=2), srpo_k=k, actor=Actor(), teacher=SimpleNamespace(engine=teacher_engine)
+    student = _LinearLM(vocab, 0)
+    prompts, responses, _, ids, _ = _teacher_case(vocab, k, temperature=1.0)
+    prompts.append(prompts[0])
+    responses.append(responses[1])
+    data = tu.get_tensordict(
+        {
+            "prompts": nested(prompts),
+            "responses": nested(responses),
+            worker_module.TAUGHT_FIELD: torch.tensor([1, 0, 1]),
+            "srpo_row": torch.tensor([5, 6, 7]),
+        }
     )
-    worker._teacher_parts = partial(SRPOActorRolloutRefWorker._teacher_parts, worker)
-    del data["srpo_row"]
+    collector = worker_module._StudentTopK(k, chunk_size=2)
     with VirtualCuda(), torch.no_grad():
-        teacher.to(CUDA), student.to(CUDA)
+        student.to(CUDA)
+        mb = data.to(CUDA)
+        seqs = [torch.cat([p, r]) for p, r in zip(mb["prompts"].unbind(), mb["responses"].unbind())]
+        positions = torch.cat([torch.arange(len(x), device=CUDA) for x in seqs])
+        assert collector(student_logits=student(torch.cat(seqs), positions).logits, data=mb) == {}
+    assert set(collector.rows) == {5, 6, 7} and collector.rows[6].shape == (0, k)  # nothing for the GRPO row
+    student.to("cpu")
+    for row, (p, r) in ((5, (prompts[0], responses[0])), (7, (prompts[2], responses[2]))):
+        got = collector.rows[row]
+        assert got.device.type == "cpu" and not is_virtual(got)
+        expected = _student_logits(student, p, r, 1.0).topk(k, -1).indices
+        assert torch.equal(got.long().sort(-1).values, expected.sort(-1).values)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed_micro_batches", "dynamic_token_budget"])
+def test_teacher_pass_on_cuda_micro_batches_equals_a_direct_float64_computation(monkeypatch, dynamic):
+    # compute_srpo_teacher as the worker runs it: its own micro-batches of teacher sequences moved to
+    # the accelerator, the teacher's logits at the response positions only, per-row host tensors
+    # assembled into nested fields for TransferQueue.
+    vocab, k = 11, 4
+    teacher = _LinearLM(vocab, 1)
+    prompts, responses, teacher_prompts, ids, data = _teacher_case(vocab, k)
+    engine_config = SimpleNamespace(
+        infer_micro_batch_size_per_gpu=1, use_dynamic_bsz=dynamic, infer_max_token_len_per_gpu=16
+    )
+    worker = SimpleNamespace(
+        srpo=SRPOConfig(topk=k, chunk_size=2),
+        srpo_k=k,
+        actor=SimpleNamespace(engine_config=engine_config, engine=_Engine(None)),
+        teacher=SimpleNamespace(engine=_Engine(teacher)),
+    )
+    worker._score_teacher_micro_batch = partial(SRPOActorRolloutRefWorker._score_teacher_micro_batch, worker)
+    monkeypatch.setattr(worker_module, "get_device_id", lambda: CUDA)
+    with VirtualCuda(), torch.no_grad():
+        teacher.to(CUDA)
         out = SRPOActorRolloutRefWorker.compute_srpo_teacher(worker, data)
-    assert worker.srpo_teacher_rows_total == 2
-    for i, (p, r, t) in enumerate(zip(prompts, responses, teacher_prompts)):
+    teacher.to("cpu")
+    assert teacher.positions_seen == sum(len(r) for r in responses)  # logits at response positions only
+    for i, (r, t) in enumerate(zip(responses, teacher_prompts)):
         got = {key: out[key].unbind()[i] for key in TEACHER_FIELDS}
-        _assert_teacher_fields(got, *_expected_teacher_fields(student, teacher, p, r, t, k), r)
+        assert all(v.device.type == "cpu" and not is_virtual(v) for v in got.values())  # host-side for the trainer
+        _assert_teacher_fields(got, ids[i], teacher, t, r)
 
 
 # ------------------------------------------------------------------ weight normaliser and EMA step
@@ -348,3 +367,25 @@ def test_ema_step_on_cuda_student_and_host_teacher(grad_norm):
         expected = (1 - rate) * t0[name] + rate * dict(student.named_parameters())[name].detach()
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-15)
     assert out["srpo/ema_skipped"] == float(not math.isfinite(grad_norm))
+
+
+def test_ema_step_with_both_shards_on_cuda_reads_one_number_back():
+    # Teacher shards kept on the accelerator (offload off): the step and the gap metric stay there;
+    # the only device-to-host read is the gap itself (before: one per parameter, plus copies).
+    student, teacher = _modules(0), _modules(1)
+    s0 = {n: p.detach().clone() for n, p in student.named_parameters()}
+    t0 = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    worker = _worker(_RecordingEngine(student), _RecordingEngine(teacher))
+    mode = VirtualCuda()
+    with mode:
+        student.to(CUDA), teacher.to(CUDA)
+        mode.host_reads.clear()
+        out = SRPOActorRolloutRefWorker.srpo_ema_update(worker)
+        reads = list(mode.host_reads)
+        teacher.to("cpu")
+    assert reads == ["__float__"]
+    new = {n: p.detach() for n, p in teacher.named_parameters()}
+    for name in t0:
+        torch.testing.assert_close(new[name], 0.95 * t0[name] + 0.05 * s0[name], rtol=0, atol=1e-15)
+    gap = math.sqrt(sum(float((s0[n] - new[n]).pow(2).sum()) for n in t0))
+    assert out["srpo/teacher_student_l2"] == pytest.approx(gap, rel=1e-12)

@@ -73,7 +73,14 @@ _DEVICE_FREE = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.T
 
 
 class VirtualCuda(TorchFunctionMode):
-    """See the module docstring. `to_cuda(x)` inside the mode moves a tensor or TensorDict."""
+    """See the module docstring. `to_cuda(x)` inside the mode moves a tensor or TensorDict.
+
+    `host_reads` lists every device-to-host read (a copy to the CPU, `.item()`, `float()`, `.tolist()`
+    of a cuda tensor): each is a synchronisation and a transfer on a real GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.host_reads: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -100,7 +107,10 @@ class VirtualCuda(TorchFunctionMode):
         if func in (torch.Tensor.cuda,):
             return _mark(_fresh_copy(args[0])) if not is_virtual(args[0]) else args[0]
         if func is torch.Tensor.cpu:
-            return _fresh_copy(args[0]) if is_virtual(args[0]) else args[0]
+            if is_virtual(args[0]):
+                self.host_reads.append("cpu")
+                return _fresh_copy(args[0])
+            return args[0]
         if func is torch.Tensor.to:
             # The named device (positional or keyword) is replaced by cpu; dtype and flags stay.
             device = kwargs.get("device")
@@ -115,6 +125,7 @@ class VirtualCuda(TorchFunctionMode):
             if target is True and not is_virtual(out):
                 return _mark(_fresh_copy(out) if out is args[0] else out)
             if target is False and is_virtual(out):
+                self.host_reads.append("to")
                 return _fresh_copy(out)
             return _mark(out) if target is None and is_virtual(args[0]) else out
 
@@ -136,6 +147,7 @@ class VirtualCuda(TorchFunctionMode):
         out = func(*args, **kwargs)
         if virtual or cuda_factory:
             if name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__"):
+                self.host_reads.append(name)
                 return out
             tree_map(_mark, out)
         return out

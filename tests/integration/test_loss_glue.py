@@ -21,15 +21,18 @@ def batch():
     return make_batch()
 
 
+@pytest.mark.parametrize("taught_only", [False, True], ids=["fields_on_every_row", "fields_on_taught_rows"])
 @pytest.mark.parametrize("beta,alpha", [(1.0, 0.5), (0.0, 0.5), (2.0, 0.2)])
-def test_engine_call_sequence_equals_reference(batch, beta, alpha):
+def test_engine_call_sequence_equals_reference(batch, beta, alpha, taught_only):
     srpo = SRPOConfig(beta=beta, alpha=alpha, topk=K)
     fn = partial(srpo_loss_fn, ACTOR, srpo)
     logits = batch["student_logits"].clone().requires_grad_(True)
     ref_logits = batch["student_logits"].clone().requires_grad_(True)
     ref, log_mean = reference_loss(batch, ref_logits, beta=beta, alpha=alpha)
     n_tokens = sum(RESPONSE_LENS)
-    loss, metrics = engine_like_call(fn, batch, range(5), logits, num_tokens=n_tokens, log_mean=log_mean)
+    loss, metrics = engine_like_call(
+        fn, batch, range(5), logits, num_tokens=n_tokens, log_mean=log_mean, taught_only=taught_only
+    )
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-8)
     loss.backward()
     ref.backward()
@@ -37,7 +40,7 @@ def test_engine_call_sequence_equals_reference(batch, beta, alpha):
     assert metrics["srpo/topk_match_fraction"] == 1.0  # ids stored from the same parameters
 
 
-@pytest.mark.parametrize("split", [[[0, 1, 2, 3, 4]], [[0, 1], [2, 3, 4]], [[4], [0], [3, 1, 2]]])
+@pytest.mark.parametrize("split", [[[0, 1, 2, 3, 4]], [[0, 1], [2, 3, 4]], [[4], [0], [3, 1, 2]], [[1], [3, 0]]])
 def test_micro_batch_split_leaves_loss_and_gradient_unchanged(batch, split):
     srpo = SRPOConfig(topk=K)
     fn = partial(srpo_loss_fn, ACTOR, srpo)
@@ -47,9 +50,15 @@ def test_micro_batch_split_leaves_loss_and_gradient_unchanged(batch, split):
     full, _ = engine_like_call(fn, batch, range(5), full_logits, num_tokens=n_tokens, log_mean=log_mean)
     full.backward()
     logits = batch["student_logits"].clone().requires_grad_(True)
+    # Micro-batches with teacher fields only on taught rows (some hold none: [1], [3, 0] has one).
     total = sum(
-        engine_like_call(fn, batch, rows, logits, num_tokens=n_tokens, log_mean=log_mean)[0] for rows in split
+        engine_like_call(fn, batch, rows, logits, num_tokens=n_tokens, log_mean=log_mean, taught_only=True)[0]
+        for rows in split
     )
+    if split == [[1], [3, 0]]:  # rows 2 and 4 left out: compare with the full batch's same rows only
+        full_logits = batch["student_logits"].clone().requires_grad_(True)
+        full = engine_like_call(fn, batch, [1, 3, 0], full_logits, num_tokens=n_tokens, log_mean=log_mean)[0]
+        full.backward()
     total.backward()
     torch.testing.assert_close(total, full, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(logits.grad, full_logits.grad, rtol=1e-6, atol=1e-9)

@@ -13,6 +13,7 @@ REFUSED = [
     ("teacher_bf16", ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"], ValueError, "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"),
     ("teacher_strategy_differs", ["actor_rollout_ref.ref.strategy=fsdp2"], ValueError, "actor_rollout_ref.ref.strategy=fsdp2"),
     ("use_kl_loss", ["actor_rollout_ref.actor.use_kl_loss=True"], ValueError, "actor_rollout_ref.actor.use_kl_loss=True"),
+    ("bypass_mode", ["algorithm.rollout_correction.bypass_mode=True"], ValueError, "algorithm.rollout_correction.bypass_mode=True"),
     ("entropy_coeff", ["actor_rollout_ref.actor.entropy_coeff=0.01"], ValueError, "actor_rollout_ref.actor.entropy_coeff=0.01"),
     ("loss_agg_mode", ["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum"], ValueError, "loss_agg_mode=seq-mean-token-sum"),
     ("loss_scale_factor", ["actor_rollout_ref.actor.loss_scale_factor=2.0"], ValueError, "actor_rollout_ref.actor.loss_scale_factor=2.0"),

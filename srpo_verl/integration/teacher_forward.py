@@ -1,0 +1,42 @@
+"""The teacher's forward at the response positions, and what the loss needs from it.
+
+No verl import: the worker's teacher pass (worker.py) calls these on each micro-batch, and
+scripts/bench_teacher_memory.py calls the same functions on a machine with a GPU and no verl.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from srpo_verl import core_algos
+
+
+def response_logits(module, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
+    """(R, V) logits of a causal LM at `positions` of its packed (1, nnz) input only.
+
+    transformers' causal LMs apply the LM head to `hidden[:, logits_to_keep]` when given an index
+    tensor, so the (nnz, V) logits of the whole teacher sequence (prompt + demonstration + response)
+    are never made; only the R positions that score response tokens.
+    """
+    return module(**inputs, use_cache=False, logits_to_keep=positions).logits.squeeze(0)
+
+
+@torch.no_grad()
+def score_response_tokens(
+    logits: torch.Tensor, temperature: torch.Tensor, topk_ids: torch.Tensor, sampled: torch.Tensor, *, chunk_size: int
+) -> dict[str, torch.Tensor]:
+    """Per response token: teacher log q at the student's top-K ids, full and K+1-bucket entropy, and
+    log q of the sampled token, each in fp32 on the logits' device.
+
+    logits (R, V) are divided by `temperature` (R, 1) in place (they are ours, forward-only: no second
+    copy); topk_ids (R, K) long; sampled (R,) long.
+    """
+    logits.div_(temperature.to(logits.dtype))
+    log_q_topk = core_algos.teacher_topk_log_probs(logits, topk_ids, chunk_size=chunk_size)  # (R, K)
+    log_q_sampled = core_algos.teacher_topk_log_probs(logits, sampled.unsqueeze(-1), chunk_size=chunk_size)
+    return {
+        "srpo_teacher_topk": log_q_topk.float(),
+        "srpo_teacher_entropy": core_algos.teacher_entropy(logits, chunk_size=chunk_size).float(),
+        "srpo_teacher_entropy_topk": core_algos.topk_tail_entropy(core_algos.add_tail_bucket(log_q_topk)).float(),
+        "srpo_teacher_log_prob": log_q_sampled.squeeze(-1).float(),
+    }

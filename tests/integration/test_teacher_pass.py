@@ -1,0 +1,80 @@
+"""The teacher pass's micro-batches under dynamic batch sizes are budgeted by teacher tokens.
+
+A teacher sequence is [teacher prompt (with the demonstration) | response]: here the demonstration
+is 3x the response, so a split by the student's lengths would put several times the per-GPU token
+budget into one teacher forward.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from verl.utils import tensordict_utils as tu
+
+from srpo_verl.integration.worker import TOPK_FIELD, SRPOActorRolloutRefWorker, teacher_micro_batches
+
+
+def nested(rows):
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+def teacher_rows(n=12, prompt=20, response=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lens = [response - 7 * (i % 3) for i in range(n)]  # responses of 30, 23, 16 tokens
+    demo = [3 * r for r in lens]  # the demonstration: 3x the response
+    data = tu.get_tensordict(
+        {
+            "input_ids": nested([torch.randint(0, 50, (prompt + d + r,), generator=g) for d, r in zip(demo, lens)]),
+            "responses": nested([torch.randint(0, 50, (r,), generator=g) for r in lens]),
+            "srpo_row": torch.arange(n),
+        }
+    )
+    student_lens = [prompt + r for r in lens]
+    return data, student_lens
+
+
+@pytest.mark.parametrize("budget", [150, 260, 400])
+def test_dynamic_micro_batches_hold_the_token_budget_in_teacher_tokens(budget):
+    data, student_lens = teacher_rows()
+    tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=budget)
+    parts = teacher_micro_batches(data, use_dynamic_bsz=True, micro_batch_size=None)
+    teacher_tokens = [int(p["input_ids"].offsets()[-1]) for p in parts]
+    assert max(teacher_tokens) <= budget  # the budget bounds what the teacher forward holds
+    rows = sorted(r for p in parts for r in p["srpo_row"].tolist())
+    assert rows == list(range(12))  # every row once
+    # Before, the teacher ran inside the student's micro-batches, which verl balances by the student's
+    # lengths: with the same budget, those micro-batches held more teacher tokens than the budget.
+    student = tu.get_tensordict({"input_ids": nested([torch.zeros(n, dtype=torch.long) for n in student_lens]), "srpo_row": torch.arange(12)})
+    tu.assign_non_tensor(student, use_dynamic_bsz=True, max_token_len_per_gpu=budget)
+    seq = data["input_ids"].offsets().diff().tolist()
+    old = teacher_micro_batches(student, use_dynamic_bsz=True, micro_batch_size=None)
+    assert max(sum(seq[r] for r in p["srpo_row"].tolist()) for p in old) > budget
+
+
+def test_fixed_micro_batches_keep_the_remainder_apart():
+    data, _ = teacher_rows(n=7)
+    parts = teacher_micro_batches(data, use_dynamic_bsz=False, micro_batch_size=3)
+    assert [p["srpo_row"].tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_a_teacher_sequence_over_the_budget_is_refused_naming_the_key():
+    data, _ = teacher_rows(n=2)
+    data = tu.get_tensordict(
+        {
+            "srpo_teacher_input_ids": data["input_ids"],
+            "responses": data["responses"],
+            TOPK_FIELD: nested([torch.zeros(len(r), 4, dtype=torch.int32) for r in data["responses"].unbind()]),
+        }
+    )
+    tu.assign_non_tensor(data, temperature=1.0)
+    longest = int(data["srpo_teacher_input_ids"].offsets().diff().max())
+    worker = SimpleNamespace(
+        srpo=SimpleNamespace(teacher="ema"),
+        actor=SimpleNamespace(
+            engine_config=SimpleNamespace(
+                use_dynamic_bsz=True, infer_max_token_len_per_gpu=longest - 1, infer_micro_batch_size_per_gpu=None
+            )
+        ),
+    )
+    with pytest.raises(ValueError, match=f"{longest} tokens .*log_prob_max_token_len_per_gpu={longest - 1}"):
+        SRPOActorRolloutRefWorker.compute_srpo_teacher(worker, data)
