@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 ENV_VAR = "SRPO_VERL_PLATFORM"
@@ -43,7 +44,7 @@ def check_verl_version() -> None:
 def activate() -> None:
     """Apply every CPU patch in this process (idempotent). Raises if verl is not SUPPORTED_VERL."""
     check_verl_version()
-    from srpo_verl.cpu import hf_rollout, platform
+    from srpo_verl.cpu import platform
 
     # Order matters: the platform first, so modules imported below resolve device "cpu".
     platform.install_platform()
@@ -51,7 +52,13 @@ def activate() -> None:
     platform.register_engines()
     platform.patch_replay_buffer_poll()
     platform.patch_forward_only_offload()
-    hf_rollout.register()
+    rollout = sys.modules.get("srpo_verl.cpu.hf_rollout")
+    if rollout is None or getattr(rollout, "_LOADED", False):
+        from srpo_verl.cpu import hf_rollout
+
+        hf_rollout.register()
+    # else hf_rollout's own `import verl` got here (the HF server's Ray actor imports that module
+    # first): it is half-defined, and registers itself at its end once this activation is done.
     _state.update(active=True, error=None)
 
 

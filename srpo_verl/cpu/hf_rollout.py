@@ -35,6 +35,8 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from srpo_verl import cpu as _cpu
+
 logger = logging.getLogger(__name__)
 
 NAME = "hf"
@@ -568,3 +570,11 @@ class HFReplica(RolloutReplica):
         self._server_handle = server
         # Only a key in the load balancer's {address: handle} map; nothing listens on it.
         self._server_address = f"{name}.local:0"
+
+
+# Last line: `activate()` registers this module's backend only once it is fully defined. In a process
+# whose first `import verl` is this module's (the HF server actor), the activation that import ran
+# found it half-defined and left the registration to here.
+_LOADED = True
+if _cpu._state["active"] and not registered():
+    register()

@@ -145,3 +145,24 @@ def test_activate_if_requested_is_a_noop_without_env_var(monkeypatch):
 
     monkeypatch.delenv(cpu.ENV_VAR, raising=False)
     assert cpu.activate_if_requested() is False
+
+
+def test_rollout_module_imported_before_verl_registers_itself():
+    """The HF server's Ray actor imports `srpo_verl.cpu.hf_rollout` before anything else imports
+    verl, so verl's plugin activates the backend while that module is half-defined: the activation
+    must not fail on it (it did: "partially initialized module ... has no attribute 'register'"),
+    and the module registers the `hf` backend once defined."""
+    probe = (
+        "import json, srpo_verl.cpu.hf_rollout as h\n"
+        "from srpo_verl import cpu\n"
+        "print('PROBE ' + json.dumps({'registered': h.registered(), 'status': cpu.status()}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    env["SRPO_VERL_PLATFORM"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "failed to activate" not in proc.stderr, proc.stderr[-3000:]
+    state = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")][-1][len("PROBE ") :])
+    assert state["registered"] is True
+    assert state["status"]["active"] is True and state["status"]["error"] is None
+    assert all(state["status"]["patches"].values()), state["status"]["patches"]
