@@ -180,7 +180,6 @@ def tiny_cpu_overrides(
         f"algorithm={algorithm}",
         "platform=cpu",
         f"actor_rollout_ref.model.path={model_path}",
-        "actor_rollout_ref.model.use_remove_padding=True",
         f"data.train_files={data['train']}",
         f"data.val_files={data['val']}",
         f"data.train_batch_size={batch_size}",

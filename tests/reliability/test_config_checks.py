@@ -13,8 +13,8 @@ from srpo_verl import SUPPORTED_VERL
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration.config_checks import check_trainer_config
 
-# A valid SRPO launch (packed sequences, as the SRPO teacher pass needs).
-BASE = ("algorithm=srpo", "actor_rollout_ref.model.use_remove_padding=True")
+# A valid SRPO launch: the defaults (packed sequences, as the SRPO teacher pass needs).
+BASE = ("algorithm=srpo",)
 
 
 def _compose(*overrides):
@@ -106,6 +106,8 @@ def test_valid_configs_pass():
     assert isinstance(block, SRPOConfig) and (block.beta, block.topk) == (0.0, 20)
     assert isinstance(_check("algorithm=sdpo"), SRPOConfig)
     assert _check("trainer.v1.trainer_mode=srpo_colocate_async").method == "srpo"
+    # The CPU platform's defaults agree with SRPO's (packed sequences): no override needed.
+    assert isinstance(_check("platform=cpu"), SRPOConfig)
     assert check_trainer_config(_compose("algorithm=grpo")) is None
 
 
