@@ -44,34 +44,51 @@ def to_row(a: int, b: int, *, split: str, index: int) -> dict:
     }
 
 
-def write_addition_data(out_dir: str, *, n_train: int = 1024, n_val: int = 256, seed: int = 0) -> dict[str, str]:
-    """Write train/val parquet files into `out_dir`; returns {"train": path, "val": path}."""
+def write_splits(out_dir: str, rows: dict[str, list[dict]]) -> dict[str, str]:
+    """Write `{split: rows}` as `out_dir/<split>.parquet`; returns {split: path}. Each file is written
+    under a temporary name and renamed, so a concurrent reader never sees half a file."""
     import pandas as pd
 
     os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for split, split_rows in rows.items():
+        paths[split] = os.path.join(out_dir, f"{split}.parquet")
+        tmp = paths[split] + f".tmp{os.getpid()}"
+        pd.DataFrame(split_rows).to_parquet(tmp, index=False)
+        os.replace(tmp, paths[split])
+    return paths
+
+
+def write_addition_data(out_dir: str, *, n_train: int = 1024, n_val: int = 256, seed: int = 0) -> dict[str, str]:
+    """Write train/val parquet files into `out_dir`; returns {"train": path, "val": path}."""
     val = make_problems(n_val, seed=seed + 1)
     train = make_problems(n_train, seed=seed, exclude=frozenset(val))
-    paths = {}
-    for split, problems in (("train", train), ("val", val)):
-        rows = [to_row(a, b, split=split, index=i) for i, (a, b) in enumerate(problems)]
-        paths[split] = os.path.join(out_dir, f"{split}.parquet")
-        pd.DataFrame(rows).to_parquet(paths[split], index=False)
-    return paths
+    return write_splits(
+        out_dir,
+        {
+            split: [to_row(a, b, split=split, index=i) for i, (a, b) in enumerate(problems)]
+            for split, problems in (("train", train), ("val", val))
+        },
+    )
+
+
+def feedback(answer: str, correct: bool) -> str:
+    """Why the stripped response `answer` is not the sum ("" when correct): the `feedback` a reward
+    function returns, read by SRPO only with algorithm.srpo.use_feedback=True."""
+    if correct:
+        return ""
+    if not answer:
+        return "The response is empty; it should be the sum as a number."
+    if not answer.isdigit():
+        return f"The response {answer!r} is not a number; it should be the sum as digits only."
+    return f"{answer} is not the sum."
 
 
 def compute_score(data_source, solution_str: str, ground_truth: str, extra_info=None, **kwargs) -> dict:
     """1.0 when the stripped response is exactly the sum, else 0.0; `feedback` explains a failure."""
     answer = solution_str.strip()
     correct = answer == str(ground_truth).strip()
-    if correct:
-        feedback = ""
-    elif not answer:
-        feedback = "The response is empty; it should be the sum as a number."
-    elif not answer.isdigit():
-        feedback = f"The response {answer!r} is not a number; it should be the sum as digits only."
-    else:
-        feedback = f"{answer} is not the sum."
-    return {"score": 1.0 if correct else 0.0, "acc": float(correct), "feedback": feedback}
+    return {"score": 1.0 if correct else 0.0, "acc": float(correct), "feedback": feedback(answer, correct)}
 
 
 def compute_digit_score(data_source, solution_str: str, ground_truth: str, extra_info=None, **kwargs) -> dict:

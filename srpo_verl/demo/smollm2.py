@@ -18,9 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,7 +37,7 @@ def convert(out_dir: str | None = None) -> str:
     import torch
     import transformers
 
-    from srpo_verl.demo.tiny_model import cache_root
+    from srpo_verl.demo.tiny_model import cache_root, write_dir_atomically
 
     out_dir = out_dir or os.path.join(cache_root(), "smollm2_135m_instruct")
     if os.path.exists(os.path.join(out_dir, "config.json")) and os.path.exists(os.path.join(out_dir, "tokenizer.json")):
@@ -58,16 +56,11 @@ def convert(out_dir: str | None = None) -> str:
     model.load_state_dict(loaded.state_dict())
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = tok.eos_token_id
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".smollm2_", dir=parent)
-    os.chmod(staging, 0o755)
-    model.save_pretrained(staging)
-    tok.save_pretrained(staging)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir, ignore_errors=True)
-    os.rename(staging, out_dir)
-    return out_dir
+    def write(staging: str) -> None:
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+
+    return write_dir_atomically(out_dir, write)
 
 
 def overrides(model: str, data: dict, ckpt_dir: str, steps: int) -> list[str]:

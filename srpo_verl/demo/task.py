@@ -15,13 +15,15 @@ a 1M-parameter Qwen3 trained from scratch in a minute.
   "146" to the self-teacher as a correct solution.
 
 `python -m srpo_verl.demo.task OUT_DIR` writes `train.parquet` and `val.parquet` (verl's RL row
-format, like `addition.py`) and prints what it wrote.
+format, like `addition.py`, whose file writer and failure feedback it shares) and prints what it wrote.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+
+from srpo_verl.demo import addition
 
 DATA_SOURCE = "reasoning_gym/basic_arithmetic"
 RG_DATASET = "basic_arithmetic"
@@ -83,19 +85,14 @@ def split_problems(*, n_train: int, n_val: int, seed: int) -> tuple[list[dict], 
 
 def write_data(out_dir: str, *, n_train: int = 2048, n_val: int = 256, seed: int = 0) -> dict[str, str]:
     """Write train/val parquet files into `out_dir`; returns {"train": path, "val": path}."""
-    import pandas as pd
-
-    os.makedirs(out_dir, exist_ok=True)
     train, val = split_problems(n_train=n_train, n_val=n_val, seed=seed)
-    paths = {}
-    for split, entries in (("train", train), ("val", val)):
-        rows = [to_row(e, split=split, index=i) for i, e in enumerate(entries)]
-        paths[split] = os.path.join(out_dir, f"{split}.parquet")
-        # Written then renamed: a reader never sees half a file.
-        tmp = paths[split] + f".tmp{os.getpid()}"
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, paths[split])
-    return paths
+    return addition.write_splits(
+        out_dir,
+        {
+            split: [to_row(e, split=split, index=i) for i, e in enumerate(entries)]
+            for split, entries in (("train", train), ("val", val))
+        },
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,15 +114,7 @@ def compute_score(data_source, solution_str: str, ground_truth: str, extra_info=
     """
     answer = solution_str.strip()
     correct = is_correct(answer, ground_truth)
-    if correct:
-        feedback = ""
-    elif not answer:
-        feedback = "The response is empty; it should be the sum as a number."
-    elif not answer.isdigit():
-        feedback = f"The response {answer!r} is not a number; it should be the sum as digits only."
-    else:
-        feedback = f"{answer} is not the sum."
-    return {"score": 1.0 if correct else 0.0, "acc": float(correct), "feedback": feedback}
+    return {"score": 1.0 if correct else 0.0, "acc": float(correct), "feedback": addition.feedback(answer, correct)}
 
 
 if __name__ == "__main__":

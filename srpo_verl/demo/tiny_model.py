@@ -35,6 +35,29 @@ def cache_root() -> str:
     return os.path.expanduser(os.environ.get("SRPO_VERL_CACHE", "~/.cache/srpo_verl"))
 
 
+def write_dir_atomically(out_dir: str, write) -> str:
+    """Fill a directory with `write(staging_dir)` next to `out_dir`, then rename it into place, so
+    that no reader or concurrent builder ever sees half of it. An existing `out_dir` (a stale
+    cache entry) is replaced. When another process renames its copy in first, ours is dropped:
+    every caller builds the same content for the same path. Returns `out_dir`."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}_", dir=parent)
+    try:
+        os.chmod(staging, 0o755)
+        write(staging)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            os.rename(staging, out_dir)
+        except OSError:
+            if not os.path.isdir(out_dir):  # no other builder's copy there: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
 def build_tokenizer():
     """A `PreTrainedTokenizerFast`: one token per character, ChatML specials, pad <|endoftext|>."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -98,23 +121,13 @@ def build_tiny_model(
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
 
-    # Written next to the target and renamed into place, so concurrent builders never see half a model.
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tiny_model_", dir=parent)
-    os.chmod(staging, 0o755)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    with open(os.path.join(staging, "srpo_verl_tiny_model.json"), "w") as f:
-        json.dump(spec, f)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir, ignore_errors=True)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:
-        # Another process finished first; its copy is identical (same spec and seed).
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    def write(staging: str) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, "srpo_verl_tiny_model.json"), "w") as f:
+            json.dump(spec, f)
+
+    return write_dir_atomically(out_dir, write)
 
 
 if __name__ == "__main__":

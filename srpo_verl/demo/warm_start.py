@@ -27,8 +27,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 
 # Bumped whenever the training code changes in a way that changes the weights.
@@ -140,21 +138,13 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print) -> dict:
     accuracy = evaluate.evaluate(model, tokenizer, problems)
     record = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "train_s": round(train_s, 1), "eval": accuracy}
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".warm_start_", dir=parent)
-    os.chmod(staging, 0o755)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    with open(os.path.join(staging, "warm_start.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir, ignore_errors=True)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:
-        # Another process finished the same key first; its weights come from the same recipe.
-        shutil.rmtree(staging, ignore_errors=True)
+    def write(staging: str) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, "warm_start.json"), "w") as f:
+            json.dump(record, f, indent=1)
+
+    tiny_model.write_dir_atomically(out_dir, write)
     return record
 
 

@@ -56,3 +56,19 @@ def test_reward_is_reasoning_gym_full_credit_only(response, expected):
     # count reward >= 0.5 as correct and show "147" to the teacher as a solution.
     rg = reasoning_gym.get_score_answer_fn("basic_arithmetic")(response.strip(), {"answer": "47"})
     assert expected == (1.0 if rg == 1.0 else 0.0)
+
+
+@pytest.mark.parametrize(
+    "response, text",
+    [
+        ("47", ""),
+        (" ", "The response is empty; it should be the sum as a number."),
+        ("4x", "The response '4x' is not a number; it should be the sum as digits only."),
+        ("146\n", "146 is not the sum."),
+    ],
+)
+def test_both_addition_tasks_explain_a_failure_alike(response, text):
+    from srpo_verl.demo import addition
+
+    assert task.compute_score(task.DATA_SOURCE, response, "47")["feedback"] == text
+    assert addition.compute_score(addition.DATA_SOURCE, response, "47")["feedback"] == text
