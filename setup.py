@@ -4,7 +4,15 @@
 workers), so SRPO is registered without the user importing this package.
 """
 
+import os
+import re
+
 from setuptools import find_packages, setup
+
+# The supported verl release has one source, srpo_verl.SUPPORTED_VERL; read as text, since importing
+# the package before its dependencies are installed would fail.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "srpo_verl", "__init__.py")) as f:
+    SUPPORTED_VERL = re.search(r'^SUPPORTED_VERL = "([^"]+)"$', f.read(), re.M).group(1)
 
 setup(
     name="srpo_verl",
@@ -15,8 +23,8 @@ setup(
     package_data={"srpo_verl": ["config/*.yaml", "config/*/*.yaml", "cpu/README.md"]},
     install_requires=[
         # The engine-worker API (0.8+) and the private rollout registry we extend changed in every
-        # minor release; 0.9.1 is what the CPU backend and the SRPO step are tested against.
-        "verl[verl-core]==0.9.1",
+        # minor release; SUPPORTED_VERL is what the CPU backend and the SRPO step are tested against.
+        f"verl[verl-core]=={SUPPORTED_VERL}",
         # Any torch the verl deployment already has; CPU machines install torch==2.13.0 first.
         "torch>=2.6",
         "hydra-core>=1.3.2,<1.4",

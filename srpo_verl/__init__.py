@@ -7,5 +7,6 @@ EMA teacher) and `srpo_verl.cpu` (the opt-in CPU backend).
 
 __version__ = "0.1.0"
 
-# The verl release this plugin is written and tested against (see setup.py).
+# The verl release this plugin is written and tested against: the one source of the pin (setup.py
+# reads this line; the SRPO trainer and the CPU backend refuse any other installed verl).
 SUPPORTED_VERL = "0.9.1"

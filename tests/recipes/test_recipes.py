@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
+from srpo_verl import SUPPORTED_VERL
 from srpo_verl.algo_config import srpo_config_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +160,8 @@ def test_readme_lists_every_recipe_and_the_pinned_verl():
     readme = (RECIPES / "README.md").read_text()
     for script in CELLS:
         assert f"{script.parent.name}/{script.name}" in readme, script.name
-    assert (RECIPES / "REQUIRED_VERL.txt").read_text().strip() == "verl==0.9.1"
+    # The pin's one source is srpo_verl.SUPPORTED_VERL; the README can only state it.
+    assert f"| verl | {SUPPORTED_VERL} (`srpo_verl.SUPPORTED_VERL`" in readme
 
 
 def test_quickstart_launch_line_composes(hydra_compose):
