@@ -148,7 +148,7 @@ class SRPOConfig(BaseConfig):
     strip_thinking: bool = True
     max_teacher_prompt_length: Optional[int] = None
     teacher_prompt_overflow: str = "truncate"
-    chunk_size: int = 1024
+    chunk_size: int = core_algos.DEFAULT_CHUNK_SIZE
 
     def __post_init__(self):
         _check_types(self)
