@@ -111,3 +111,28 @@ def test_importing_our_checks_before_verl_still_registers_the_trainers():
     proc = _fresh_python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "after True True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_registered_srpo_policy_loss_is_the_clipped_surrogate_over_the_global_batch():
+    """verl's `policy_loss.loss_mode=srpo` (what runs without the SRPO trainer): the asymmetric clipped
+    surrogate, aggregated by verl's agg_loss over the global token count (`global_batch_info`)."""
+    import torch
+    import verl  # noqa: F401
+    from verl.trainer.ppo import core_algos as ca
+
+    class Cfg(dict):  # the attributes verl's ActorConfig gives a policy loss
+        clip_ratio, clip_ratio_low, clip_ratio_high = 0.2, 0.2, 0.28
+        global_batch_info = {"dp_size": 2, "batch_num_tokens": 16, "global_batch_size": 4}
+
+    old = torch.zeros(2, 3)
+    log_prob = torch.log(torch.tensor([[1.5, 0.5, 1.0], [1.1, 2.0, 0.7]]))  # ratios
+    adv = torch.tensor([[1.0, 1.0, -1.0], [-1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    loss, metrics = ca.get_policy_loss_fn("srpo")(old, log_prob, adv, mask, "token-mean", Cfg(clip_ratio_c=3.0))
+    # Per token -min(r A, clip(r, 0.8, 1.28) A) (dual clip at 3 does not bind here):
+    # (1.5, +1) -> -1.28 clipped; (0.5, +1) -> -0.5; (1.0, -1) -> 1.0; (1.1, -1) -> 1.1; (2.0, +1) -> -1.28
+    # clipped; the masked token counts nowhere. token-mean over the global batch: sum * dp_size / 16
+    # (a mean over this micro-batch's 5 tokens would be sum / 5).
+    expected = (-1.28 - 0.5 + 1.0 + 1.1 - 1.28) * 2 / 16
+    torch.testing.assert_close(loss, torch.tensor(expected), rtol=1e-6, atol=1e-7)
+    assert abs(metrics["actor/pg_clipfrac"] - 2 / 5) < 1e-7  # the two clipped of five valid tokens
