@@ -23,13 +23,16 @@ at that same size.
 import argparse
 import gc
 import os
-import threading
+import sys
 import time
 
 import psutil
 import torch
 
 from srpo_verl import core_algos as ca
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peak_memory import GB, PeakMemory  # noqa: E402
 
 # -----------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -49,7 +52,6 @@ args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-GB = 1024**3
 PROC = psutil.Process(os.getpid())
 
 
@@ -57,44 +59,11 @@ def rss() -> int:
     return PROC.memory_info().rss
 
 
-class PeakRSS:
-    """Peak RSS during a block. Exact via Linux's resettable high-water mark (VmHWM, reset by writing
-    5 to /proc/self/clear_refs); otherwise sampled every 0.5 ms in a background thread (torch ops
-    release the GIL, so the sampler runs during them)."""
+class PeakRSS(PeakMemory):
+    """Peak process RSS during a block (scripts/peak_memory.py); `.peak` in bytes."""
 
     def __init__(self):
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.exact = True
-        except OSError:
-            self.exact = False
-
-    def __enter__(self):
-        self.peak = rss()
-        if self.exact:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := current RSS
-        else:
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss())
-            time.sleep(0.0005)
-
-    def __exit__(self, *exc):
-        if self.exact:
-            with open("/proc/self/status") as f:
-                hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-            self.peak = max(self.peak, hwm_kb * 1024)
-        else:
-            self._stop.set()
-            self._thread.join()
-        self.peak = max(self.peak, rss())
+        super().__init__("cpu")
 
 
 def make_inputs(tokens: int):

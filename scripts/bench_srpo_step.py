@@ -1,30 +1,43 @@
 """Benchmark: SRPO's step against SDPO's and GRPO's on identical batches, in verl's engine on CPU.
 
     python scripts/bench_srpo_step.py [--rows 64 --response-len 96 --hidden 256 --repeats 3]
+    python scripts/bench_srpo_step.py --memory --vocab 151936 --rows 8 --micro-batch 4 \\
+        --prompt-len 64 --response-len 512 --teacher-extra-len 512 --hidden 64 --layers 2 --repeats 1
 
 One process, one verl actor worker (`SRPOActorRolloutRefWorker`, FSDP2 engine, the CPU backend),
-one fixed batch of `rows` responses in groups of `group` with random correctness. Per repeat,
-round-robin so that drift hits every method alike, it times:
-  - the teacher pass on SRPO's rows (failed with a correct sibling) and on SDPO's rows (every row
-    with a teacher: a correct sibling other than itself);
-  - a whole step = old log-probs + teacher pass + actor update, for GRPO (verl's own loss, no
-    teacher), SDPO, SRPO, and SRPO on a batch where no row is routed.
-It prints medians and the ratios the issue asks for:
-  teacher-pass time SRPO/SDPO next to the routed share (SRPO rows / SDPO rows; target: ratio <=
-  share + 0.05), step SRPO/SDPO and SRPO/GRPO, and zero-routed SRPO/GRPO (target <= 1.03).
+one fixed batch of `rows` responses in groups of `group` with random correctness. A step is what the
+trainer runs on the workers: verl's old-log-prob forward (for SRPO/SDPO it also takes the student's
+top-K ids of the teacher rows), the teacher pass on the teacher rows, verl's actor update, and for
+SRPO/SDPO the EMA step. Methods, timed round-robin per repeat so drift hits all alike:
+  grpo        verl's own loss, no teacher;
+  sdpo        every row with a teacher (a correct sibling other than itself);
+  srpo        the failed rows with a correct sibling;
+  srpo_zero   SRPO on a batch where no row is routed;
+  srpo_25/50  SRPO with every 4th / every 2nd row routed (fixed shares, the same in each micro-batch).
+Printed: medians per phase; teacher-pass SRPO/SDPO next to the routed share (target <= share + 0.05);
+step SRPO/SDPO and SRPO/GRPO; zero-routed SRPO/GRPO (target <= 1.03); at routed shares 0.25 and 0.5,
+SRPO step - GRPO step against the teacher's forward on the routed rows + 5% of the GRPO step (the
+cost SRPO cannot avoid); the EMA step as a share of the SRPO step. With --memory, the peak memory of
+the actor update over the update's starting point, per method, and SRPO's extra over GRPO's as a
+multiple of one micro-batch's logits (target <= 0.5x).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-from srpo_verl.cpu.local import as_batch, compose, local_env, response_log_probs, update_info
+from srpo_verl.cpu.local import as_batch, compose, local_env, update_info
 
 local_env()
 
 import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peak_memory import GB, PeakMemory  # noqa: E402
 
 
 def parse_args():
@@ -36,11 +49,35 @@ def parse_args():
     p.add_argument("--teacher-extra-len", type=int, default=96, help="template + demonstration tokens")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=None, help="model vocabulary (default: the tiny model's, 100)")
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--p-correct", type=float, default=0.3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory", action="store_true", help="also measure the update's peak memory per method")
+    p.add_argument("--methods", default="grpo,sdpo,srpo,srpo_zero,srpo_25,srpo_50")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
+
+
+def model_dir(args) -> str:
+    """The tiny Qwen3; with --vocab, the same with its vocabulary padded to that size (as Qwen3's
+    151,936 pads its tokenizer's ~151.7k), written once into the cache."""
+    from srpo_verl.demo.tiny_model import build_config, build_tiny_model, build_tokenizer, cache_root
+
+    if args.vocab is None:
+        return build_tiny_model(hidden_size=args.hidden, num_layers=args.layers)
+    path = os.path.join(cache_root(), f"bench_qwen3_v{args.vocab}_h{args.hidden}_l{args.layers}")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = build_tokenizer()
+        eos, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+        config = build_config(args.vocab, hidden_size=args.hidden, num_layers=args.layers, eos_id=eos, pad_id=pad)
+        config.max_position_embeddings = 4096
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
 
 
 def main():
@@ -51,16 +88,14 @@ def main():
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     from srpo_verl import core_algos
-    from srpo_verl.demo.tiny_model import build_tiny_model
-    from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
+    from srpo_verl.integration.worker import TAUGHT_FIELD, TEACHER_FIELDS, TOPK_FIELD, SRPOActorRolloutRefWorker
 
-    model = build_tiny_model(hidden_size=args.hidden, num_layers=args.layers)
+    model = model_dir(args)
     config = compose(
         [
             "algorithm=srpo",
             "platform=cpu",
             f"actor_rollout_ref.model.path={model}",
-            "actor_rollout_ref.model.use_remove_padding=True",
             f"actor_rollout_ref.actor.ppo_mini_batch_size={args.rows}",
             f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={args.micro_batch}",
             f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.micro_batch}",
@@ -75,64 +110,101 @@ def main():
     worker.srpo_setup(OmegaConf.to_container(config.algorithm.srpo, resolve=True), k)
     srpo_loss = worker.actor.loss_fn
 
+    # The teacher module's forward time, accumulated by hooks (the cost SRPO cannot avoid).
+    forward_s = [0.0]
+    teacher_module = worker.teacher.engine.module
+    teacher_module.register_forward_pre_hook(lambda *a: forward_s.__setitem__(0, forward_s[0] - time.perf_counter()))
+    teacher_module.register_forward_hook(lambda *a: forward_s.__setitem__(0, forward_s[0] + time.perf_counter()))
+
     gen = torch.Generator().manual_seed(args.seed)
     rows, T = args.rows, args.response_len
-    prompts = [torch.randint(4, vocab, (args.prompt_len,), generator=gen).tolist() for _ in range(rows // args.group)]
-    sequences = [(prompts[i // args.group], torch.randint(4, vocab, (T,), generator=gen).tolist()) for i in range(rows)]
+    tokens = min(vocab, 100)  # the tokenizer's ids (a padded vocabulary's extra ids are never sampled)
+    prompts = [torch.randint(4, tokens, (args.prompt_len,), generator=gen).tolist() for _ in range(rows // args.group)]
+    sequences = [(prompts[i // args.group], torch.randint(4, tokens, (T,), generator=gen).tolist()) for i in range(rows)]
     teacher_ids = [
-        torch.tensor(p + torch.randint(4, vocab, (args.teacher_extra_len,), generator=gen).tolist() + r)
+        torch.tensor(p + torch.randint(4, tokens, (args.teacher_extra_len,), generator=gen).tolist() + r)
         for p, r in sequences
     ]
     rewards = (torch.rand(rows, generator=gen) < args.p_correct).float()
     uid = [str(i // args.group) for i in range(rows)]
     routing = core_algos.routing_mask(rewards, uid)
-    srpo_rows = routing.sdpo.nonzero().flatten().tolist()
-    sdpo_rows = routing.teacher_available.nonzero().flatten().tolist()
+    taught_rows = {
+        "grpo": [],
+        "srpo": routing.sdpo.nonzero().flatten().tolist(),
+        "sdpo": routing.teacher_available.nonzero().flatten().tolist(),
+        "srpo_zero": [],
+        "srpo_25": list(range(0, rows, 4)),  # spread evenly: each micro-batch holds the same share
+        "srpo_50": list(range(0, rows, 2)),
+    }
     advantages = core_algos.grpo_advantage(rewards, uid)
+    nested = lambda xs: torch.nested.as_nested_tensor(xs, layout=torch.jagged)  # noqa: E731
 
-    def teacher_pass(idx):
-        if not idx:
-            return {}
-        data = as_batch([sequences[i] for i in idx], srpo_teacher_input_ids=[teacher_ids[i] for i in idx])
+    def old_log_prob_pass(idx):
+        """As the trainer runs it: teacher rows marked (none marked: verl's plain forward)."""
+        data = as_batch(sequences)
+        if idx:
+            data[TAUGHT_FIELD] = torch.tensor([int(i in idx) for i in range(rows)])
+        tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=True, compute_loss=False)
+        out = worker.compute_log_prob(data)
+        old = [out["log_probs"][i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
+        topk = list(out[TOPK_FIELD].unbind()) if idx else [torch.zeros(0, k, dtype=torch.int32)] * rows
+        return old, topk
+
+    def teacher_pass(idx, topk):
+        data = tu.get_tensordict(
+            {
+                "srpo_teacher_input_ids": nested([teacher_ids[i] for i in idx]),
+                "responses": nested([torch.tensor(sequences[i][1]) for i in idx]),
+                TOPK_FIELD: nested([topk[i] for i in idx]),
+            }
+        )
         tu.assign_non_tensor(data, temperature=1.0)
         out = worker.compute_srpo_teacher(data)
         return {key: dict(zip(idx, out[key].unbind())) for key in TEACHER_FIELDS}
 
     def step(method: str) -> dict[str, float]:
-        times = {}
+        times, srpo = {}, method != "grpo"
+        idx = taught_rows[method]
         t0 = time.perf_counter()
-        old = response_log_probs(worker, sequences)
+        old, topk = old_log_prob_pass(idx)
         times["old_log_prob"] = time.perf_counter() - t0
-        idx = {"srpo": srpo_rows, "sdpo": sdpo_rows}.get(method, [])
+        forward_s[0] = 0.0
         t0 = time.perf_counter()
-        taught = teacher_pass(idx)
+        taught = teacher_pass(idx, topk) if idx else {}
         times["teacher"] = time.perf_counter() - t0
+        times["teacher_forward"] = forward_s[0]
         adv = [torch.full((T,), float(a)) for a in advantages]
         extra = dict(old_log_probs=old, advantages=adv)
-        if method != "grpo":
+        if srpo:
             if method == "sdpo":
                 extra["advantages"] = [torch.zeros(T) for _ in range(rows)]
-            zeros = {"srpo_topk_ids": torch.zeros(T, k, dtype=torch.int32), "srpo_teacher_topk": torch.zeros(T, k)}
-            for key in TEACHER_FIELDS:
-                default = zeros.get(key, torch.zeros(T))
-                extra[key] = [taught.get(key, {}).get(i, default) for i in range(rows)]
-            extra["srpo_sampled_adv"] = [torch.zeros(T) for _ in range(rows)]
+            extra[TOPK_FIELD] = topk
+            empty = {"srpo_teacher_topk": torch.zeros(0, k)}
+            for key in ("srpo_teacher_topk", "srpo_teacher_entropy"):  # what the update reads
+                extra[key] = [taught.get(key, {}).get(i, empty.get(key, torch.zeros(0))) for i in range(rows)]
+            extra["srpo_sampled_adv"] = [torch.zeros(T if i in idx else 0) for i in range(rows)]
         data = as_batch(sequences, **extra)
-        if method != "grpo":
+        if srpo:
             data["srpo_route"] = torch.tensor([int(i in idx) for i in range(rows)])
         update_info(data, rows)
+        with PeakMemory("cpu") as mem:
+            t0 = time.perf_counter()
+            if srpo:
+                worker.actor.loss_fn = srpo_loss
+                worker.update_actor(data)
+            else:
+                worker.actor.loss_fn = grpo_loss
+                ActorRolloutRefWorker.update_actor(worker, data)
+            times["update"] = time.perf_counter() - t0
+        times["update_peak_gb"] = mem.extra / GB
         t0 = time.perf_counter()
-        if method == "grpo":
-            worker.actor.loss_fn = grpo_loss
-            ActorRolloutRefWorker.update_actor(worker, data)
-        else:
-            worker.actor.loss_fn = srpo_loss
-            worker.update_actor(data)
-        times["update"] = time.perf_counter() - t0
-        times["step"] = sum(times.values())
+        if srpo:
+            worker.srpo_ema_update()
+        times["ema"] = time.perf_counter() - t0
+        times["step"] = times["old_log_prob"] + times["teacher"] + times["update"] + times["ema"]
         return times
 
-    methods = ["grpo", "sdpo", "srpo", "srpo_zero"]
+    methods = args.methods.split(",")
     results: dict[str, list[dict]] = {m: [] for m in methods}
     for method in methods:  # warm-up
         step(method)
@@ -142,20 +214,50 @@ def main():
         print(f"repeat {r + 1}/{args.repeats} done", flush=True)
 
     med = {m: {key: statistics.median(t[key] for t in results[m]) for key in results[m][0]} for m in methods}
-    share = len(srpo_rows) / max(len(sdpo_rows), 1)
-    print(f"\nrows {rows} (groups of {args.group}), response {T} tokens, model hidden {args.hidden} x {args.layers}")
-    print(f"teacher rows: SRPO {len(srpo_rows)}, SDPO {len(sdpo_rows)}; routed share SRPO/SDPO = {share:.3f}\n")
-    print(f"{'method':<10}{'old_lp s':>10}{'teacher s':>11}{'update s':>10}{'step s':>9}")
+    print(
+        f"\nrows {rows} (groups of {args.group}), prompt {args.prompt_len}, teacher extra {args.teacher_extra_len}, "
+        f"response {T} tokens; model hidden {args.hidden} x {args.layers}, V {vocab}; micro-batch {args.micro_batch}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print("teacher rows: " + ", ".join(f"{m} {len(taught_rows[m])}" for m in methods) + "\n")
+    cols = ["old_log_prob", "teacher", "teacher_forward", "update", "ema", "step"]
+    print(f"{'method':<11}" + "".join(f"{c + ' s':>17}" for c in cols) + (f"{'update peak GiB':>17}" if args.memory else ""))
     for m in methods:
         t = med[m]
-        print(f"{m:<10}{t['old_log_prob']:>10.3f}{t['teacher']:>11.3f}{t['update']:>10.3f}{t['step']:>9.3f}")
-    ratio = med["srpo"]["teacher"] / med["sdpo"]["teacher"]
-    print(f"\nteacher pass SRPO/SDPO = {ratio:.3f}  vs routed share {share:.3f}  (target ratio <= share + 0.05: "
-          f"{'met' if ratio <= share + 0.05 else 'NOT met'})")
-    print(f"step SRPO/SDPO = {med['srpo']['step'] / med['sdpo']['step']:.3f}")
-    print(f"step SRPO/GRPO = {med['srpo']['step'] / med['grpo']['step']:.3f}")
-    zero = med["srpo_zero"]["step"] / med["grpo"]["step"]
-    print(f"step SRPO(zero routed)/GRPO = {zero:.3f}  (target <= 1.03: {'met' if zero <= 1.03 else 'NOT met'})")
+        row = f"{m:<11}" + "".join(f"{t[c]:>17.3f}" for c in cols)
+        print(row + (f"{t['update_peak_gb']:>17.3f}" if args.memory else ""))
+    print()
+    if {"srpo", "sdpo"} <= set(methods):
+        share = len(taught_rows["srpo"]) / max(len(taught_rows["sdpo"]), 1)
+        ratio = med["srpo"]["teacher"] / med["sdpo"]["teacher"]
+        print(f"teacher pass SRPO/SDPO = {ratio:.3f}  vs routed share {share:.3f}  (target ratio <= share + 0.05: "
+              f"{'met' if ratio <= share + 0.05 else 'NOT met'})")
+        print(f"step SRPO/SDPO = {med['srpo']['step'] / med['sdpo']['step']:.3f}")
+    if "grpo" in methods:
+        grpo = med["grpo"]["step"]
+        if "srpo" in methods:
+            print(f"step SRPO/GRPO = {med['srpo']['step'] / grpo:.3f}")
+        if "srpo_zero" in methods:
+            zero = med["srpo_zero"]["step"] / grpo
+            print(f"step SRPO(zero routed)/GRPO = {zero:.3f}  (target <= 1.03: {'met' if zero <= 1.03 else 'NOT met'})")
+        for m in ("srpo_25", "srpo_50"):
+            if m in methods:
+                extra, bound = med[m]["step"] - grpo, med[m]["teacher_forward"] + 0.05 * grpo
+                print(
+                    f"{m}: step - GRPO step = {extra:.3f} s vs teacher forward {med[m]['teacher_forward']:.3f} s + 5% GRPO "
+                    f"step {0.05 * grpo:.3f} s = {bound:.3f} s ({'met' if extra <= bound else 'NOT met'})"
+                )
+    for m in ("srpo", "srpo_50"):
+        if m in methods:
+            print(f"EMA step / {m} step = {med[m]['ema'] / med[m]['step']:.4f}  ({med[m]['ema'] * 1000:.1f} ms)")
+    if args.memory and "grpo" in methods:
+        logits_gb = args.micro_batch * (args.prompt_len + T) * vocab * 4 / GB
+        print(f"one micro-batch's logits: {logits_gb:.3f} GiB ({args.micro_batch} x {args.prompt_len + T} tokens x {vocab}, fp32)")
+        for m in methods:
+            if m != "grpo":
+                extra = med[m]["update_peak_gb"] - med["grpo"]["update_peak_gb"]
+                print(f"update peak {m} - grpo = {extra:.3f} GiB = {extra / logits_gb:.2f}x logits (target <= 0.5x: "
+                      f"{'met' if extra <= 0.5 * logits_gb else 'NOT met'})")
     torch.distributed.destroy_process_group()
 
 

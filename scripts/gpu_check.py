@@ -13,8 +13,9 @@ For a machine with one NVIDIA GPU, PyTorch with CUDA and transformers, and possi
    (flash-attn's `cross_entropy_loss(inplace_backward=True)` when installed, else an emulation).
 3. If verl imports: the SRPO loss hook (`srpo_loss_fn`, both roles) on a micro-batch moved to the
    device, against the float64 reference of tests/loss_case.py.
-4. Peak device memory of the distillation forward+backward at the given vocabulary and token counts,
-   against the bytes of the bf16 logits, routed shares 0.5 and 1.
+4. Peak device memory of one micro-batch's update (token log-prob by the in-place cross-entropy plus
+   the distillation of the routed rows) over the same update without distillation, against the
+   bytes of the bf16 logits, routed shares 0.5 and 1 (merged and separate distillation gradient).
 
 Prints one line per check (PASS/FAIL with the measured error and its bound); exits 1 on a FAIL.
 """
@@ -119,6 +120,13 @@ def check_inplace(device: str, vocab: int, n: int, k: int) -> None:
     ref_token = torch.log_softmax(ref, -1).gather(-1, labels[:, None]).squeeze(-1)
     (ca.topk_tail_divergence(ref, log_q, idx, rows=rows).sum() + ref_token.sum()).backward()
     report(f"gradient with {name[:40]}", rel(x.grad, ref.grad), 1e-4)
+    # The engine's path: the rows' gradient merged into the cross-entropy's (the logits' storage).
+    x.grad = None
+    logits = x * 1.0
+    div = ca.topk_tail_divergence(logits, log_q.to(device), idx.to(device), rows=rows.to(device), merge_grad=True)
+    (div.sum() + logprobs(logits, labels.to(device)).sum()).backward()
+    report("merged gradient with the same cross-entropy", rel(x.grad, ref.grad), 1e-4)
+    report("merged gradients left pending", float(ca.pending_gradient_merges()), 0.0)
 
 
 def check_loss_hook(device: str) -> None:
@@ -152,32 +160,50 @@ def check_loss_hook(device: str) -> None:
 
 
 def check_memory(device: str, vocab: int, tokens: list[int], k: int) -> None:
+    """Peak memory of one micro-batch's update as verl's engine runs it (token log-prob by the
+    in-place cross-entropy, plus the distillation of the routed rows), against the same update
+    without distillation (GRPO): SRPO's extra over GRPO as a multiple of the bf16 logits."""
     if not device.startswith("cuda"):
         print("SKIP  memory: not a CUDA device", flush=True)
         return
+    _, logprobs = inplace_logprobs()
+
+    def peak(n: int, share: float, distil: bool, merge: bool) -> tuple[int, float]:
+        torch.cuda.empty_cache()
+        g = torch.Generator(device=device).manual_seed(0)
+        leaf = torch.randn(n, vocab, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+        rows = torch.arange(0, n, int(round(1 / share)), device=device)
+        idx = ca.student_topk(leaf.detach(), k=k, rows=rows)
+        log_q = torch.log_softmax(torch.randn(rows.numel(), k, device=device, generator=g), -1)
+        labels = torch.randint(0, vocab, (n,), device=device, generator=g)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        logits = leaf * 1.0  # the engine's logits: a non-leaf the token log-prob and the distillation share
+        loss = logprobs(logits, labels).sum()
+        if distil:
+            loss = loss + ca.topk_tail_divergence(logits, log_q, idx, rows=rows, merge_grad=merge).sum()
+        loss.backward()
+        torch.cuda.synchronize()
+        out = torch.cuda.max_memory_allocated() - base, time.perf_counter() - start
+        del leaf, logits, loss, idx, log_q, labels
+        return out
+
     for n in tokens:
+        logits_bytes = n * vocab * 2
+        grpo, grpo_s = peak(n, 1.0, distil=False, merge=False)
         for share in (0.5, 1.0):
-            torch.cuda.empty_cache()
-            logits = torch.randn(n, vocab, device=device, dtype=torch.bfloat16).requires_grad_()
-            rows = torch.arange(0, n, int(round(1 / share)), device=device)
-            idx = ca.student_topk(logits.detach(), k=k, rows=rows)
-            log_q = torch.log_softmax(torch.randn(rows.numel(), k, device=device), -1)
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            ca.topk_tail_divergence(logits, log_q, idx, rows=rows).sum().backward()
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            extra = torch.cuda.max_memory_allocated() - base
-            logits_bytes = logits.numel() * logits.element_size()
+            merged, merged_s = peak(n, share, distil=True, merge=True)
+            dense, _ = peak(n, share, distil=True, merge=False)
             print(
-                f"MEM   distillation fwd+bwd  V={vocab} tokens={n:>6d} routed={share:.1f}: peak extra "
-                f"{extra / 2**30:.2f} GiB = {extra / logits_bytes:.2f}x the bf16 logits ({logits_bytes / 2**30:.2f} GiB, "
-                f"the gradient itself is 1.00x), {seconds * 1e3:.0f} ms",
+                f"MEM   update V={vocab} tokens={n:>6d} routed={share:.1f}: SRPO - GRPO peak = "
+                f"{(merged - grpo) / logits_bytes:.2f}x the bf16 logits ({logits_bytes / 2**30:.2f} GiB) with the "
+                f"merged gradient, {(dense - grpo) / logits_bytes:.2f}x with a separate one; "
+                f"{merged_s * 1e3:.0f} ms vs GRPO {grpo_s * 1e3:.0f} ms",
                 flush=True,
             )
-            del logits, idx, log_q
+    assert ca.pending_gradient_merges() == 0
 
 
 def main() -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "generalized_jsd",
     "group_ids",
     "grpo_advantage",
+    "pending_gradient_merges",
     "ppo_clip_token_loss",
     "routing_mask",
     "sampled_token_advantage",
@@ -39,8 +40,10 @@ __all__ = [
     "student_topk",
     "teacher_availability",
     "teacher_entropy",
+    "teacher_scores",
     "teacher_topk_log_probs",
     "topk_tail_divergence",
+    "topk_unchanged",
     "topk_tail_entropy",
     "trust_region_teacher_log_probs",
     "trust_region_teacher_logits_",
@@ -422,7 +425,9 @@ class _GatherLogSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def forward(
+        ctx, logits: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_size: int, merge: dict | None = None
+    ) -> torch.Tensor:
         dtype = _compute_dtype(logits)
         n = rows.shape[0]
         keep = ctx.needs_input_grad[0]
@@ -440,7 +445,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
         del work
         if keep:
             ctx.save_for_backward(private, lse, index, rows)
-            ctx.chunk_size, ctx.total_rows = chunk_size, logits.shape[0]
+            ctx.chunk_size, ctx.total_rows, ctx.merge = chunk_size, logits.shape[0], merge
         return picked - lse.unsqueeze(-1)  # (n, K)
 
     @staticmethod
@@ -448,8 +453,11 @@ class _GatherLogSoftmax(torch.autograd.Function):
         x, lse, index, rows = ctx.saved_tensors  # x: the private (n, V) copy
         dtype = lse.dtype
         grad_out = grad_out.to(dtype)  # (n, K)
-        # The one (N, V) buffer: the gradient itself, in the logits' dtype; unselected rows get 0.
-        grad = torch.zeros((ctx.total_rows, x.shape[-1]), dtype=x.dtype, device=x.device)  # (N, V)
+        merge = ctx.merge is not None
+        # Dense: the one (N, V) buffer is the gradient itself, in the logits' dtype; unselected rows 0.
+        # Merged: the rows' gradient overwrites the private copy (no longer needed) and a hook adds it
+        # into the gradient the token log-prob's backward makes for the same logits (no (N, V) buffer).
+        grad = None if merge else torch.zeros((ctx.total_rows, x.shape[-1]), dtype=x.dtype, device=x.device)
         work = _chunk_buffer(x, ctx.chunk_size, dtype)  # (chunk, V), fp32 for bf16 logits
         for part in _row_chunks(x.shape[0], ctx.chunk_size):
             g = grad_out[part]  # (n, K)
@@ -457,8 +465,51 @@ class _GatherLogSoftmax(torch.autograd.Function):
             buf.sub_(lse[part].unsqueeze(-1)).exp_()  # softmax
             buf.mul_(-g.sum(-1, keepdim=True))  # -p_v * sum_k g_k
             buf.scatter_add_(-1, index[part], g)  # + g_k at v = i_k (duplicates add up)
-            grad.index_copy_(0, rows[part], buf.to(x.dtype))
-        return grad, None, None, None
+            if merge:
+                x[part] = buf
+            else:
+                grad.index_copy_(0, rows[part], buf.to(x.dtype))
+        if merge:
+            ctx.merge["grad"] = x
+            _PENDING_MERGES[0] += 1
+        return grad, None, None, None, None
+
+
+# Merged gradients computed by a backward whose hook has not yet added them (see gather_log_softmax).
+_PENDING_MERGES = [0]
+
+
+def pending_gradient_merges() -> int:
+    """How many `merge_grad=True` gradients were computed but never added to the logits' gradient
+    (no other backward reached those logits). A trainer checks for 0 before its optimiser step."""
+    return _PENDING_MERGES[0]
+
+
+def _merge_into_base(logits: torch.Tensor, rows: torch.Tensor, holder: dict) -> bool:
+    """Register the hook that adds `holder["grad"]` (rows of `logits`) into the gradient of the tensor
+    `logits` views. Only when `logits` covers that tensor's memory row for row (a squeeze/unsqueeze
+    view or the tensor itself); returns False otherwise (the caller then uses the dense gradient)."""
+    base = logits if logits._base is None else logits._base
+    if base.grad_fn is None or not (base.is_contiguous() and logits.is_contiguous()):
+        return False
+    if base.numel() != logits.numel() or base.storage_offset() != logits.storage_offset():
+        return False
+    vocab = logits.shape[-1]
+
+    def add_rows(grad: torch.Tensor | None) -> torch.Tensor | None:
+        if grad is None or "grad" not in holder:
+            # No other backward reached the logits (autograd cannot add a gradient here then: the rows'
+            # gradient stays pending, and the worker refuses the optimiser step), or this output took no
+            # part in the loss (nothing to add).
+            return grad
+        rows_grad = holder.pop("grad")
+        _PENDING_MERGES[0] -= 1
+        flat = grad.reshape(-1, vocab)
+        flat.index_add_(0, rows, rows_grad.to(flat.dtype))
+        return flat.view(grad.shape)
+
+    base.register_hook(add_rows)
+    return True
 
 
 def gather_log_softmax(
@@ -467,6 +518,7 @@ def gather_log_softmax(
     *,
     rows: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    merge_grad: bool = False,
 ) -> torch.Tensor:
     """log softmax(x)_v at the given vocabulary indices: x_{i_k} - logsumexp_v x_v.
 
@@ -479,6 +531,13 @@ def gather_log_softmax(
     rows given (unique long (n,)): logits (N, V), index (n, K) for logits[rows]; returns (n, K), and
     only those n rows are copied, read and given a gradient (the others get exactly 0).
     logits: fp32/bf16/fp64; index: long. Returns at least float32.
+
+    merge_grad (with `rows`, for logits another backward also differentiates, as verl's token log-prob
+    does in the engine): the selected rows' gradient is added by a hook on the logits' base tensor into
+    the gradient that other backward gives it, instead of being returned as a separate (N, V) tensor
+    that autograd would then sum with it. Extra memory is the private copy only. If no other gradient
+    reaches the logits, the rows' gradient cannot be added: `pending_gradient_merges()` counts such
+    gradients (0 after every backward in which the other gradient exists; check it before stepping).
     """
     _check_positive_int("chunk_size", chunk_size)
     vocab, k = logits.shape[-1], index.shape[-1]
@@ -496,7 +555,10 @@ def gather_log_softmax(
                 f"index{tuple(index.shape)} (n, K) for the n selected rows"
             )
     selected = _select_rows(flat, rows)
-    out = _GatherLogSoftmax.apply(flat, selected, flat_index.long(), chunk_size)  # (n, K)
+    holder = {} if merge_grad and rows is not None and logits.requires_grad else None
+    if holder is not None and not _merge_into_base(logits, selected, holder):
+        holder = None
+    out = _GatherLogSoftmax.apply(flat, selected, flat_index.long(), chunk_size, holder)  # (n, K)
     return out if rows is not None else out.reshape(*index.shape)
 
 
@@ -519,6 +581,22 @@ def student_topk(
         out = torch.empty((rows.shape[0], k), dtype=torch.long, device=logits.device)  # (n, K)
         for part, chunk in _chunks_of_rows(logits, rows, chunk_size):
             out[part] = torch.topk(chunk, k=k, dim=-1, sorted=False).indices
+        return out
+
+
+def topk_unchanged(
+    logits: torch.Tensor, topk_index: torch.Tensor, *, rows: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
+    """bool: are the stored ids still the K largest logits? (the student's support drifting during the
+    update). True when fewer than K logits exceed the smallest stored one: one compare pass per row,
+    not a new top-K. logits (N, V) and topk_index (n, K) for `rows` (long (n,), all rows when None)."""
+    with torch.no_grad():
+        flat = logits.detach()
+        selected = _select_rows(flat, rows)
+        out = torch.empty(selected.shape[0], dtype=torch.bool, device=flat.device)  # (n,)
+        for part, chunk in _chunks_of_rows(flat, selected, chunk_size):
+            kth = chunk.gather(-1, topk_index[part]).amin(-1, keepdim=True)  # (n, 1)
+            out[part] = (chunk > kth).sum(-1) < topk_index.shape[-1]
         return out
 
 
@@ -599,6 +677,7 @@ def topk_tail_divergence(
     tail: bool = True,
     rows: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    merge_grad: bool = False,
 ) -> torch.Tensor:
     """SDPO's logit-level divergence on the student's top-K support (SDPO Sec. 3; SRPO Sec. 3.2, K=100).
 
@@ -612,11 +691,12 @@ def topk_tail_divergence(
     at topk_index, e.g. from `teacher_topk_log_probs`; it gets no gradient.
     student_logits: (..., V); teacher_log_probs_topk, topk_index: (..., K). Returns (...).
     With `rows` (unique long (n,)): student_logits (N, V), the others (n, K); returns (n,), and only
-    those rows are read and receive gradient (the SDPO-routed tokens of a packed micro-batch).
+    those rows are read and receive gradient (the SDPO-routed tokens of a packed micro-batch);
+    merge_grad: see `gather_log_softmax`.
     """
     _check_range("alpha", alpha, 0.0, 1.0)
     _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
-    log_p = gather_log_softmax(student_logits, topk_index, rows=rows, chunk_size=chunk_size)  # (..., K)
+    log_p = gather_log_softmax(student_logits, topk_index, rows=rows, chunk_size=chunk_size, merge_grad=merge_grad)
     log_q = teacher_log_probs_topk.detach().to(log_p.dtype)  # (..., K)
     if tail:
         log_p, log_q = add_tail_bucket(log_p), add_tail_bucket(log_q)  # (..., K+1)
@@ -640,6 +720,21 @@ def full_vocab_divergence(
     return generalized_jsd(log_p, log_q, alpha=alpha)
 
 
+def _entropy_and_lse_(y: torch.Tensor, work_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and logsumexp of each row of a float chunk `y` (n, V), destroying it; `work_e` is a
+    same-sized buffer. With y' = y - max y and e = exp(y'):  H = log sum e - (sum e y') / (sum e),
+    lse = max y + log sum e."""
+    row_max = y.amax(-1, keepdim=True)  # (n, 1)
+    row_max = row_max.masked_fill(~torch.isfinite(row_max), 0.0)
+    y.sub_(row_max)
+    # q = 0 has y = -inf; the most negative finite value instead makes e * y = 0 * finite = 0.
+    y.clamp_(min=torch.finfo(y.dtype).min)
+    e = torch.exp(y, out=work_e[: y.shape[0]])  # (n, V)
+    total = e.sum(-1)  # (n,)
+    log_total = total.log()
+    return log_total - e.mul_(y).sum(-1) / total, log_total + row_max.squeeze(-1)
+
+
 def teacher_entropy(
     teacher_logits: torch.Tensor, *, rows: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> torch.Tensor:
@@ -660,15 +755,33 @@ def teacher_entropy(
         entropy = torch.empty(selected.shape[0], dtype=dtype, device=flat.device)  # (n,)
         work_y, work_e = _chunk_buffer(flat, chunk_size, dtype), _chunk_buffer(flat, chunk_size, dtype)
         for part, chunk in _chunks_of_rows(flat, selected, chunk_size):
-            y = _upcast_into(work_y, chunk)  # (n, V)
-            row_max = y.amax(-1, keepdim=True)  # (n, 1)
-            y.sub_(row_max.masked_fill(~torch.isfinite(row_max), 0.0))
-            # q = 0 has y = -inf; the most negative finite value instead makes e * y = 0 * finite = 0.
-            y.clamp_(min=torch.finfo(dtype).min)
-            e = torch.exp(y, out=work_e[: y.shape[0]])  # (n, V)
-            total = e.sum(-1)  # (n,)
-            entropy[part] = total.log() - e.mul_(y).sum(-1) / total
+            entropy[part] = _entropy_and_lse_(_upcast_into(work_y, chunk), work_e)[0]
         return entropy if rows is not None else entropy.reshape(logits.shape[:-1])
+
+
+def teacher_scores(
+    teacher_logits: torch.Tensor, topk_index: torch.Tensor, sampled: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Everything the teacher pass needs per token, in one pass over the logits (each chunk read and
+    upcast once): `teacher_topk_log_probs` at topk_index, `teacher_entropy`, and log q of the sampled
+    token. teacher_logits (N, V), topk_index long (N, K), sampled long (N,). Returns fp32 (N, K),
+    (N,), (N,) (at least float32); no gradient."""
+    _check_positive_int("chunk_size", chunk_size)
+    with torch.no_grad():
+        flat = teacher_logits.detach()
+        n, dtype = flat.shape[0], _compute_dtype(flat)
+        log_q_topk = torch.empty(topk_index.shape, dtype=dtype, device=flat.device)  # (N, K)
+        entropy = torch.empty(n, dtype=dtype, device=flat.device)  # (N,)
+        log_q_sampled = torch.empty(n, dtype=dtype, device=flat.device)  # (N,)
+        work_y, work_e = _chunk_buffer(flat, chunk_size, dtype), _chunk_buffer(flat, chunk_size, dtype)
+        for part in _row_chunks(n, chunk_size):
+            y = _upcast_into(work_y, flat[part])  # (n, V)
+            picked = y.gather(-1, topk_index[part])  # (n, K)
+            picked_sampled = y.gather(-1, sampled[part].unsqueeze(-1)).squeeze(-1)  # (n,)
+            entropy[part], lse = _entropy_and_lse_(y, work_e)
+            log_q_topk[part] = picked - lse.unsqueeze(-1)
+            log_q_sampled[part] = picked_sampled - lse
+        return log_q_topk, entropy, log_q_sampled
 
 
 def topk_tail_entropy(teacher_log_probs_with_tail: torch.Tensor) -> torch.Tensor:

@@ -104,14 +104,21 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
         index = (taught.cumsum(0) - 1)[routed]  # (n,)
         topk_ids = data["srpo_topk_ids"].values()[index].long()  # (n, K)
         teacher_topk = data["srpo_teacher_topk"].values()[index].float()  # (n, K)
+        # verl's token log-prob backward always reaches these logits (the loss reads log_prob on every
+        # token): the rows' gradient is added into its gradient, not kept as a second (nnz, V) tensor.
         token_div = core_algos.topk_tail_divergence(
-            logits, teacher_topk, topk_ids, alpha=srpo.alpha, tail=True, rows=positions, chunk_size=srpo.chunk_size
+            logits,
+            teacher_topk,
+            topk_ids,
+            alpha=srpo.alpha,
+            tail=True,
+            rows=positions,
+            chunk_size=srpo.chunk_size,
+            merge_grad=True,
         )  # (n,)
         divergence = divergence.index_copy(0, positions, token_div.float())
-        with torch.no_grad():
-            current = core_algos.student_topk(logits, k=topk_ids.shape[-1], rows=positions, chunk_size=srpo.chunk_size)
-            same = (current.sort(-1).values == topk_ids.sort(-1).values).all(-1).float()  # (n,)
-            match = match.index_copy(0, positions, same)
+        same = core_algos.topk_unchanged(logits, topk_ids, rows=positions, chunk_size=srpo.chunk_size)  # (n,)
+        match = match.index_copy(0, positions, same.float())
     return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
 
 

@@ -32,11 +32,10 @@ def score_response_tokens(
     copy); topk_ids (R, K) long; sampled (R,) long.
     """
     logits.div_(temperature.to(logits.dtype))
-    log_q_topk = core_algos.teacher_topk_log_probs(logits, topk_ids, chunk_size=chunk_size)  # (R, K)
-    log_q_sampled = core_algos.teacher_topk_log_probs(logits, sampled.unsqueeze(-1), chunk_size=chunk_size)
+    log_q_topk, entropy, log_q_sampled = core_algos.teacher_scores(logits, topk_ids, sampled, chunk_size=chunk_size)
     return {
         "srpo_teacher_topk": log_q_topk.float(),
-        "srpo_teacher_entropy": core_algos.teacher_entropy(logits, chunk_size=chunk_size).float(),
+        "srpo_teacher_entropy": entropy.float(),
         "srpo_teacher_entropy_topk": core_algos.topk_tail_entropy(core_algos.add_tail_bucket(log_q_topk)).float(),
-        "srpo_teacher_log_prob": log_q_sampled.squeeze(-1).float(),
+        "srpo_teacher_log_prob": log_q_sampled.float(),
     }

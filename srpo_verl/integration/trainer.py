@@ -40,7 +40,7 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TEACHER_INPUT_FIELD = "srpo_teacher_input_ids"
 # Fields only the driver reads (the teacher sequences exist on teacher rows only): the update does not fetch them.
-HOST_ONLY_FIELDS = (TEACHER_INPUT_FIELD, "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
+HOST_ONLY_FIELDS = (TEACHER_INPUT_FIELD, TAUGHT_FIELD, "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
 
 
 def reward_extra(extra_fields, key: str) -> str:
@@ -84,6 +84,8 @@ class StepRouting:
     route: torch.Tensor  # (B,) bool: rows on the distillation branch
     taught: torch.Tensor  # (B,) bool: rows the teacher scores
     groups: torch.Tensor  # (B,) long: group index per row
+    uid: np.ndarray  # (B,) group labels (padding rows in their own "__pad_<i>" groups)
+    real: torch.Tensor  # (B,) bool: not a padding row verl added
     feedback: list[str]  # per row, "" unless use_feedback
 
     @property
@@ -131,8 +133,9 @@ class SRPOStepMixin:
         # 1-2. Check the step's inputs and route (rewards, groups and responses are all known now).
         with marked_timer("srpo_route", self.timing_raw, color="purple"):
             self._srpo_routing = self._srpo_route(batch, metrics)
-            # 3. verl's old-log-prob forward also returns the student's top-K ids of these rows.
-            self._srpo_put(batch, {TAUGHT_FIELD: self._srpo_routing.taught.long()})
+            if self._srpo_routing.taught.any():
+                # 3. verl's old-log-prob forward also returns the student's top-K ids of these rows.
+                self._srpo_put(batch, {TAUGHT_FIELD: self._srpo_routing.taught.long()})
         return super()._compute_old_log_prob(batch, metrics)
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -189,8 +192,7 @@ class SRPOStepMixin:
             step, success_threshold=srpo.success_threshold, has_feedback=has_feedback, demonstrable=demonstrable
         )
         route, taught = srpo.routes(routing)
-        self._srpo_real, self._srpo_uid = step.real, step.uid  # for the step's metrics
-        return StepRouting(routing, route, taught, core_algos.group_ids(step.uid), feedback)
+        return StepRouting(routing, route, taught, core_algos.group_ids(step.uid), step.uid, step.real, feedback)
 
     def _srpo_demonstrable(self, step, responses: list[torch.Tensor], metrics: dict) -> torch.Tensor:
         """(B,) bool: responses a teacher can read as a demonstration (checked on the correct, usable
@@ -280,6 +282,8 @@ class SRPOStepMixin:
         if others:
             empty = {key: _nested([torch.zeros(0) for _ in others]) for key in TEACHER_FIELDS}
             empty["srpo_teacher_topk"] = _nested([torch.zeros(0, self._srpo_k) for _ in others])
+            if not rows:  # verl's old-log-prob forward ran as in GRPO: no top-K ids were stored
+                empty[TOPK_FIELD] = _nested([torch.zeros(0, self._srpo_k, dtype=torch.int32) for _ in others])
             self._srpo_put(batch, empty, rows=others)
         return scored
 
@@ -307,7 +311,7 @@ class SRPOStepMixin:
         """Routing shares, teacher statistics and counts (docs/spec.md §4: teacher entropy, response
         length and routed share foretell collapse)."""
         routing, route, taught, groups = step.routing, step.route, step.taught, step.groups
-        real, n = self._srpo_real, len(route)
+        real, n = step.real, len(route)
         group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, routing.correct.float())
         group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
         real_groups = torch.zeros_like(group_correct).index_add_(0, groups, real.float()) > 0
@@ -324,7 +328,7 @@ class SRPOStepMixin:
                 "srpo/distilled_correct_rows": int((route & routing.correct).sum()),
                 "srpo/teacher_pass_rows": scored,
                 "srpo/feedback_rows": int(
-                    (taught & ~core_algos.teacher_availability(routing.demonstration, self._srpo_uid)).sum()
+                    (taught & ~core_algos.teacher_availability(routing.demonstration, step.uid)).sum()
                 ),
                 "srpo/teacher_prompt_truncated": truncated,
             }

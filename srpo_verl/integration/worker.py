@@ -388,6 +388,12 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             return inner(data, loss_function, forward_only)
 
         def optimizer_step():
+            if core_algos.pending_gradient_merges():
+                # A distillation gradient that never reached the parameters: stop rather than step without it.
+                raise RuntimeError(
+                    f"{core_algos.pending_gradient_merges()} SRPO distillation gradient(s) were computed but not "
+                    "added to the logits' gradient (no token log-prob backward reached those logits)"
+                )
             grad_norm = inner_step()
             engine._srpo_last_grad_norm = float(grad_norm)
             return grad_norm

@@ -109,3 +109,96 @@ def test_entropy_weight_log_mean_survives_underflow_and_splits_over_ranks():
     nothing = ca.entropy_weight_log_mean(entropy, torch.zeros_like(mask), beta=1.0)
     assert nothing == float("-inf")
     assert float(ca.entropy_weight_log_mean(entropy, mask, beta=0.0)) == 0.0
+
+
+# ------------------------------------------------------------------ merged gradient (merge_grad=True)
+
+
+def _merge_case(seed=0, n=12, vocab=37, k=5):
+    g = torch.Generator().manual_seed(seed)
+    x = (2 * torch.randn(n, vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    rows = torch.tensor([1, 4, 5, 9])
+    idx = torch.randint(0, vocab, (len(rows), k), generator=g)
+    log_q = torch.log_softmax(torch.randn(len(rows), vocab, generator=g, dtype=torch.float64), -1).gather(-1, idx)
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    return x, rows, idx, log_q, labels
+
+
+def _loss(x, rows, idx, log_q, labels, merge, squeeze=True):
+    base = x * 1.0  # a non-leaf, as the engine's logits are
+    view = base.unsqueeze(0).squeeze(0) if squeeze else base  # the loss sees a view, as from verl
+    div = ca.topk_tail_divergence(view, log_q, idx, rows=rows, chunk_size=3, merge_grad=merge)
+    token_lp = torch.log_softmax(base, -1).gather(-1, labels[:, None]).squeeze(-1)  # verl's log-prob
+    return 0.3 * token_lp.sum() + div.sum()
+
+
+def test_merged_gradient_equals_the_dense_one_and_is_added_once():
+    x, rows, idx, log_q, labels = _merge_case()
+    _loss(x, rows, idx, log_q, labels, merge=False).backward()
+    dense = x.grad.clone()
+    x.grad = None
+    assert ca.pending_gradient_merges() == 0
+    _loss(x, rows, idx, log_q, labels, merge=True).backward()
+    assert ca.pending_gradient_merges() == 0
+    torch.testing.assert_close(x.grad, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_with_no_other_backward_is_reported_not_lost_silently(monkeypatch):
+    monkeypatch.setattr(ca, "_PENDING_MERGES", [0])
+    x, rows, idx, log_q, _ = _merge_case(1)
+    ca.topk_tail_divergence(x * 1.0, log_q, idx, rows=rows, merge_grad=True).sum().backward()
+    assert ca.pending_gradient_merges() == 1  # nothing reached the logits to add the rows into
+    assert x.grad is None
+
+
+def test_merged_backward_makes_no_second_full_gradient():
+    # Count (N, V) tensors created during backward: the merged path adds into the log-prob's gradient.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountFull(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.count = shape, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and tuple(out.shape) == self.shape and not func._schema.is_mutable:
+                self.count += 1
+            return out
+
+    counts = {}
+    for merge in (False, True):
+        x, rows, idx, log_q, labels = _merge_case(2)
+        loss = _loss(x, rows, idx, log_q, labels, merge=merge)
+        with CountFull(tuple(x.shape)) as mode:
+            loss.backward()
+        counts[merge] = mode.count
+    assert counts[True] < counts[False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_teacher_scores_in_one_pass_equal_the_separate_functions(dtype):
+    g = torch.Generator().manual_seed(5)
+    logits = (3 * torch.randn(11, 53, generator=g, dtype=torch.float64)).to(dtype)
+    logits[2, :40] = -float("inf")  # zero-probability tokens, as a masked vocabulary has
+    idx = torch.randint(40, 53, (11, 6), generator=g)
+    sampled = torch.randint(40, 53, (11,), generator=g)
+    log_q, entropy, log_q_sampled = ca.teacher_scores(logits, idx, sampled, chunk_size=4)
+    torch.testing.assert_close(log_q, ca.teacher_topk_log_probs(logits, idx, chunk_size=5))
+    torch.testing.assert_close(entropy, ca.teacher_entropy(logits, chunk_size=3))
+    torch.testing.assert_close(log_q_sampled, ca.teacher_topk_log_probs(logits, sampled[:, None]).squeeze(-1))
+    ref = torch.log_softmax(logits.double(), -1)
+    torch.testing.assert_close(log_q.double(), ref.gather(-1, idx), rtol=1e-5, atol=1e-5)
+
+
+def test_topk_unchanged_agrees_with_a_fresh_topk():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(20, 31, generator=g, dtype=torch.float64)
+    stored = ca.student_topk(logits, k=5)  # (20, 5)
+    moved = logits.clone()
+    moved[::3, 0] += 10.0  # token 0 enters the top-5 of every third row
+    rows = torch.arange(2, 20, 2)
+    got = ca.topk_unchanged(moved, stored[rows], rows=rows, chunk_size=4)
+    fresh = ca.student_topk(moved, k=5)[rows]
+    expected = (fresh.sort(-1).values == stored[rows].sort(-1).values).all(-1)
+    assert torch.equal(got, expected) and not expected.all() and expected.any()

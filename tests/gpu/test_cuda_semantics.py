@@ -389,3 +389,15 @@ def test_ema_step_with_both_shards_on_cuda_reads_one_number_back():
         torch.testing.assert_close(new[name], 0.95 * t0[name] + 0.05 * s0[name], rtol=0, atol=1e-15)
     gap = math.sqrt(sum(float((s0[n] - new[n]).pow(2).sum()) for n in t0))
     assert out["srpo/teacher_student_l2"] == pytest.approx(gap, rel=1e-12)
+
+
+def test_optimiser_step_is_refused_while_a_distillation_gradient_is_pending(monkeypatch):
+    from srpo_verl import core_algos
+
+    actor = _RecordingEngine(_modules(0))
+    SRPOActorRolloutRefWorker._install_engine_hooks(_worker(actor, _RecordingEngine(_modules(1))))
+    monkeypatch.setattr(core_algos, "_PENDING_MERGES", [1])
+    with pytest.raises(RuntimeError, match="1 SRPO distillation gradient"):
+        actor.optimizer_step()
+    monkeypatch.setattr(core_algos, "_PENDING_MERGES", [0])
+    assert float(actor.optimizer_step()) == 1.0

@@ -136,31 +136,28 @@ def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
     from types import SimpleNamespace
 
     from srpo_verl.integration import trainer as trainer_module
-    from srpo_verl.integration.trainer import SRPOStepMixin
+    from srpo_verl.integration.trainer import TEACHER_INPUT_FIELD, SRPOStepMixin, StepRouting
+    from srpo_verl.integration.worker import TEACHER_FIELDS
 
     n, teacher_idx = 6, [1, 2, 4]
-    prompts = [torch.arange(3) + 10 * i for i in range(n)]
     responses = [torch.arange(2 + i % 2) + 100 * i for i in range(n)]
-    store = {f"k{i}": {"prompts": prompts[i]} for i in range(n)}
-
-    def kv_batch_get(keys, partition_id, select_fields):
-        return {f: torch.nested.as_nested_tensor([store[k][f] for k in keys], layout=torch.jagged) for f in select_fields}
+    store = {f"k{i}": {} for i in range(n)}
 
     def kv_batch_put(keys, partition_id, fields):
         for j, k in enumerate(keys):
             store[k].update({f: fields[f][j] for f in fields.keys()})
 
-    monkeypatch.setattr(trainer_module, "tq", SimpleNamespace(kv_batch_get=kv_batch_get, kv_batch_put=kv_batch_put))
+    monkeypatch.setattr(trainer_module, "tq", SimpleNamespace(kv_batch_put=kv_batch_put))
     seen = []
 
     class WorkerGroup:
         def compute_srpo_teacher(self, meta):
-            seen.append(list(meta.keys))
-            for k in meta.keys:  # what the workers write back: non-zero teacher fields for every row sent
+            seen.append((list(meta.keys), list(meta.fields)))
+            for k in meta.keys:  # what the workers write back: teacher fields for every row sent
                 store[k]["srpo_teacher_entropy"] = torch.ones(3)
 
         def srpo_teacher_rows_seen(self):
-            return [sum(len(keys) for keys in seen)]
+            return [sum(len(keys) for keys, _ in seen)]
 
     host = SimpleNamespace(
         _srpo_k=4,
@@ -168,13 +165,20 @@ def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
         actor_rollout_wg=WorkerGroup(),
         config=SimpleNamespace(actor_rollout_ref=SimpleNamespace(rollout=SimpleNamespace(temperature=1.0))),
     )
+    host._srpo_put = lambda batch, fields, rows=None: SRPOStepMixin._srpo_put(host, batch, fields, rows)
+    taught = torch.tensor([i in teacher_idx for i in range(n)])
+    step = StepRouting(None, taught, taught, None, None, None, [])
     batch = SimpleNamespace(keys=[f"k{i}" for i in range(n)], tags=[{} for _ in range(n)], partition_id="p")
-    scored = SRPOStepMixin._srpo_teacher_pass(host, batch, teacher_idx, responses)
+    scored = SRPOStepMixin._srpo_teacher_pass(host, batch, step, responses)
 
     assert scored == 3
-    assert seen == [["k1", "k2", "k4", "k0"]]  # padded with a distinct non-teacher row
-    # The padding row was scored on its own [prompt | response], then set back to zeros like every other row.
-    assert torch.equal(store["k0"]["srpo_teacher_input_ids"], torch.cat([prompts[0], responses[0]]))
+    assert seen[0][0] == ["k1", "k2", "k4", "k0"]  # padded with a distinct non-teacher row
+    assert TEACHER_INPUT_FIELD in seen[0][1] and "srpo_topk_ids" in seen[0][1]
+    # The pad row runs a one-token teacher sequence (it carries no top-K ids, so it is not scored).
+    assert torch.equal(store["k0"][TEACHER_INPUT_FIELD], responses[0][:1])
+    # Every row outside the teacher set, the pad row included, ends with empty teacher fields.
     for i in range(n):
-        expected = 1.0 if i in teacher_idx else 0.0
-        assert store[f"k{i}"]["srpo_teacher_entropy"].eq(expected).all(), i
+        if i in teacher_idx:
+            assert store[f"k{i}"]["srpo_teacher_entropy"].eq(1.0).all(), i
+        else:
+            assert all(store[f"k{i}"][key].shape[0] == 0 for key in TEACHER_FIELDS), i
