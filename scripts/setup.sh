@@ -30,11 +30,15 @@ if ! $PY -c "import srpo_verl, verl, hypothesis, reasoning_gym, matplotlib, tens
   # uv (a PyPI wheel, installed into the environment first) resolves, downloads and installs the
   # ~150 packages in parallel where pip takes them one at a time: the same versions in a fraction
   # of the time. The torch installed above is pinned as a constraint, so uv keeps it (uv does not
-  # read pip's configuration and would otherwise be free to pick another build). pip is the fallback.
+  # read pip's configuration and would otherwise be free to pick another build). --compile-bytecode
+  # writes the .pyc files pip writes: without them every Ray worker recompiles torch, transformers
+  # and verl from source at each import (and never caches them where PYTHONDONTWRITEBYTECODE is
+  # set). pip is the fallback.
   TORCH_PIN="$(mktemp)"
   $PY -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
   if $PY -m pip install -q "uv>=0.5" 2>/dev/null \
-      && $PY -m uv pip install -q --python "$(command -v $PY)" --constraint "$TORCH_PIN" -e ".[test,demo]"; then
+      && $PY -m uv pip install -q --compile-bytecode --python "$(command -v $PY)" --constraint "$TORCH_PIN" \
+        -e ".[test,demo]"; then
     :
   else
     echo "[setup] uv unavailable or failed: installing with pip"
