@@ -223,7 +223,7 @@ def test_trainer_routes_no_row_to_an_empty_demonstration(tokenizers, caplog):
         self = _trainer(tok, [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"], lengths)
         metrics = {}
         with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.trainer"):
-            demonstrable = trainer_mod.SRPOStepMixin._srpo_demonstrable(self, responses, metrics)
+            demonstrable = trainer_mod.SRPOStepMixin._srpo_demonstrable(self, self._srpo_inputs, responses, metrics)
         assert demonstrable.tolist() == [False, False, True, False], name
         assert metrics["srpo/check/empty_demonstration_rows"] == 1 and "rows [0]" in caplog.text
         routing = route_step(self._srpo_inputs, success_threshold=0.5, demonstrable=demonstrable)
@@ -233,6 +233,8 @@ def test_trainer_routes_no_row_to_an_empty_demonstration(tokenizers, caplog):
 def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
     # The trainer hands the sibling's token ids to the builder (before: decoded text, re-tokenised
     # by the chat template): the teacher prompt holds the template's special tokens only.
+    from types import SimpleNamespace
+
     from srpo_verl.integration import trainer as trainer_mod
 
     stored = {}
@@ -245,12 +247,17 @@ def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
         thinking = plain_ids(tok, "<think>check: 40+2</think>\n")  # stripped, the rest kept token for token
         responses = [torch.tensor(thinking + sibling + [eos]), torch.tensor(plain_ids(tok, "41") + [eos])]
         self = _trainer(tok, [1.0, 0.0], ["a", "a"], [len(r) for r in responses])
-        self._srpo_teacher_prompt = trainer_mod.SRPOStepMixin._srpo_teacher_prompt.__get__(self)
+        self._srpo_put = trainer_mod.SRPOStepMixin._srpo_put.__get__(self)
         batch = type("Batch", (), {"keys": ["k0", "k1"], "partition_id": "train"})()
-        cut = trainer_mod.SRPOStepMixin._srpo_put_teacher_prompts(
-            self, batch, [CHAT, CHAT], [0, 0], [True, False], ["", ""], [1], responses
+        # Row 1 failed and is taught; row 0, its correct sibling, is the demonstration.
+        step = SimpleNamespace(
+            groups=torch.tensor([0, 0]),
+            routing=SimpleNamespace(demonstration=torch.tensor([True, False])),
+            teacher_idx=[1],
+            feedback=["", ""],
         )
-        row = stored["srpo_teacher_input_ids"].unbind()[1].tolist()
+        cut = trainer_mod.SRPOStepMixin._srpo_put_teacher_prompts(self, batch, step, [CHAT, CHAT], responses)
+        (row,) = [r.tolist() for r in stored["srpo_teacher_input_ids"].unbind()]  # stored for row 1 only
         prompt, response = row[: -len(responses[1])], row[-len(responses[1]) :]
         skeleton, _ = teacher_prompt_ids(tok, CHAT, solution="42", feedback=None, strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES)
         assert cut == 0 and response == responses[1].tolist(), name
