@@ -260,6 +260,18 @@ class SRPOConfig(BaseConfig):
         """The teacher-pass field the entropy weights read (`entropy_mode`)."""
         return "srpo_teacher_entropy" if self.entropy_mode == "full" else "srpo_teacher_entropy_topk"
 
+    @property
+    def teacher_ema_rate(self) -> float:
+        """The EMA step's rate: `ema_rate` for the EMA teacher; 0 for the trust-region teacher, whose
+        engine holds the frozen initial weights."""
+        return self.ema_rate if self.teacher == "ema" else 0.0
+
+    @property
+    def student_mix(self) -> float | None:
+        """The trust-region teacher's weight on the current student's logits, mixed with the frozen
+        initial model's in the teacher pass; None for the EMA teacher (its own forward only)."""
+        return self.trust_region_mix if self.teacher == "trust_region" else None
+
 
 @dataclass
 class SRPOAlgoConfig(AlgoConfig):

@@ -198,7 +198,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         optimiser skipped its step (verl does on a non-finite gradient norm) the teacher stays too: the
         EMA follows the student's optimiser steps, and the student did not move."""
         skipped = not math.isfinite(getattr(self.actor.engine, "_srpo_last_grad_norm", 0.0))
-        rate = self.srpo.ema_rate if self.srpo.teacher == "ema" and not skipped else 0.0
+        rate = 0.0 if skipped else self.srpo.teacher_ema_rate
         gap = None
         for _, t, s in self._param_pairs():
             d = s.to(t.device, t.dtype) - t  # the one temporary, one shard large
@@ -278,7 +278,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             micro_batch_size=engine_config.infer_micro_batch_size_per_gpu,
             dp_group=self.actor.engine.get_data_parallel_group(),
         )
-        trust_region = self.srpo.teacher == "trust_region"
+        trust_region = self.srpo.student_mix is not None
         rows: dict[int, dict[str, torch.Tensor]] = {}
         with ExitStack() as stack:
             stack.enter_context(self.teacher.engine.eval_mode())
@@ -321,7 +321,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             if trust_region:
                 # q_theta of the current student on the teacher sequences, mixed in place (geometric mixture).
                 student = teacher_forward.response_logits(self.actor.engine.module, inputs, positions)
-                core_algos.trust_region_teacher_logits_(logits, student, mix=self.srpo.trust_region_mix)
+                core_algos.trust_region_teacher_logits_(logits, student, mix=self.srpo.student_mix)
                 del student
         per_token = teacher_forward.score_response_tokens(
             logits,

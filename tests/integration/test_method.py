@@ -60,6 +60,12 @@ def test_processor_and_support_size(kw, distils, k):
     assert cfg.distils_logits is distils and cfg.support_size(1000) == k
 
 
+def test_teacher_mode_gives_the_ema_rate_and_the_student_mix():
+    ema, tr = SRPOConfig(ema_rate=0.05), SRPOConfig(teacher="trust_region", trust_region_mix=0.3)
+    assert (ema.teacher_ema_rate, ema.student_mix) == (0.05, None)
+    assert (tr.teacher_ema_rate, tr.student_mix) == (0.0, 0.3)  # theta_0 frozen; the student mixed in
+
+
 def test_weight_entropy_field_follows_entropy_mode():
     assert SRPOConfig().weight_entropy_field == "srpo_teacher_entropy"
     assert SRPOConfig(entropy_mode="topk_tail").weight_entropy_field == "srpo_teacher_entropy_topk"
