@@ -3,8 +3,9 @@
 #   tiny Qwen3 (1M params, character tokenizer) | 2-digit addition (reasoning-gym) | verl's trainer, platform=cpu
 # Steps: setup (scripts/setup.sh) -> tiny model, data, warm-start SFT (cached in ~/.cache/srpo_verl)
 #   -> SRPO through `python -m srpo_verl.main_ppo` with a line per step -> held-out evaluation of the
-#   saved weights -> DEMO_OUT/report.md + PNGs. ~6 min on 2 free cores from a fresh clone after
-#   setup, ~3.5 min once the warm start is cached (docs/demo.md).
+#   saved weights -> DEMO_OUT/report.md + PNGs. Measured from a fresh clone (new venv, empty caches,
+#   2 cores): 9.6 min, of it setup 1.8 min and the warm start 2.9 min, both reused by later runs
+#   (docs/demo.md).
 # Knobs (environment):
 #   DEMO_STEPS=40       RL steps
 #   DEMO_EVAL_EVERY=10  steps between evaluated checkpoints
