@@ -169,7 +169,7 @@ def run_variant(name: str, src: str | None, assets: dict, workdir: str, timeout_
     )
     # Packed sequences (the SRPO teacher pass needs them), whatever the variant's platform default.
     overrides.append("actor_rollout_ref.model.use_remove_padding=True")
-    env = {"PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")} if src else {}
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)} if src else {}
     sampler = _ProcessSampler(ckpt)
     clock = _LineClock(sys.__stdout__ if verbose else None)
     sampler.start()
