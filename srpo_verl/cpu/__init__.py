@@ -44,6 +44,12 @@ def check_verl_version() -> None:
 def activate() -> None:
     """Apply every CPU patch in this process (idempotent). Raises if verl is not SUPPORTED_VERL."""
     check_verl_version()
+    # Ray pre-starts idle Python workers when a driver connects; each imports Ray (~1 CPU s) and
+    # none is ever used (every verl actor gets a new process). The raylet a driver starts reads
+    # these variables; a cluster started beforehand with `ray start` is not affected, and in the
+    # Ray workers, which start no raylet, they do nothing.
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
     from srpo_verl.cpu import platform
 
     # Order matters: the platform first, so modules imported below resolve device "cpu".

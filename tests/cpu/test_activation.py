@@ -153,9 +153,10 @@ def test_rollout_module_imported_before_verl_registers_itself():
     must not fail on it (it did: "partially initialized module ... has no attribute 'register'"),
     and the module registers the `hf` backend once defined."""
     probe = (
-        "import json, srpo_verl.cpu.hf_rollout as h\n"
+        "import json, os, srpo_verl.cpu.hf_rollout as h\n"
         "from srpo_verl import cpu\n"
-        "print('PROBE ' + json.dumps({'registered': h.registered(), 'status': cpu.status()}))\n"
+        "prestart = os.environ.get('RAY_prestart_worker_first_driver')\n"
+        "print('PROBE ' + json.dumps({'registered': h.registered(), 'status': cpu.status(), 'prestart': prestart}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
     env["SRPO_VERL_PLATFORM"] = "cpu"
@@ -164,5 +165,7 @@ def test_rollout_module_imported_before_verl_registers_itself():
     assert "failed to activate" not in proc.stderr, proc.stderr[-3000:]
     state = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")][-1][len("PROBE ") :])
     assert state["registered"] is True
+    # Activation also switches off Ray's idle-worker pre-start for the raylet this driver starts.
+    assert state["prestart"] == "0"
     assert state["status"]["active"] is True and state["status"]["error"] is None
     assert all(state["status"]["patches"].values()), state["status"]["patches"]
