@@ -1,6 +1,7 @@
 """The SRPO step as verl v1 trainers: `trainer.v1.trainer_mode=srpo` (sync) and `srpo_colocate_async`.
 
-verl's step is kept whole; SRPO hooks in where docs/design.md's "One step" puts it:
+verl's step is kept whole; SRPO hooks in where docs/design.md's "One step" puts it (the numbers in
+the comments below are that list's):
   _compute_old_log_prob  routing (the rewards are known) -> mark the teacher rows -> verl's old-log-prob
                          forward, which also takes the student's top-K ids of those rows;
   _compute_advantage     verl's GRPO advantage -> teacher prompts -> teacher pass (teacher rows only)
@@ -151,14 +152,14 @@ class SRPOStepMixin:
             truncated = self._srpo_put_teacher_prompts(batch, step, list(data["raw_prompt"]), responses)  # 5
             scored = self._srpo_teacher_pass(batch, step, responses)  # 6
             teacher = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TEACHER_FIELDS))
-            self._srpo_put_loss_fields(batch, step, data, teacher)  # 7
+            self._srpo_put_loss_fields(batch, step, data, teacher)  # each row's route and advantage, for 7
             self._srpo_log_step(metrics, step, data, teacher, scored=scored, truncated=truncated)
         return batch
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._update_actor(batch, metrics)  # 8. the SRPO loss
+        batch = super()._update_actor(batch, metrics)  # 7. the SRPO loss
         with marked_timer("srpo_ema", self.timing_raw, color="purple"):
-            metrics.update(self.actor_rollout_wg.srpo_ema_update()[0])  # 9. the EMA teacher
+            metrics.update(self.actor_rollout_wg.srpo_ema_update()[0])  # 8. the EMA teacher
         return batch
 
     # -------------------------------------------------------------- the named steps
