@@ -254,7 +254,14 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             }
         )
         budget = engine_config.infer_max_token_len_per_gpu
+        dp_group = self.actor.engine.get_data_parallel_group()
         longest = int(batch["input_ids"].offsets().diff().max()) if n else 0
+        if engine_config.use_dynamic_bsz and dp_group is not None and torch.distributed.is_initialized():
+            # Every rank decides on the longest sequence of all: one rank raising alone would leave the
+            # others waiting in the next collective.
+            longest_t = torch.tensor([longest], device=get_device_id())
+            torch.distributed.all_reduce(longest_t, op=torch.distributed.ReduceOp.MAX, group=dp_group)
+            longest = int(longest_t.item())
         if engine_config.use_dynamic_bsz and budget is not None and longest > budget:
             raise ValueError(
                 f"a teacher sequence of {longest} tokens (teacher prompt + response) exceeds the per-GPU "
@@ -276,7 +283,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             batch,
             use_dynamic_bsz=engine_config.use_dynamic_bsz,
             micro_batch_size=engine_config.infer_micro_batch_size_per_gpu,
-            dp_group=self.actor.engine.get_data_parallel_group(),
+            dp_group=dp_group,
         )
         trust_region = self.srpo.student_mix is not None
         rows: dict[int, dict[str, torch.Tensor]] = {}

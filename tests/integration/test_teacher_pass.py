@@ -73,8 +73,56 @@ def test_a_teacher_sequence_over_the_budget_is_refused_naming_the_key():
         actor=SimpleNamespace(
             engine_config=SimpleNamespace(
                 use_dynamic_bsz=True, infer_max_token_len_per_gpu=longest - 1, infer_micro_batch_size_per_gpu=None
-            )
+            ),
+            engine=SimpleNamespace(get_data_parallel_group=lambda: None),
         ),
     )
     with pytest.raises(ValueError, match=f"{longest} tokens .*log_prob_max_token_len_per_gpu={longest - 1}"):
         SRPOActorRolloutRefWorker.compute_srpo_teacher(worker, data)
+
+
+_TWO_RANKS = r"""
+import os, sys
+from types import SimpleNamespace
+import torch, torch.distributed as dist
+from verl.utils import tensordict_utils as tu
+from srpo_verl.integration import worker as w
+dist.init_process_group("gloo")
+w.get_device_id = lambda: "cpu"
+rank = dist.get_rank()
+length = 40 if rank == 0 else 10  # only rank 0 holds a sequence over the budget
+nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+data = tu.get_tensordict({
+    "srpo_teacher_input_ids": nested([torch.zeros(length, dtype=torch.long)]),
+    "responses": nested([torch.zeros(4, dtype=torch.long)]),
+    w.TOPK_FIELD: nested([torch.zeros(4, 2, dtype=torch.int32)]),
+})
+tu.assign_non_tensor(data, temperature=1.0)
+worker = SimpleNamespace(srpo=SimpleNamespace(student_mix=None), actor=SimpleNamespace(
+    engine_config=SimpleNamespace(use_dynamic_bsz=True, infer_max_token_len_per_gpu=20, infer_micro_batch_size_per_gpu=None),
+    engine=SimpleNamespace(get_data_parallel_group=lambda: dist.group.WORLD)))
+try:
+    w.SRPOActorRolloutRefWorker.compute_srpo_teacher(worker, data)
+    print("NO ERROR")
+except ValueError as err:
+    print("REFUSED", "40 tokens" in str(err))
+"""
+
+
+def test_a_sequence_over_the_budget_on_one_rank_is_refused_on_every_rank(tmp_path):
+    # One rank raising alone would leave the other waiting in verl's next collective: both refuse.
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", _TWO_RANKS], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert all("REFUSED True" in out for out in outs), outs
