@@ -62,22 +62,27 @@ def parse_args():
 def model_dir(args) -> str:
     """The tiny Qwen3; with --vocab, the same with its vocabulary padded to that size (as Qwen3's
     151,936 pads its tokenizer's ~151.7k), written once into the cache."""
-    from srpo_verl.demo.tiny_model import build_config, build_tiny_model, build_tokenizer, cache_root
+    from srpo_verl.demo.tiny_model import build_config, build_tiny_model, build_tokenizer, cache_root, write_dir_atomically
 
     if args.vocab is None:
         return build_tiny_model(hidden_size=args.hidden, num_layers=args.layers)
     path = os.path.join(cache_root(), f"bench_qwen3_v{args.vocab}_h{args.hidden}_l{args.layers}")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        from transformers import AutoModelForCausalLM
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    from transformers import AutoModelForCausalLM
 
-        tokenizer = build_tokenizer()
-        eos, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-        config = build_config(args.vocab, hidden_size=args.hidden, num_layers=args.layers, eos_id=eos, pad_id=pad)
-        config.max_position_embeddings = 4096
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return path
+    tokenizer = build_tokenizer()
+    eos, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    config = build_config(args.vocab, hidden_size=args.hidden, num_layers=args.layers, eos_id=eos, pad_id=pad)
+    config.max_position_embeddings = 4096
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+    def write(staging: str) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return write_dir_atomically(path, write)
 
 
 def main():

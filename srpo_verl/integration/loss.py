@@ -58,18 +58,22 @@ def response_positions(data) -> torch.Tensor:
     return packed_response_positions(prompt_lens + response_lens, response_lens)
 
 
+def response_tokens_of(data, rows: torch.Tensor) -> torch.Tensor:
+    """(R_total,) bool: the response tokens of the rows flagged in `rows` ((B,) bool), in the packed
+    order of `data["responses"]`, on the micro-batch's device."""
+    return torch.repeat_interleave(rows.bool(), data["responses"].offsets().diff())
+
+
 def routed_response_tokens(data) -> torch.Tensor:
     """(R_total,) bool: the response tokens of SDPO-routed rows, on the micro-batch's device."""
-    response_lens = data["responses"].offsets().diff()
-    return torch.repeat_interleave(data["srpo_route"].bool(), response_lens)
+    return response_tokens_of(data, data["srpo_route"])
 
 
 def teacher_token_mask(data, key: str = "srpo_teacher_entropy") -> torch.Tensor:
     """(R_total,) bool: the response tokens that have teacher values in field `key` (the tokens of
     rows the teacher scored; other rows carry an empty row). `data[key].values()[i]` belongs to the
     i-th True token. On the micro-batch's device."""
-    response_lens = data["responses"].offsets().diff()
-    return torch.repeat_interleave(data[key].offsets().diff() > 0, response_lens)
+    return response_tokens_of(data, data[key].offsets().diff() > 0)
 
 
 def padded_teacher_field(data, key: str, shape: torch.Size) -> torch.Tensor:

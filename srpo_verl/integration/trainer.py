@@ -34,14 +34,20 @@ from srpo_verl import core_algos
 from srpo_verl.integration.config_checks import check_trainer_config
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
 from srpo_verl.integration.teacher_prompt import has_demonstration_content, teacher_prompt_ids, text_has_content
-from srpo_verl.integration.worker import TAUGHT_FIELD, TEACHER_FIELDS, TOPK_FIELD, SRPOActorRolloutRefWorker
+from srpo_verl.integration.worker import (
+    TAUGHT_FIELD,
+    TEACHER_FIELDS,
+    TEACHER_FIELDS_FOR_DRIVER,
+    TOPK_FIELD,
+    SRPOActorRolloutRefWorker,
+)
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TEACHER_INPUT_FIELD = "srpo_teacher_input_ids"
 # Fields only the driver reads (the teacher sequences exist on teacher rows only): the update does not fetch them.
-HOST_ONLY_FIELDS = (TEACHER_INPUT_FIELD, TAUGHT_FIELD, "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
+HOST_ONLY_FIELDS = (TEACHER_INPUT_FIELD, TAUGHT_FIELD, *TEACHER_FIELDS_FOR_DRIVER)
 
 
 def reward_extra(extra_fields, key: str) -> str:

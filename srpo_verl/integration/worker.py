@@ -38,6 +38,7 @@ from srpo_verl.integration import teacher_forward
 from srpo_verl.integration.loss import (
     packed_response_positions,
     response_positions,
+    response_tokens_of,
     routed_response_tokens,
     srpo_loss_fn,
     teacher_token_mask,
@@ -46,9 +47,11 @@ from srpo_verl.integration.loss import (
 logger = logging.getLogger(__name__)
 
 TEACHER_DIR = "srpo_ema_teacher"
-# What the teacher pass returns per teacher row (response-aligned). The update reads the first two
-# and the weight entropy; the last two are read by the trainer only (metrics, sampled-token advantage).
-TEACHER_FIELDS = ("srpo_teacher_topk", "srpo_teacher_entropy", "srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
+# What the teacher pass returns per teacher row (response-aligned): what the update reads (the top-K
+# log q and the weight entropy), and what only the trainer reads (metrics, sampled-token advantage).
+TEACHER_FIELDS_FOR_UPDATE = ("srpo_teacher_topk", "srpo_teacher_entropy")
+TEACHER_FIELDS_FOR_DRIVER = ("srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
+TEACHER_FIELDS = TEACHER_FIELDS_FOR_UPDATE + TEACHER_FIELDS_FOR_DRIVER
 TOPK_FIELD = "srpo_topk_ids"  # the student's top-K ids, from the old-log-prob forward
 TAUGHT_FIELD = "srpo_taught"  # (B,) 1 for the rows the teacher will score
 
@@ -75,13 +78,12 @@ class _StudentTopK:
         if student_logits is None:
             return torch.zeros((), device=data["responses"].values().device), {}
         logits = student_logits.squeeze(0)  # (nnz, V), at the rollout temperature
-        response_lens = data["responses"].offsets().diff()  # (B,)
         taught = data[TAUGHT_FIELD].bool()  # (B,)
-        tokens = torch.repeat_interleave(taught, response_lens)  # (R_total,)
+        tokens = response_tokens_of(data, taught)  # (R_total,)
         ids = core_algos.student_topk(
             logits, k=min(self.k, logits.shape[-1]), rows=response_positions(data)[tokens], chunk_size=self.chunk_size
         )  # (n, K)
-        lens = (response_lens * taught).tolist()
+        lens = (data["responses"].offsets().diff() * taught).tolist()
         for row, piece in zip(data["srpo_row"].tolist(), ids.to(torch.int32).cpu().split(lens)):
             self.rows[row] = piece
         return {}
@@ -317,7 +319,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         inputs, output_args = engine.prepare_model_inputs(micro_batch=model_mb)
         # Pad rows (added for an even split over ranks) carry no top-K ids: run, not scored.
         scored = mb[TOPK_FIELD].offsets().diff() > 0  # (B,)
-        tokens = torch.repeat_interleave(scored, response_lens)  # (R_all,)
+        tokens = response_tokens_of(mb, scored)  # (R_all,)
         positions = packed_response_positions(seq_lens, response_lens)[tokens]  # (R,) in the packed sequence
         autocast_dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)  # as verl's forward_step
         autocast = (
