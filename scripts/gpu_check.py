@@ -15,7 +15,8 @@ For a machine with one NVIDIA GPU, PyTorch with CUDA and transformers, and possi
    device, against the float64 reference of tests/loss_case.py.
 4. Peak device memory of one micro-batch's update (token log-prob by the in-place cross-entropy plus
    the distillation of the routed rows) over the same update without distillation, against the
-   bytes of the bf16 logits, routed shares 0.5 and 1 (merged and separate distillation gradient).
+   bytes of the bf16 logits, routed shares 0.5 and 1 (the lent distillation gradient the loss uses,
+   and the private-copy one for comparison).
 
 Prints one line per check (PASS/FAIL with the measured error and its bound); exits 1 on a FAIL.
 """
@@ -32,6 +33,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from srpo_verl import core_algos as ca  # noqa: E402  (no verl import)
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from engine_update import update_terms  # noqa: E402  (core_algos only)
 
 FAILED: list[str] = []
 
@@ -120,13 +124,30 @@ def check_inplace(device: str, vocab: int, n: int, k: int) -> None:
     ref_token = torch.log_softmax(ref, -1).gather(-1, labels[:, None]).squeeze(-1)
     (ca.topk_tail_divergence(ref, log_q, idx, rows=rows).sum() + ref_token.sum()).backward()
     report(f"gradient with {name[:40]}", rel(x.grad, ref.grad), 1e-4)
-    # The engine's path: the rows' gradient merged into the cross-entropy's (the logits' storage).
+    # The engine's path: the divergence's dense part lent to the cross-entropy, its entries rewritten.
     x.grad = None
-    logits = x * 1.0
-    div = ca.topk_tail_divergence(logits, log_q.to(device), idx.to(device), rows=rows.to(device), merge_grad=True)
-    (div.sum() + logprobs(logits, labels.to(device)).sum()).backward()
-    report("merged gradient with the same cross-entropy", rel(x.grad, ref.grad), 1e-4)
-    report("merged gradients left pending", float(ca.pending_gradient_merges()), 0.0)
+    token, div = update_terms(x * 1.0, labels.to(device), rows.to(device), idx.to(device), log_q.to(device), logprobs=logprobs)
+    (div.sum() + token.sum()).backward()
+    report("lent gradient with the same cross-entropy", rel(x.grad, ref.grad), 1e-4)
+    report("lent gradients left incomplete", float(ca.pending_gradient_merges()), 0.0)
+    # bf16 logits: the lent path rewrites the entries where the cross-entropy's rounded value and the
+    # divergence's part cancel, so its error stays that of the private-copy path (one bf16 rounding).
+    x16 = student.to(device, torch.bfloat16)
+    ref16 = x16.double().cpu().requires_grad_()
+    ref_token = torch.log_softmax(ref16, -1).gather(-1, labels[:, None]).squeeze(-1)
+    (ca.topk_tail_divergence(ref16, log_q.double(), idx, rows=rows).sum() + ref_token.sum()).backward()
+    errs = []
+    for lent in (False, True):
+        leaf = x16.clone().requires_grad_()
+        logits = leaf * 1.0
+        if lent:
+            token, div = update_terms(logits, labels.to(device), rows.to(device), idx.to(device), log_q.to(device), logprobs=logprobs)
+        else:
+            div = ca.topk_tail_divergence(logits, log_q.to(device), idx.to(device), rows=rows.to(device))
+            token = logprobs(logits, labels.to(device))
+        (div.sum() + token.sum()).backward()
+        errs.append(rel(leaf.grad, ref16.grad))
+    report(f"bf16 lent gradient error / private copy's ({errs[1]:.1e} / {errs[0]:.1e})", errs[1] / max(errs[0], 1e-12), 1.5)
 
 
 def check_loss_hook(device: str) -> None:
@@ -168,7 +189,7 @@ def check_memory(device: str, vocab: int, tokens: list[int], k: int) -> None:
         return
     _, logprobs = inplace_logprobs()
 
-    def peak(n: int, share: float, distil: bool, merge: bool) -> tuple[int, float]:
+    def peak(n: int, share: float, distil: str | None) -> tuple[int, float]:
         torch.cuda.empty_cache()
         g = torch.Generator(device=device).manual_seed(0)
         leaf = torch.randn(n, vocab, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
@@ -181,9 +202,13 @@ def check_memory(device: str, vocab: int, tokens: list[int], k: int) -> None:
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         logits = leaf * 1.0  # the engine's logits: a non-leaf the token log-prob and the distillation share
-        loss = logprobs(logits, labels).sum()
-        if distil:
-            loss = loss + ca.topk_tail_divergence(logits, log_q, idx, rows=rows, merge_grad=merge).sum()
+        if distil == "lent":  # the loss's path
+            token, div = update_terms(logits, labels, rows, idx, log_q, logprobs=logprobs)
+            loss = token.sum() + div.sum()
+        else:
+            loss = logprobs(logits, labels).sum()
+            if distil == "copy":  # the private copy of the routed rows, a separate gradient
+                loss = loss + ca.topk_tail_divergence(logits, log_q, idx, rows=rows).sum()
         loss.backward()
         torch.cuda.synchronize()
         out = torch.cuda.max_memory_allocated() - base, time.perf_counter() - start
@@ -192,15 +217,16 @@ def check_memory(device: str, vocab: int, tokens: list[int], k: int) -> None:
 
     for n in tokens:
         logits_bytes = n * vocab * 2
-        grpo, grpo_s = peak(n, 1.0, distil=False, merge=False)
+        grpo, grpo_s = peak(n, 1.0, distil=None)
         for share in (0.5, 1.0):
-            merged, merged_s = peak(n, share, distil=True, merge=True)
-            dense, _ = peak(n, share, distil=True, merge=False)
+            lent, lent_s = peak(n, share, distil="lent")
+            copy, copy_s = peak(n, share, distil="copy")
             print(
                 f"MEM   update V={vocab} tokens={n:>6d} routed={share:.1f}: SRPO - GRPO peak = "
-                f"{(merged - grpo) / logits_bytes:.2f}x the bf16 logits ({logits_bytes / 2**30:.2f} GiB) with the "
-                f"merged gradient, {(dense - grpo) / logits_bytes:.2f}x with a separate one; "
-                f"{merged_s * 1e3:.0f} ms vs GRPO {grpo_s * 1e3:.0f} ms",
+                f"{(lent - grpo) / logits_bytes:.3f}x the bf16 logits ({logits_bytes / 2**30:.2f} GiB; "
+                f"{(lent - grpo) / 2**20:.0f} MiB) with the lent gradient, {(copy - grpo) / logits_bytes:.2f}x with a "
+                f"private copy; "
+                f"{lent_s * 1e3:.0f} ms (copy {copy_s * 1e3:.0f} ms) vs GRPO {grpo_s * 1e3:.0f} ms",
                 flush=True,
             )
     assert ca.pending_gradient_merges() == 0

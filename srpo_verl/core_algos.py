@@ -29,6 +29,8 @@ __all__ = [
     "full_vocab_divergence",
     "gather_log_softmax",
     "generalized_jsd",
+    "lend_dense_gradient",
+    "LentDivergence",
     "group_ids",
     "grpo_advantage",
     "pending_gradient_merges",
@@ -43,6 +45,7 @@ __all__ = [
     "teacher_scores",
     "teacher_topk_log_probs",
     "topk_tail_divergence",
+    "topk_tail_divergence_lent",
     "topk_unchanged",
     "topk_tail_entropy",
     "trust_region_teacher_log_probs",
@@ -416,36 +419,23 @@ class _GatherLogSoftmax(torch.autograd.Function):
     Identity used: log p_v = x_v - lse(x), d log p_{i_k} / d x_v = 1[v = i_k] - p_v, hence
     grad_x = scatter_add(g) - softmax(x) * sum_k g_k, recomputed chunk by chunk in backward.
 
-    Why a private copy: the logits are shared with the rest of the forward, and on GPU verl's token
+    Why a private copy: the logits may be shared with the rest of a forward, and on GPU verl's token
     log-prob (flash-attn's cross-entropy with inplace_backward=True) writes its gradient into the
-    logits' storage; its backward node is newer, so it runs first. A backward that re-read the shared
-    logits would rebuild the softmax from that gradient. The copy holds only the selected (routed)
-    rows, so memory and work follow the routed tokens; backward writes straight into the returned
-    (N, V) gradient through one work chunk.
+    logits' storage before older backward nodes run. A backward that re-read the shared logits would
+    rebuild the softmax from that gradient. The copy holds only the selected rows; backward writes
+    straight into the returned (N, V) gradient through one work chunk. (The engine's loss avoids the
+    copy altogether: `topk_tail_divergence_lent`.)
     """
 
     @staticmethod
-    def forward(
-        ctx, logits: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_size: int, merge: dict | None = None
-    ) -> torch.Tensor:
-        dtype = _compute_dtype(logits)
-        n = rows.shape[0]
+    def forward(ctx, logits: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, chunk_size: int) -> torch.Tensor:
         keep = ctx.needs_input_grad[0]
         private = logits.index_select(0, rows) if keep else None  # (n, V): saved for backward only
-        lse = torch.empty(n, dtype=dtype, device=logits.device)  # (n,)
-        picked = torch.empty(index.shape, dtype=dtype, device=logits.device)  # (n, K)
-        work = _chunk_buffer(logits, min(chunk_size, max(n, 1)), dtype)  # (chunk, V)
-        chunks = ((part, private[part]) for part in _row_chunks(n, chunk_size)) if keep else _chunks_of_rows(
-            logits, rows, chunk_size
-        )
-        for part, chunk in chunks:
-            buf = _upcast_into(work, chunk)
-            picked[part] = buf.gather(-1, index[part])
-            lse[part] = _chunk_logsumexp_(buf)
-        del work
+        source = private if keep else logits
+        lse, picked, _ = _lse_and_gather(source, None if keep else rows, index, chunk_size)
         if keep:
             ctx.save_for_backward(private, lse, index, rows)
-            ctx.chunk_size, ctx.total_rows, ctx.merge = chunk_size, logits.shape[0], merge
+            ctx.chunk_size, ctx.total_rows = chunk_size, logits.shape[0]
         return picked - lse.unsqueeze(-1)  # (n, K)
 
     @staticmethod
@@ -453,11 +443,8 @@ class _GatherLogSoftmax(torch.autograd.Function):
         x, lse, index, rows = ctx.saved_tensors  # x: the private (n, V) copy
         dtype = lse.dtype
         grad_out = grad_out.to(dtype)  # (n, K)
-        merge = ctx.merge is not None
-        # Dense: the one (N, V) buffer is the gradient itself, in the logits' dtype; unselected rows 0.
-        # Merged: the rows' gradient overwrites the private copy (no longer needed) and a hook adds it
-        # into the gradient the token log-prob's backward makes for the same logits (no (N, V) buffer).
-        grad = None if merge else torch.zeros((ctx.total_rows, x.shape[-1]), dtype=x.dtype, device=x.device)
+        # The one (N, V) buffer is the gradient itself, in the logits' dtype; unselected rows 0.
+        grad = torch.zeros((ctx.total_rows, x.shape[-1]), dtype=x.dtype, device=x.device)
         work = _chunk_buffer(x, ctx.chunk_size, dtype)  # (chunk, V), fp32 for bf16 logits
         for part in _row_chunks(x.shape[0], ctx.chunk_size):
             g = grad_out[part]  # (n, K)
@@ -465,51 +452,157 @@ class _GatherLogSoftmax(torch.autograd.Function):
             buf.sub_(lse[part].unsqueeze(-1)).exp_()  # softmax
             buf.mul_(-g.sum(-1, keepdim=True))  # -p_v * sum_k g_k
             buf.scatter_add_(-1, index[part], g)  # + g_k at v = i_k (duplicates add up)
-            if merge:
-                x[part] = buf
-            else:
-                grad.index_copy_(0, rows[part], buf.to(x.dtype))
-        if merge:
-            ctx.merge["grad"] = x
-            _PENDING_MERGES[0] += 1
-        return grad, None, None, None, None
+            grad.index_copy_(0, rows[part], buf.to(x.dtype))
+        return grad, None, None, None
 
 
-# Merged gradients computed by a backward whose hook has not yet added them (see gather_log_softmax).
-_PENDING_MERGES = [0]
+def _lse_and_gather(
+    logits: torch.Tensor, rows: torch.Tensor | None, index: torch.Tensor, chunk_size: int, top: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(logsumexp (n,), logits at `index` (n, K), and with top = k > 0 whether the first k ids of each
+    row are still its k largest logits (n,) bool, else None) of logits[rows] (all rows when None), in
+    the compute dtype, one upcast (chunk, V) work buffer at a time; the logits are only read."""
+    dtype = _compute_dtype(logits)
+    n = logits.shape[0] if rows is None else rows.shape[0]
+    lse = torch.empty(n, dtype=dtype, device=logits.device)  # (n,)
+    picked = torch.empty(index.shape, dtype=dtype, device=logits.device)  # (n, K)
+    unchanged = torch.empty(n, dtype=torch.bool, device=logits.device) if top else None  # (n,)
+    work = _chunk_buffer(logits, min(chunk_size, max(n, 1)), dtype)  # (chunk, V)
+    if rows is None:
+        chunks = ((part, logits[part]) for part in _row_chunks(n, chunk_size))
+    else:
+        chunks = _chunks_of_rows(logits, rows, chunk_size)
+    for part, chunk in chunks:
+        buf = _upcast_into(work, chunk)
+        picked[part] = buf.gather(-1, index[part])
+        if top:  # same test as `topk_unchanged`, while the chunk is at hand
+            kth = picked[part, :top].amin(-1, keepdim=True)  # (c, 1)
+            unchanged[part] = (buf > kth).sum(-1) < top
+        lse[part] = _chunk_logsumexp_(buf)
+    return lse, picked, unchanged
+
+
+# The lent distillation gradient's bookkeeping (see `topk_tail_divergence_lent`). "upstream": for each
+# lent part, the token log-prob's upstream gradient on the divergence's rows, pushed by
+# `lend_dense_gradient`'s backward and taken by the divergence's (which always runs after it: its
+# gradient comes through the lend); "pending": sparse parts computed but not yet written into the
+# logits' gradient. Both are empty after every complete backward.
+_LENT: dict[str, Any] = {"upstream": [], "pending": 0}
 
 
 def pending_gradient_merges() -> int:
-    """How many `merge_grad=True` gradients were computed but never added to the logits' gradient
-    (no other backward reached those logits). A trainer checks for 0 before its optimiser step."""
-    return _PENDING_MERGES[0]
+    """How many lent distillation gradients are incomplete: a dense part was given to the token
+    log-prob but the rows' remaining entries never reached the logits' gradient. A trainer checks for
+    0 before its optimiser step."""
+    return len(_LENT["upstream"]) + _LENT["pending"]
 
 
-def _merge_into_base(logits: torch.Tensor, rows: torch.Tensor, holder: dict) -> bool:
-    """Register the hook that adds `holder["grad"]` (rows of `logits`) into the gradient of the tensor
-    `logits` views. Only when `logits` covers that tensor's memory row for row (a squeeze/unsqueeze
-    view or the tensor itself); returns False otherwise (the caller then uses the dense gradient)."""
+def _write_into_base(logits: torch.Tensor, holder: dict) -> bool:
+    """Register the hook that writes the entries `holder["grad"]` into the gradient of the tensor
+    `logits` views (see `_LentTopKDivergence.backward`). Only when `logits` covers that tensor's memory
+    row for row (a squeeze/unsqueeze view or the tensor itself); returns False otherwise (the caller
+    then returns the entries as a dense gradient)."""
     base = logits if logits._base is None else logits._base
-    if base.grad_fn is None or not (base.is_contiguous() and logits.is_contiguous()):
+    if not base.requires_grad or not (base.is_contiguous() and logits.is_contiguous()):
         return False
     if base.numel() != logits.numel() or base.storage_offset() != logits.storage_offset():
         return False
     vocab = logits.shape[-1]
 
-    def add_rows(grad: torch.Tensor | None) -> torch.Tensor | None:
+    def write_entries(grad: torch.Tensor | None) -> torch.Tensor | None:
         if grad is None or "grad" not in holder:
-            # No other backward reached the logits (autograd cannot add a gradient here then: the rows'
-            # gradient stays pending, and the worker refuses the optimiser step), or this output took no
-            # part in the loss (nothing to add).
-            return grad
-        rows_grad = holder.pop("grad")
-        _PENDING_MERGES[0] -= 1
+            return grad  # this output took no part in the loss: nothing to add
+        row, col, token_part, add = holder.pop("grad")
+        _LENT["pending"] -= 1
         flat = grad.reshape(-1, vocab)
-        flat.index_add_(0, rows, rows_grad.to(flat.dtype))
+        # The token log-prob's backward stored token_part rounded to the gradient's dtype; put back
+        # what the rounding lost, add this divergence's part, and round once (one value per entry).
+        rounding = token_part - token_part.to(flat.dtype).to(token_part.dtype)
+        flat[row, col] = (flat[row, col].to(add.dtype) + rounding + add).to(flat.dtype)
         return flat.view(grad.shape)
 
-    base.register_hook(add_rows)
+    base.register_hook(write_entries)
     return True
+
+
+class _LentTopKDivergence(torch.autograd.Function):
+    """D(logits[rows]) on the top-K(+tail) support, whose gradient w.r.t. the logits is split in two.
+
+    With log p_k = x_{i_k} - lse(x) and s_k = dD/d log p_k (K numbers per row, taken in forward):
+        dD/dx_v = sum_k s_k 1[v = i_k] - p_v * S,   S = sum_k s_k.
+    The dense part -p_v S is the token log-prob's own gradient shape: d log p_y / dx_v = 1[v = y] - p_v.
+    `lend_dense_gradient` adds u S to the upstream gradient c of log p_y, so that backward writes
+    c (1[v = y] - p_v) with the dense part in it; this backward then leaves K + 1 entries per row:
+    u s_k at i_k and -u S at y. Those entries are where the token log-prob's value c (1[v = y] - p_v),
+    of the size of c, and this part nearly cancel; in a bf16 gradient that value is already rounded,
+    so the entries are rewritten from the exact sum (`_write_into_base`), not accumulated onto it.
+    Nothing of size (rows, V) is kept or recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, index, labels, teacher_topk, alpha, tail, chunk_size, holder):
+        columns = torch.cat([index, labels.unsqueeze(-1)], -1)  # (n, K+1)
+        lse, picked, unchanged = _lse_and_gather(logits, rows, columns, chunk_size, top=index.shape[-1])
+        log_p = picked - lse.unsqueeze(-1)  # (n, K+1): log p at the top-K and at the label
+        with torch.enable_grad():
+            leaf = log_p[:, :-1].detach().requires_grad_()
+            divergence = _topk_divergence(leaf, teacher_topk, alpha=alpha, tail=tail)  # (n,)
+            (slope,) = torch.autograd.grad(divergence.sum(), leaf)  # (n, K): rows are independent
+        dense_weight = slope.sum(-1)  # (n,) S
+        ctx.save_for_backward(slope, dense_weight, log_p, rows, index, labels)
+        ctx.holder, ctx.shape, ctx.dtype = holder, logits.shape, logits.dtype
+        label_log_p = log_p[:, -1].clone()
+        ctx.mark_non_differentiable(dense_weight, label_log_p, unchanged)
+        return divergence.detach(), dense_weight, label_log_p, unchanged
+
+    @staticmethod
+    def backward(ctx, grad_div, _grad_dense, _grad_label, _grad_unchanged):
+        if not _LENT["upstream"]:
+            raise RuntimeError(
+                "topk_tail_divergence_lent: the dense part of the distillation gradient was not lent to the "
+                "token log-prob (lend_dense_gradient was not applied to this divergence in the loss)"
+            )
+        c = _LENT["upstream"].pop()  # (n,) the token log-prob's upstream gradient, lent part included
+        slope, dense_weight, log_p, rows, index, labels = ctx.saved_tensors
+        u = grad_div.to(slope.dtype)  # (n,)
+        c = c.to(slope.dtype)
+        col = torch.cat([index, labels.unsqueeze(-1)], -1)  # (n, K+1)
+        is_label = col == labels.unsqueeze(-1)  # (n, K+1): the label column, and a top-K id equal to it
+        add = torch.cat([u.unsqueeze(-1) * slope, torch.zeros_like(u).unsqueeze(-1)], -1)  # u s_k at i_k
+        add = add - (u * dense_weight).unsqueeze(-1) * is_label  # -u S at y
+        # An entry listed twice (the label among the top-K) must carry its whole value in both places.
+        in_topk = is_label[:, :-1].any(-1)  # (n,)
+        add[:, -1] = torch.where(in_topk, (add[:, :-1] * is_label[:, :-1]).sum(-1), add[:, -1])
+        token_part = c.unsqueeze(-1) * (is_label.to(c.dtype) - log_p.exp())  # (n, K+1)
+        row = rows.unsqueeze(-1).expand_as(col)
+        if ctx.holder is not None:
+            ctx.holder["grad"] = (row, col, token_part, add)
+            _LENT["pending"] += 1
+            return (None,) * 9
+        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=slope.device)
+        grad[row, col] = add.to(ctx.dtype)  # a duplicate entry carries the same value twice
+        return (grad,) + (None,) * 8
+
+
+class _LendDenseGradient(torch.autograd.Function):
+    """Identity on (token log-prob, divergence); backward adds u_div * S into the log-prob's gradient
+    and hands the resulting upstream gradient on the lent tokens to the divergence's backward."""
+
+    @staticmethod
+    def forward(ctx, token_log_prob, divergence, dense_weight, lent_tokens):
+        ctx.save_for_backward(dense_weight, lent_tokens)
+        ctx.dtype = token_log_prob.dtype
+        return token_log_prob.clone(), divergence.clone()
+
+    @staticmethod
+    def backward(ctx, grad_log_prob, grad_div):
+        if grad_div is None:
+            return grad_log_prob, None, None, None
+        dense_weight, lent_tokens = ctx.saved_tensors
+        lent = (grad_div * dense_weight).to(ctx.dtype)
+        grad_log_prob = lent if grad_log_prob is None else grad_log_prob + lent
+        _LENT["upstream"].append(grad_log_prob[lent_tokens])
+        return grad_log_prob, grad_div, None, None
 
 
 def gather_log_softmax(
@@ -518,7 +611,6 @@ def gather_log_softmax(
     *,
     rows: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    merge_grad: bool = False,
 ) -> torch.Tensor:
     """log softmax(x)_v at the given vocabulary indices: x_{i_k} - logsumexp_v x_v.
 
@@ -531,13 +623,6 @@ def gather_log_softmax(
     rows given (unique long (n,)): logits (N, V), index (n, K) for logits[rows]; returns (n, K), and
     only those n rows are copied, read and given a gradient (the others get exactly 0).
     logits: fp32/bf16/fp64; index: long. Returns at least float32.
-
-    merge_grad (with `rows`, for logits another backward also differentiates, as verl's token log-prob
-    does in the engine): the selected rows' gradient is added by a hook on the logits' base tensor into
-    the gradient that other backward gives it, instead of being returned as a separate (N, V) tensor
-    that autograd would then sum with it. Extra memory is the private copy only. If no other gradient
-    reaches the logits, the rows' gradient cannot be added: `pending_gradient_merges()` counts such
-    gradients (0 after every backward in which the other gradient exists; check it before stepping).
     """
     _check_positive_int("chunk_size", chunk_size)
     vocab, k = logits.shape[-1], index.shape[-1]
@@ -555,10 +640,7 @@ def gather_log_softmax(
                 f"index{tuple(index.shape)} (n, K) for the n selected rows"
             )
     selected = _select_rows(flat, rows)
-    holder = {} if merge_grad and rows is not None and logits.requires_grad else None
-    if holder is not None and not _merge_into_base(logits, selected, holder):
-        holder = None
-    out = _GatherLogSoftmax.apply(flat, selected, flat_index.long(), chunk_size, holder)  # (n, K)
+    out = _GatherLogSoftmax.apply(flat, selected, flat_index.long(), chunk_size)  # (n, K)
     return out if rows is not None else out.reshape(*index.shape)
 
 
@@ -589,15 +671,11 @@ def topk_unchanged(
 ) -> torch.Tensor:
     """bool: are the stored ids still the K largest logits? (the student's support drifting during the
     update). True when fewer than K logits exceed the smallest stored one: one compare pass per row,
-    not a new top-K. logits (N, V) and topk_index (n, K) for `rows` (long (n,), all rows when None)."""
+    not a new top-K. logits (N, V) and topk_index (n, K) for `rows` (long (n,), all rows when None).
+    `topk_tail_divergence_lent` returns the same test from its own pass."""
     with torch.no_grad():
         flat = logits.detach()
-        selected = _select_rows(flat, rows)
-        out = torch.empty(selected.shape[0], dtype=torch.bool, device=flat.device)  # (n,)
-        for part, chunk in _chunks_of_rows(flat, selected, chunk_size):
-            kth = chunk.gather(-1, topk_index[part]).amin(-1, keepdim=True)  # (n, 1)
-            out[part] = (chunk > kth).sum(-1) < topk_index.shape[-1]
-        return out
+        return _lse_and_gather(flat, _select_rows(flat, rows), topk_index, chunk_size, top=topk_index.shape[-1])[2]
 
 
 def teacher_topk_log_probs(
@@ -668,6 +746,18 @@ def generalized_jsd(
     return (1.0 - alpha) * _sum_p_log_ratio(log_p, log_m) + alpha * _sum_p_log_ratio(log_q, log_m)
 
 
+def _topk_divergence(log_p: torch.Tensor, teacher_log_probs_topk: torch.Tensor, *, alpha: float, tail: bool):
+    """D_alpha between the student's and the teacher's top-K log-probs (..., K): over K+1 buckets
+    with the tail, else between the top-K conditionals. The one definition both divergences use."""
+    log_q = teacher_log_probs_topk.detach().to(log_p.dtype)  # (..., K)
+    if tail:
+        log_p, log_q = add_tail_bucket(log_p), add_tail_bucket(log_q)  # (..., K+1)
+    else:
+        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)  # (..., K)
+        log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)  # (..., K)
+    return generalized_jsd(log_p, log_q, alpha=alpha)
+
+
 def topk_tail_divergence(
     student_logits: torch.Tensor,
     teacher_log_probs_topk: torch.Tensor,
@@ -677,7 +767,6 @@ def topk_tail_divergence(
     tail: bool = True,
     rows: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    merge_grad: bool = False,
 ) -> torch.Tensor:
     """SDPO's logit-level divergence on the student's top-K support (SDPO Sec. 3; SRPO Sec. 3.2, K=100).
 
@@ -691,19 +780,100 @@ def topk_tail_divergence(
     at topk_index, e.g. from `teacher_topk_log_probs`; it gets no gradient.
     student_logits: (..., V); teacher_log_probs_topk, topk_index: (..., K). Returns (...).
     With `rows` (unique long (n,)): student_logits (N, V), the others (n, K); returns (n,), and only
-    those rows are read and receive gradient (the SDPO-routed tokens of a packed micro-batch);
-    merge_grad: see `gather_log_softmax`.
+    those rows are read and receive gradient (the SDPO-routed tokens of a packed micro-batch).
+    Where a token log-prob of the same logits is also differentiated (verl's engine), use
+    `topk_tail_divergence_lent`: same value and total gradient, no copy of the rows.
     """
     _check_range("alpha", alpha, 0.0, 1.0)
     _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
-    log_p = gather_log_softmax(student_logits, topk_index, rows=rows, chunk_size=chunk_size, merge_grad=merge_grad)
-    log_q = teacher_log_probs_topk.detach().to(log_p.dtype)  # (..., K)
-    if tail:
-        log_p, log_q = add_tail_bucket(log_p), add_tail_bucket(log_q)  # (..., K+1)
-    else:
-        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)  # (..., K)
-        log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)  # (..., K)
-    return generalized_jsd(log_p, log_q, alpha=alpha)
+    log_p = gather_log_softmax(student_logits, topk_index, rows=rows, chunk_size=chunk_size)
+    return _topk_divergence(log_p, teacher_log_probs_topk, alpha=alpha, tail=tail)
+
+
+class LentDivergence(NamedTuple):
+    """`topk_tail_divergence_lent`'s outputs, all (n,) for the n rows: the divergence D; S, the weight
+    of its dense gradient part (for `lend_dense_gradient`); log p at the labels, which the token
+    log-prob the gradient is lent to must equal; and `topk_unchanged` of the ids (bool), taken in the
+    same pass. Only D has a gradient."""
+
+    divergence: torch.Tensor
+    dense_weight: torch.Tensor
+    label_log_prob: torch.Tensor
+    topk_unchanged: torch.Tensor
+
+
+def topk_tail_divergence_lent(
+    student_logits: torch.Tensor,
+    teacher_log_probs_topk: torch.Tensor,
+    topk_index: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    rows: torch.Tensor,
+    alpha: float = 0.5,
+    tail: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> LentDivergence:
+    """`topk_tail_divergence` on `rows` of logits whose token log-probs log p(labels) are differentiated
+    too, as in verl's engine: the same value and the same total gradient, at O(n K) extra memory.
+
+    The divergence's gradient w.r.t. a row's logits is sum_k s_k e_{i_k} - S p, with s_k = dD/d log p_k
+    and S = sum_k s_k; the dense -S p is the token log-prob's own gradient shape (e_y - p). The caller
+    passes `dense_weight` S to `lend_dense_gradient` on the token log-prob, whose backward then produces
+    that part; this function's backward adds the K + 1 remaining entries per row (s_k at i_k, -S at
+    the label) into the logits' gradient, through a hook on the tensor the logits view (in place: on
+    GPU that is the storage flash-attn's cross-entropy writes its gradient into), else as a dense
+    gradient. The logits are only read in forward, never kept: an in-place kernel may overwrite them.
+
+    A backward that reaches this divergence without `lend_dense_gradient` raises; a sparse part that
+    never reaches the logits' gradient is counted by `pending_gradient_merges()`.
+    student_logits (N, V); teacher_log_probs_topk, topk_index (n, K); labels (n,) the token each row's
+    log-prob scores; rows unique long (n,); each row of topk_index distinct ids (a top-K, as
+    `student_topk` gives). Returns `LentDivergence`.
+    """
+    _check_range("alpha", alpha, 0.0, 1.0)
+    _check_positive_int("chunk_size", chunk_size)
+    _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
+    if student_logits.dim() != 2 or topk_index.dim() != 2 or not topk_index.shape[0] == rows.shape[0] == labels.shape[0]:
+        raise ValueError(
+            f"mismatched shapes: logits{tuple(student_logits.shape)} must be (N, V), index{tuple(topk_index.shape)} "
+            f"(n, K) and labels{tuple(labels.shape)} (n,) for rows{tuple(rows.shape)}"
+        )
+    if student_logits.requires_grad and topk_index.shape[-1] > 1:
+        ids = topk_index.sort(-1).values
+        if bool((ids[:, 1:] == ids[:, :-1]).any()):  # backward writes one value per (row, id)
+            raise ValueError("topk_tail_divergence_lent: each row of topk_index must hold distinct ids (a top-K)")
+    selected = _select_rows(student_logits, rows)
+    holder: dict | None = {}
+    if not (student_logits.requires_grad and _write_into_base(student_logits, holder)):
+        holder = None  # no hook: backward returns the sparse entries as a dense gradient
+    return LentDivergence(
+        *_LentTopKDivergence.apply(
+            student_logits,
+            selected,
+            topk_index.long(),
+            labels.to(device=student_logits.device, dtype=torch.long),
+            teacher_log_probs_topk.detach(),
+            alpha,
+            tail,
+            chunk_size,
+            holder,
+        )
+    )
+
+
+def lend_dense_gradient(
+    token_log_prob: torch.Tensor, divergence: torch.Tensor, dense_weight: torch.Tensor, lent_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Identity on (token_log_prob, divergence); in backward, adds grad(divergence) * dense_weight into
+    the token log-prob's gradient: the dense part of `topk_tail_divergence_lent`'s gradient. Use the
+    returned tensors in the loss in place of the inputs. All four have one shape, e.g. (B, T);
+    lent_tokens (bool) marks the divergence's rows, in their order (row-major), and dense_weight is
+    read only there."""
+    _check_same_shape(
+        token_log_prob=token_log_prob, divergence=divergence, dense_weight=dense_weight, lent_tokens=lent_tokens
+    )
+    weight = dense_weight.detach() * lent_tokens
+    return _LendDenseGradient.apply(token_log_prob, divergence, weight, lent_tokens.bool())
 
 
 def full_vocab_divergence(

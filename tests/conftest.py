@@ -11,7 +11,7 @@ import sys
 import pytest
 
 # Shared helpers importable from every test module (and from the reliability table's loader):
-# tests/loss_case.py and tests/gpu/virtual_cuda.py.
+# tests/loss_case.py, tests/engine_update.py and tests/gpu/virtual_cuda.py.
 HERE = os.path.dirname(os.path.abspath(__file__))
 for _path in (HERE, os.path.join(HERE, "gpu")):
     if _path not in sys.path:

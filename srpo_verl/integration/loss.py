@@ -31,6 +31,8 @@ from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
 
 DIVERGENCE_KEY = "srpo_divergence"
+DENSE_WEIGHT_KEY = "srpo_dense_weight"  # S of the divergence's gradient, lent to the token log-prob
+LABEL_LOG_PROB_KEY = "srpo_label_log_prob"  # log p(response token) as the divergence computed it
 TOPK_MATCH_KEY = "srpo_topk_match"
 
 
@@ -90,40 +92,56 @@ def padded_teacher_field(data, key: str, shape: torch.Size) -> torch.Tensor:
 def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig) -> dict[str, torch.Tensor]:
     """Logits-processor role: per-token divergence D_alpha on SDPO-routed response tokens.
 
-    Only the routed tokens' rows of the logits are read, copied and given a gradient
-    (`core_algos.topk_tail_divergence(rows=...)`): work follows the routed share, and the backward
-    never re-reads the shared logits, which verl's in-place cross-entropy overwrites on GPU.
+    Only the routed tokens' rows of the logits are read (`core_algos.topk_tail_divergence_lent`): work
+    follows the routed share, and nothing of the logits' size is kept for backward (verl's in-place
+    cross-entropy overwrites them on GPU). Besides D it returns, per token, the weight S of D's dense
+    gradient part and log p at the response token, for the loss role to lend S to verl's token log-prob
+    (which the engine computes from these same logits right after this call).
     """
     logits = student_logits.squeeze(0)  # (nnz, V)
     nnz = logits.shape[0]
-    divergence = logits.new_zeros(nnz, dtype=torch.float32)
-    match = logits.new_zeros(nnz, dtype=torch.float32)
-    if not srpo.distils_logits or "srpo_topk_ids" not in data:
-        return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
-    routed = routed_response_tokens(data)  # (R_total,)
-    positions = response_positions(data)[routed]  # (n,)
-    if positions.numel() > 0:
-        # Routed rows are scored by the teacher: their tokens' places among the teacher's values.
-        taught = teacher_token_mask(data, "srpo_teacher_topk")  # (R_total,)
-        index = (taught.cumsum(0) - 1)[routed]  # (n,)
-        topk_ids = data["srpo_topk_ids"].values()[index].long()  # (n, K)
-        teacher_topk = data["srpo_teacher_topk"].values()[index].float()  # (n, K)
-        # verl's token log-prob backward always reaches these logits (the loss reads log_prob on every
-        # token): the rows' gradient is added into its gradient, not kept as a second (nnz, V) tensor.
-        token_div = core_algos.topk_tail_divergence(
-            logits,
-            teacher_topk,
-            topk_ids,
-            alpha=srpo.alpha,
-            tail=True,
-            rows=positions,
-            chunk_size=srpo.chunk_size,
-            merge_grad=True,
-        )  # (n,)
-        divergence = divergence.index_copy(0, positions, token_div.float())
-        same = core_algos.topk_unchanged(logits, topk_ids, rows=positions, chunk_size=srpo.chunk_size)  # (n,)
-        match = match.index_copy(0, positions, same.float())
-    return {DIVERGENCE_KEY: divergence.unsqueeze(0), TOPK_MATCH_KEY: match.unsqueeze(0)}
+    out = {key: logits.new_zeros(nnz, dtype=torch.float32) for key in (DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY)}
+    if srpo.distils_logits and "srpo_topk_ids" in data:
+        routed = routed_response_tokens(data)  # (R_total,)
+        positions = response_positions(data)[routed]  # (n,)
+        if positions.numel() > 0:
+            # Routed rows are scored by the teacher: their tokens' places among the teacher's values.
+            taught = teacher_token_mask(data, "srpo_teacher_topk")  # (R_total,)
+            index = (taught.cumsum(0) - 1)[routed]  # (n,)
+            topk_ids = data["srpo_topk_ids"].values()[index].long()  # (n, K)
+            teacher_topk = data["srpo_teacher_topk"].values()[index].float()  # (n, K)
+            lent = core_algos.topk_tail_divergence_lent(
+                logits,
+                teacher_topk,
+                topk_ids,
+                data["responses"].values()[routed],  # the token verl's log-prob scores at each position
+                rows=positions,
+                alpha=srpo.alpha,
+                tail=True,
+                chunk_size=srpo.chunk_size,
+            )  # (n,) each
+            for key, value in zip((DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY), lent):
+                out[key] = out[key].index_copy(0, positions, value.float())
+    return {key: value.unsqueeze(0) for key, value in out.items()}
+
+
+def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, model_output, data):
+    """(log_prob, divergence) (B, T) with the divergence's dense gradient lent to verl's token log-prob
+    (`core_algos.lend_dense_gradient`), after checking that this log-prob is the one the lent gradient
+    assumes: log p of the response token from the same logits, on every routed token."""
+    dense_weight = no_padding_2_padding(model_output[DENSE_WEIGHT_KEY], data)  # (B, T)
+    expected = no_padding_2_padding(model_output[LABEL_LOG_PROB_KEY], data)  # (B, T)
+    lens = data["responses"].offsets().diff()  # (B,)
+    present = torch.arange(log_prob.shape[1], device=lens.device) < lens.unsqueeze(-1)  # (B, T)
+    routed = present & data["srpo_route"].bool().unsqueeze(-1)  # the processor's rows, row-major
+    gap = ((log_prob.detach().float() - expected).abs() - 1e-3 * (1.0 + expected.abs())) * routed
+    if gap.max().item() > 0.0:
+        raise RuntimeError(
+            "verl's token log-probs differ from log p of the response tokens the SRPO divergence computed "
+            f"from the same logits (by up to {gap.max().item() + 1e-3:.3g} over tolerance): the engine's "
+            "log-prob path is not the one this loss lends its gradient to (docs/verl_surfaces.md S45)"
+        )
+    return core_algos.lend_dense_gradient(log_prob, divergence, dense_weight, routed)
 
 
 def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig):
@@ -145,16 +163,17 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         clip_ratio_c=actor_config.get("clip_ratio_c", None),
         rollout_is_weights=rho,
     )
-    grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
-    if not srpo.distils_logits:  # sampled-token distillation (and advantage_mix, which routes nothing)
-        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["srpo_sampled_adv"], **clip_kwargs)
-        divergence = torch.zeros_like(log_prob)
-    else:
+    sdpo_tokens = mask & route.unsqueeze(-1)  # (B, T)
+    if srpo.distils_logits:
         divergence = no_padding_2_padding(model_output[DIVERGENCE_KEY], data)  # (B, T)
+        log_prob, divergence = lend_to_token_log_prob(log_prob, divergence, model_output, data)
         sdpo_loss = core_algos.sdpo_token_loss(
             divergence, log_prob, old_log_prob, is_clip=srpo.is_clip, rollout_is_weights=rho
         )
-    sdpo_tokens = mask & route.unsqueeze(-1)  # (B, T)
+    else:  # sampled-token distillation (and advantage_mix, which routes nothing)
+        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["srpo_sampled_adv"], **clip_kwargs)
+        divergence = torch.zeros_like(log_prob)
+    grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
     weights = core_algos.entropy_weights(
         padded["srpo_teacher_entropy"],
         sdpo_tokens,

@@ -400,8 +400,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             if core_algos.pending_gradient_merges():
                 # A distillation gradient that never reached the parameters: stop rather than step without it.
                 raise RuntimeError(
-                    f"{core_algos.pending_gradient_merges()} SRPO distillation gradient(s) were computed but not "
-                    "added to the logits' gradient (no token log-prob backward reached those logits)"
+                    f"{core_algos.pending_gradient_merges()} SRPO distillation gradient(s) are incomplete: the part "
+                    "lent to the token log-prob and the part added to the logits' gradient did not both arrive"
                 )
             grad_norm = inner_step()
             engine._srpo_last_grad_norm = float(grad_norm)

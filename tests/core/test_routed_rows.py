@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import srpo_verl.core_algos as ca
+from engine_update import plain_logprobs, update_terms
 
 
 def _case(dtype=torch.float64, n=9, v=13, k=4, seed=0):
@@ -111,69 +112,134 @@ def test_entropy_weight_log_mean_survives_underflow_and_splits_over_ranks():
     assert float(ca.entropy_weight_log_mean(entropy, mask, beta=0.0)) == 0.0
 
 
-# ------------------------------------------------------------------ merged gradient (merge_grad=True)
+# ------------------------------------------------------------------ lent gradient (the engine's path)
 
 
-def _merge_case(seed=0, n=12, vocab=37, k=5):
+def _lent_case(seed=0, n=12, vocab=37, k=5, label_in_topk=False):
     g = torch.Generator().manual_seed(seed)
     x = (2 * torch.randn(n, vocab, generator=g, dtype=torch.float64)).requires_grad_()
     rows = torch.tensor([1, 4, 5, 9])
-    idx = torch.randint(0, vocab, (len(rows), k), generator=g)
+    idx = ca.student_topk(x.detach(), k=k, rows=rows)
     log_q = torch.log_softmax(torch.randn(len(rows), vocab, generator=g, dtype=torch.float64), -1).gather(-1, idx)
     labels = torch.randint(0, vocab, (n,), generator=g)
+    if label_in_topk:
+        labels[rows[:2]] = idx[:2, 1]  # the sampled token is usually among the student's top-K
     return x, rows, idx, log_q, labels
 
 
-def _loss(x, rows, idx, log_q, labels, merge, squeeze=True):
-    base = x * 1.0  # a non-leaf, as the engine's logits are
-    view = base.unsqueeze(0).squeeze(0) if squeeze else base  # the loss sees a view, as from verl
-    div = ca.topk_tail_divergence(view, log_q, idx, rows=rows, chunk_size=3, merge_grad=merge)
-    token_lp = torch.log_softmax(base, -1).gather(-1, labels[:, None]).squeeze(-1)  # verl's log-prob
-    return 0.3 * token_lp.sum() + div.sum()
+def _weights(n, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
 
 
-def test_merged_gradient_equals_the_dense_one_and_is_added_once():
-    x, rows, idx, log_q, labels = _merge_case()
-    _loss(x, rows, idx, log_q, labels, merge=False).backward()
-    dense = x.grad.clone()
-    x.grad = None
+def _reference_gradient(x, rows, idx, log_q, labels):
+    a, b = _weights(x.shape[0])
+    ref = x.detach().clone().requires_grad_()
+    token = torch.log_softmax(ref, -1).gather(-1, labels[:, None]).squeeze(-1)
+    div = ca.topk_tail_divergence(ref, log_q, idx, rows=rows)  # the private-copy path, checked by gradcheck
+    ((a * token).sum() + (b[rows] * div).sum()).backward()
+    return ref.grad, div.detach()
+
+
+@pytest.mark.parametrize("label_in_topk", [False, True])
+@pytest.mark.parametrize("view", [True, False], ids=["engine_view", "other_layout"])
+def test_lent_gradient_equals_the_plain_one(label_in_topk, view):
+    x, rows, idx, log_q, labels = _lent_case(label_in_topk=label_in_topk)
+    expected, expected_div = _reference_gradient(x, rows, idx, log_q, labels)
+    a, b = _weights(x.shape[0])
+    base = x * 1.0  # a non-leaf, as the engine's logits
+    logits = base.unsqueeze(0).squeeze(0) if view else base.t().contiguous().t()  # no hook on a transposed copy
+    token, div = update_terms(logits, labels, rows, idx, log_q, chunk_size=3)
+    ((a * token).sum() + (b * div).sum()).backward()
+    torch.testing.assert_close(div[rows].detach(), expected_div, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
     assert ca.pending_gradient_merges() == 0
-    _loss(x, rows, idx, log_q, labels, merge=True).backward()
-    assert ca.pending_gradient_merges() == 0
-    torch.testing.assert_close(x.grad, dense, rtol=1e-12, atol=1e-12)
 
 
-def test_merge_with_no_other_backward_is_reported_not_lost_silently(monkeypatch):
-    monkeypatch.setattr(ca, "_PENDING_MERGES", [0])
-    x, rows, idx, log_q, _ = _merge_case(1)
-    ca.topk_tail_divergence(x * 1.0, log_q, idx, rows=rows, merge_grad=True).sum().backward()
-    assert ca.pending_gradient_merges() == 1  # nothing reached the logits to add the rows into
-    assert x.grad is None
+def test_lent_gradient_with_an_inplace_bf16_cross_entropy_is_rounded_once():
+    # flash-attn's cross-entropy writes its bf16 gradient into the logits; where it and the divergence's
+    # entries nearly cancel (the label, the top-K), the entries are rewritten from the exact sum.
+    from virtual_cuda import inplace_logprobs_from_logits
+
+    x, rows, idx, log_q, labels = _lent_case(1, label_in_topk=True)
+    x16 = x.detach().to(torch.bfloat16).requires_grad_()
+    expected, _ = _reference_gradient(x16.detach().double(), rows, idx, log_q, labels)
+    a, b = _weights(x.shape[0])
+    token, div = update_terms(x16 * 1.0, labels, rows, idx, log_q.float(), logprobs=inplace_logprobs_from_logits)
+    ((a * token).sum() + (b * div).sum()).backward()
+    once = expected.to(torch.bfloat16).double()  # the exact gradient rounded once to bf16
+    err = (x16.grad.double() - expected).abs()
+    # Within one bf16 rounding of the exact value (fp32 arithmetic on the way adds ~1e-7 relative).
+    assert bool((err <= (once - expected).abs() + 2**-9 * expected.abs() + 1e-9).all()), err.max()
 
 
-def test_merged_backward_makes_no_second_full_gradient():
-    # Count (N, V) tensors created during backward: the merged path adds into the log-prob's gradient.
+def test_lent_divergence_reports_whether_the_support_is_still_the_top_k():
+    x, rows, idx, log_q, labels = _lent_case(6, vocab=31)
+    moved = x.detach().clone()
+    moved[rows[::2], 0] += 50.0  # token 0 enters the top-K of every other routed row
+    out = ca.topk_tail_divergence_lent(moved, log_q, idx, labels[rows], rows=rows, chunk_size=3)
+    fresh = ca.student_topk(moved, k=idx.shape[-1], rows=rows)
+    expected = torch.tensor([set(a.tolist()) == set(b.tolist()) for a, b in zip(idx, fresh)])
+    assert torch.equal(out.topk_unchanged, expected) and not expected.all() and expected.any()
+
+
+def test_a_divergence_whose_gradient_was_not_lent_refuses_backward():
+    x, rows, idx, log_q, labels = _lent_case(2)
+    out = ca.topk_tail_divergence_lent(x * 1.0, log_q, idx, labels[rows], rows=rows)
+    with pytest.raises(RuntimeError, match="not lent"):
+        out.divergence.sum().backward()
+
+
+def test_entries_that_never_reach_the_logits_are_reported_not_lost_silently(monkeypatch):
+    monkeypatch.setitem(ca._LENT, "pending", 0)
+    x, rows, idx, log_q, labels = _lent_case(3)
+    other = torch.randn(x.shape, dtype=torch.float64, requires_grad=True)
+    # The lent part goes to a log-prob of *other* logits: nothing reaches these logits to write into.
+    token, div = update_terms(x * 1.0, labels, rows, idx, log_q, logprobs=lambda _, lb: plain_logprobs(other * 1.0, lb))
+    (token.sum() + div.sum()).backward()
+    assert ca.pending_gradient_merges() == 1
+
+
+def test_repeated_ids_are_refused():
+    x, rows, idx, log_q, labels = _lent_case(4)
+    idx[0, 1] = idx[0, 0]
+    with pytest.raises(ValueError, match="distinct"):
+        ca.topk_tail_divergence_lent(x * 1.0, log_q, idx, labels[rows], rows=rows)
+
+
+def test_lent_path_keeps_and_makes_no_tensor_of_the_logits_size():
+    # Count (N, V)- and (n, V)-sized tensors made in forward and backward beyond the plain update's own:
+    # the private-copy path copies the rows (forward) and makes an (N, V) gradient (backward).
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class CountFull(TorchDispatchMode):
-        def __init__(self, shape):
+    class CountLarge(TorchDispatchMode):
+        def __init__(self, vocab):
             super().__init__()
-            self.shape, self.count = shape, 0
+            self.vocab, self.count = vocab, 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and tuple(out.shape) == self.shape and not func._schema.is_mutable:
-                self.count += 1
+            inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+            new = isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in inputs  # not a view/in-place
+            if new and out.dim() == 2 and out.shape[-1] == self.vocab and out.shape[0] > 3:
+                self.count += 1  # wider than one 3-row work chunk: a copy of rows or a full gradient
             return out
 
     counts = {}
-    for merge in (False, True):
-        x, rows, idx, log_q, labels = _merge_case(2)
-        loss = _loss(x, rows, idx, log_q, labels, merge=merge)
-        with CountFull(tuple(x.shape)) as mode:
+    for path in ("plain", "copy", "lent"):
+        x, rows, idx, log_q, labels = _lent_case(5, n=40, vocab=101)
+        with CountLarge(101) as mode:
+            logits = x * 1.0
+            if path == "lent":
+                token, div = update_terms(logits, labels, rows, idx, log_q, chunk_size=3)
+                loss = token.sum() + div.sum()
+            else:
+                loss = plain_logprobs(logits, labels).sum()
+                if path == "copy":
+                    loss = loss + ca.topk_tail_divergence(logits, log_q, idx, rows=rows, chunk_size=3).sum()
             loss.backward()
-        counts[merge] = mode.count
-    assert counts[True] < counts[False]
+        counts[path] = mode.count
+    assert counts["lent"] == counts["plain"] < counts["copy"], counts
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

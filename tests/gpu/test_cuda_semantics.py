@@ -396,8 +396,8 @@ def test_optimiser_step_is_refused_while_a_distillation_gradient_is_pending(monk
 
     actor = _RecordingEngine(_modules(0))
     SRPOActorRolloutRefWorker._install_engine_hooks(_worker(actor, _RecordingEngine(_modules(1))))
-    monkeypatch.setattr(core_algos, "_PENDING_MERGES", [1])
+    monkeypatch.setitem(core_algos._LENT, "pending", 1)
     with pytest.raises(RuntimeError, match="1 SRPO distillation gradient"):
         actor.optimizer_step()
-    monkeypatch.setattr(core_algos, "_PENDING_MERGES", [0])
+    monkeypatch.setitem(core_algos._LENT, "pending", 0)
     assert float(actor.optimizer_step()) == 1.0

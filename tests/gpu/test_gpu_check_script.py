@@ -16,7 +16,7 @@ def test_gpu_check_script_passes_on_the_cpu_device():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not [line for line in lines if line.startswith("FAIL")]
     passed = [line for line in lines if line.startswith("PASS")]
-    # math (fp32 + bf16), in-place cross-entropy (separate and merged gradient, nothing left pending),
-    # and the loss hook (verl is installed here)
-    assert len(passed) == 15, lines
+    # math (fp32 + bf16), in-place cross-entropy (private-copy and lent gradient, nothing left
+    # incomplete, bf16 lent vs private-copy error), and the loss hook (verl is installed here)
+    assert len(passed) == 16, lines
     assert any("loss hook" in line for line in passed)

@@ -73,3 +73,17 @@ def test_processor_touches_only_routed_response_tokens(batch):
     route = torch.cat([torch.full((r,), z) for r, z in zip(RESPONSE_LENS, ROUTE)]).bool()
     expected[pos[route]] = True
     assert (div != 0).equal(expected)
+
+
+def test_a_token_log_prob_from_other_logits_is_refused(batch):
+    # The lent gradient assumes verl's token log-prob is log p(response token) of the logits the
+    # processor saw; a log-prob of other logits (here: a temperature applied after the processor)
+    # would receive a dense part that does not match, so the loss refuses it.
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
+    logits = batch["student_logits"].clone().requires_grad_(True)
+
+    def tempered(lg, labels, inplace_backward=True):
+        return torch.log_softmax(lg / 1.5, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+    with pytest.raises(RuntimeError, match="differ from log p of the response tokens"):
+        engine_like_call(fn, batch, range(5), logits, logprobs=tempered, num_tokens=sum(RESPONSE_LENS), log_mean=0.0)
