@@ -8,12 +8,21 @@ shipped `platform=cpu` config sets the variable for both. See README.md in this 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-import sys
 from typing import Any
 
 ENV_VAR = "SRPO_VERL_PLATFORM"
+
+# verl modules the backend patches (each when it is imported; see activate).
+PATCHED_MODULES = (
+    "verl.utils.distributed",
+    "verl.workers.engine.fsdp.transformer_impl",
+    "verl.trainer.ppo.v1.replay_buffer",
+    "verl.workers.rollout.base",
+    "verl.workers.rollout.replica",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +59,27 @@ def activate() -> None:
     # Ray workers, which start no raylet, they do nothing.
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    from srpo_verl import import_hooks
     from srpo_verl.cpu import platform
 
-    # Order matters: the platform first, so modules imported below resolve device "cpu".
+    # The platform first, so modules imported later resolve device "cpu"; then each patch as its
+    # module is imported (at once where it already is). Importing them here instead cost every Ray
+    # worker the engine, the v1 trainer and the rollout modules, ~2.5 CPU s each, used by one or two.
     platform.install_platform()
     platform.patch_process_group()
-    platform.register_engines()
-    platform.patch_replay_buffer_poll()
-    platform.patch_forward_only_offload()
-    rollout = sys.modules.get("srpo_verl.cpu.hf_rollout")
-    if rollout is None or getattr(rollout, "_LOADED", False):
-        from srpo_verl.cpu import hf_rollout
-
-        hf_rollout.register()
-    # else hf_rollout's own `import verl` got here (the HF server's Ray actor imports that module
-    # first): it is half-defined, and registers itself at its end once this activation is done.
+    import_hooks.when_imported("verl.workers.engine_workers", lambda _module: platform.patch_process_group())
+    import_hooks.when_imported("verl.workers.engine.fsdp.transformer_impl", _patch_engine)
+    import_hooks.when_imported("verl.trainer.ppo.v1.replay_buffer", platform.patch_replay_buffer_poll)
+    import_hooks.when_imported("verl.workers.rollout.base", platform.register_rollout_adapter)
+    import_hooks.when_imported("verl.workers.rollout.replica", platform.register_rollout_replica)
     _state.update(active=True, error=None)
+
+
+def _patch_engine(transformer_impl) -> None:
+    from srpo_verl.cpu import platform
+
+    platform.register_engines(transformer_impl)
+    platform.patch_forward_only_offload(transformer_impl)
 
 
 def activate_if_requested() -> bool:
@@ -110,7 +124,11 @@ def status() -> dict[str, Any]:
     elif not _state["active"]:
         info["reason"] = _state["error"] or "requested but activate() has not run in this process"
     if _state["active"]:
-        from srpo_verl.cpu import hf_rollout, platform
+        from srpo_verl.cpu import platform
 
-        info["patches"] = {**platform.patches_applied(), "rollout_hf": hf_rollout.registered()}
+        # The patched modules are imported here, so that the report says what any process that
+        # uses them gets (each patch waits for its module's import otherwise).
+        for module in PATCHED_MODULES:
+            importlib.import_module(module)
+        info["patches"] = {**platform.patches_applied(), "rollout_hf": platform.rollout_registered()}
     return info

@@ -1,7 +1,8 @@
 """verl on CPU: a `PlatformBase` for the CPU, gloo, the FSDP2 engine registered for device `cpu`.
 
 Every patch here is applied by `srpo_verl.cpu.activate()` and only when SRPO_VERL_PLATFORM=cpu;
-nothing in this module runs at import time. Each patch is idempotent and says what verl 0.9.1 does
+nothing in this module runs at import time. A patch of a module that is not imported yet waits
+for that module's import (`srpo_verl.import_hooks`); the functions take the module for that case. Each patch is idempotent and says what verl 0.9.1 does
 without it. The rollout backend (`rollout.name=hf`) lives in `hf_rollout.py`.
 """
 
@@ -203,15 +204,18 @@ def patch_process_group() -> None:
         engine_workers.initialize_global_process_group_ray = distributed.initialize_global_process_group_ray
 
 
-def register_engines() -> None:
+def register_engines(transformer_impl=None) -> None:
     """Register verl's FSDP2 engine (actor and critic) for device "cpu".
 
     verl registers it for cuda/npu only, so `EngineRegistry.new` fails with "No engine registered for
     device='cpu'". Only `fsdp2` is registered: FSDP1 refuses CPU parameters, and an explicit "no
-    engine for backend fsdp" is clearer than its error.
+    engine for backend fsdp" is clearer than its error. `transformer_impl`: the module, when the
+    caller has it (an import hook runs before its package binds it).
     """
     from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp import transformer_impl
+
+    if transformer_impl is None:
+        from verl.workers.engine.fsdp import transformer_impl
 
     # transformer_impl caches `device_name = get_device_name()` at import (for its Ulysses mesh).
     transformer_impl.device_name = PLATFORM_NAME
@@ -240,14 +244,15 @@ def _unpinned(policy_cls):
     return make
 
 
-def patch_forward_only_offload() -> None:
+def patch_forward_only_offload(transformer_impl=None) -> None:
     """Let forward-only FSDP2 engines (verl's reference model, SRPO's EMA teacher) build on CPU.
 
     verl always gives them `CPUOffloadPolicy(pin_memory=True)`; on a host without an accelerator
     `pin_memory()` raises "Cannot access accelerator device". Offloading to the CPU is a no-op
     here, so only the pinning is dropped.
     """
-    from verl.workers.engine.fsdp import transformer_impl
+    if transformer_impl is None:
+        from verl.workers.engine.fsdp import transformer_impl
 
     if not getattr(transformer_impl.CPUOffloadPolicy, _PATCHED, False):
         transformer_impl.CPUOffloadPolicy = _unpinned(transformer_impl.CPUOffloadPolicy)
@@ -265,7 +270,7 @@ def _fast_poll(init_fn):
     return __init__
 
 
-def patch_replay_buffer_poll() -> None:
+def patch_replay_buffer_poll(replay_buffer=None) -> None:
     """Shorten the v1 ReplayBuffer's TransferQueue poll from 2.0 s to REPLAY_BUFFER_POLL_S.
 
     The interval is a constructor default that verl neither exposes in the config nor passes. A
@@ -274,10 +279,48 @@ def patch_replay_buffer_poll() -> None:
     CPU run would train differently from the GPU run. Changing the default keeps the sampler the same.
     Covers ReplayBufferAsync and any subclass that calls `super().__init__`.
     """
-    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+    if replay_buffer is None:
+        from verl.trainer.ppo.v1 import replay_buffer
+    ReplayBuffer = replay_buffer.ReplayBuffer
 
     if not getattr(ReplayBuffer.__init__, _PATCHED, False):
         ReplayBuffer.__init__ = _fast_poll(ReplayBuffer.__init__)
+
+
+ROLLOUT_NAME = "hf"
+# By name and by loader: registering the rollout imports neither hf_rollout nor transformers' model
+# code, which only the training worker and the HF server use.
+ROLLOUT_ADAPTER = "srpo_verl.cpu.hf_rollout.HFServerAdapter"
+
+
+def _load_hf_replica():
+    from srpo_verl.cpu.hf_rollout import HFReplica
+
+    return HFReplica
+
+
+def register_rollout_adapter(base) -> None:
+    """`rollout.name=hf` in `verl.workers.rollout.base._ROLLOUT_REGISTRY`: the adapter by FQN.
+
+    Without it: "Rollout hf with mode async not found". The registry is a private dict without a
+    `register` function in verl 0.9.1.
+    """
+    base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = ROLLOUT_ADAPTER
+
+
+def register_rollout_replica(replica) -> None:
+    """`hf` in `verl.workers.rollout.replica.RolloutReplicaRegistry`, by a loader of HFReplica."""
+    if replica.RolloutReplicaRegistry._registry.get(ROLLOUT_NAME) is not _load_hf_replica:
+        replica.RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_hf_replica)
+
+
+def rollout_registered() -> bool:
+    from verl.workers.rollout import base, replica
+
+    return (
+        base._ROLLOUT_REGISTRY.get((ROLLOUT_NAME, "async")) == ROLLOUT_ADAPTER
+        and replica.RolloutReplicaRegistry._registry.get(ROLLOUT_NAME) is _load_hf_replica
+    )
 
 
 def patches_applied() -> dict[str, bool]:

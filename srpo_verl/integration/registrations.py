@@ -3,6 +3,10 @@
 Both call the pure functions of `srpo_verl.core_algos`; nothing here holds math. verl's
 `register_adv_est` refuses a name bound to a different function object, so registration reuses
 the module-level functions below and is idempotent.
+
+Each registration happens when its registry's module is imported (`srpo_verl.import_hooks`), so a
+Ray worker that never looks at a registry (TransferQueue, the rollout server, its load balancer,
+the reward worker) does not import verl's core_algos, the v1 trainer or the SRPO trainer for it.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from srpo_verl import core_algos
-from verl.trainer.ppo import core_algos as verl_core_algos
+from srpo_verl import core_algos, import_hooks
 
 NAME = "srpo"
 
@@ -55,6 +58,8 @@ def srpo_policy_loss(
     when that loss is not installed (e.g. `policy_loss.loss_mode=srpo` with verl's sync trainer),
     i.e. plain GRPO with the paper's clipping.
     """
+    from verl.trainer.ppo import core_algos as verl_core_algos
+
     clip = config.clip_ratio
     loss_mat, clipped = core_algos.ppo_clip_token_loss(
         log_prob,
@@ -74,19 +79,26 @@ def srpo_policy_loss(
 
 
 def register() -> None:
-    """Register with verl's registries (idempotent: the same function objects every time).
+    """Register with verl's registries as each is imported (idempotent: the same function objects
+    every time). The `srpo` and `srpo_colocate_async` v1 trainers are registered by importing the
+    trainer module, in the processes that import verl's v1 trainer package (the TaskRunner)."""
+    import_hooks.when_imported("verl.trainer.ppo.core_algos", _register_functions)
+    import_hooks.when_imported("verl.trainer.ppo.v1", _register_trainers)
 
-    Importing the trainer module registers the `srpo` and `srpo_colocate_async` v1 trainers.
-    """
+
+def _register_functions(verl_core_algos) -> None:
     verl_core_algos.register_adv_est(NAME)(srpo_advantage)
     verl_core_algos.register_policy_loss(NAME)(srpo_policy_loss)
+
+
+def _register_trainers(_v1=None) -> None:
     try:
         import srpo_verl.integration.trainer  # noqa: F401
     except ImportError as exc:
-        # A process that imports one of our modules before verl (say srpo_verl.integration.config_checks)
-        # makes verl load this plugin while that module is half-imported, so the trainer module
-        # cannot import it yet. Nothing is lost: `registered()` (the self-check and pre-flight) and any
-        # later import of the trainer module register the trainers; Ray workers import verl first.
+        # A process that imports one of our modules before verl's v1 package (say
+        # srpo_verl.integration.config_checks) can reach this while that module is half-imported,
+        # so the trainer module cannot import it yet. Nothing is lost: `registered()` (the
+        # self-check and pre-flight) and any later import of the trainer module register the trainers.
         if not _half_imported():
             raise
         global _DEFERRED
@@ -94,7 +106,7 @@ def register() -> None:
         logging.getLogger(__name__).debug("SRPO trainers registered later: %s", exc)
 
 
-_DEFERRED = False  # register() ran while one of our modules was half-imported (see register)
+_DEFERRED = False  # _register_trainers() ran while one of our modules was half-imported (see register)
 
 
 def _half_imported() -> bool:
@@ -109,10 +121,11 @@ def _half_imported() -> bool:
 
 def registered() -> dict[str, bool]:
     """What verl's registries currently hold under our names (used by the self-check)."""
+    from verl.trainer.ppo import core_algos as verl_core_algos
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 
     if _DEFERRED:
-        register()  # completes the registration the plugin had to defer (see register)
+        _register_trainers()  # completes the registration the plugin had to defer
 
     return {
         "adv_estimator:srpo": verl_core_algos.ADV_ESTIMATOR_REGISTRY.get(NAME) is srpo_advantage,
