@@ -20,7 +20,7 @@ setup(
     description="SRPO (Sample-Routed Policy Optimization) for verl",
     python_requires=">=3.10",
     packages=find_packages(include=["srpo_verl", "srpo_verl.*"]),
-    package_data={"srpo_verl": ["config/*.yaml", "config/*/*.yaml", "cpu/README.md"]},
+    package_data={"srpo_verl": ["config/*.yaml", "config/*/*.yaml", "cpu/README.md", "cpu/*.yaml"]},
     install_requires=[
         # The engine-worker API (0.8+) and the private rollout registry we extend changed in every
         # minor release; SUPPORTED_VERL is what the CPU backend and the SRPO step are tested against.

@@ -48,6 +48,16 @@ def forward_env_to_workers(config, environ=os.environ) -> None:
                 OmegaConf.update(config, f"ray_kwargs.ray_init.runtime_env.env_vars.{key}", value, force_add=True)
 
 
+def use_cpu_router(config) -> None:
+    """platform=cpu: the rollout load balancer that imports no verl (srpo_verl/cpu/router.py), unless
+    the config names its own. A path, not a config-group value: verl reads the YAML file it names."""
+    from srpo_verl.cpu import router
+
+    if OmegaConf.select(config, "actor_rollout_ref.rollout.router_config_path", default=None) is None:
+        with open_dict(config):
+            OmegaConf.update(config, "actor_rollout_ref.rollout.router_config_path", router.CONFIG_PATH, force_add=True)
+
+
 def prepare(config, *, check_data: bool = True) -> None:
     """Checks and process-level settings that must happen in the driver before Ray starts."""
     check_trainer_config(config)  # raises naming the bad key or value
@@ -56,6 +66,7 @@ def prepare(config, *, check_data: bool = True) -> None:
     if config.get("srpo_verl", {}).get("platform", None) == "cpu":
         os.environ[cpu.ENV_VAR] = "cpu"
         cpu.activate_if_requested()
+        use_cpu_router(config)
     forward_env_to_workers(config)
 
 
