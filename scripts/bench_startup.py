@@ -12,6 +12,9 @@ Qwen3, 8 prompts x 8 rollouts, no checkpoint, no validation) and prints, from pr
                     initialized" follows the replicas' start)
   fit_start         "all initialize finished, ready to fit"
   step1_start       the training loop's progress bar appears (step 1 begins)
+  agent_loop_up     the agent-loop worker's first output: verl creates it without waiting for it,
+                    and step 1's rollout can only start once it has imported verl (on 2 cores this
+                    comes after step1_start)
   step1_done        step 1's metrics line
 and the process count and CPU seconds of everything the launch started (Ray's daemons and
 actors), sampled every 0.5 s.
@@ -55,6 +58,7 @@ MILESTONES = (
     ("rollout_up", re.compile(r"checkpoint engine manager initialized")),
     ("fit_start", re.compile(r"all initialize finished, ready to fit")),
     ("step1_start", re.compile(r"Training Progress:\s+0%")),
+    ("agent_loop_up", re.compile(r"\(AgentLoopWorker\w* pid=\d+\)")),
     ("step1_done", re.compile(r"step:1 - ")),
 )
 STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")

@@ -81,8 +81,54 @@ def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
-def train(cfg: WarmStartConfig, out_dir: str, *, log=print) -> dict:
-    """Run the SFT from the tiny model and save it into `out_dir`; returns the record."""
+def _group_grads(model, group, pad_id: int, n_targets: int) -> float:
+    """Forward and backward of one group of examples, its loss over the batch's target tokens
+    added into the parameters' .grad; returns that loss."""
+    import torch
+
+    ids, mask, labels = _batch(group, pad_id)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    ) / n_targets
+    loss.backward()
+    return loss.item()
+
+
+def _second_core(model, grads, requests, replies) -> None:
+    """The other process of a two-process warm start: for each (group, pad_id, n_targets) it gets,
+    the group's gradient at the shared weights, written into the shared buffer `grads`."""
+    import torch
+
+    torch.set_num_threads(1)
+    replies.put("ready")
+    for group, pad_id, n_targets in iter(requests.get, None):
+        model.zero_grad(set_to_none=True)
+        loss = _group_grads(model, group, pad_id, n_targets)
+        torch.cat([p.grad.reshape(-1) for p in model.parameters()], out=grads)
+        replies.put(loss)
+
+
+def _reply(helper, replies):
+    """The second process's next answer; raises if it died instead of answering."""
+    import queue
+
+    while True:
+        try:
+            return replies.get(timeout=1.0)
+        except queue.Empty:
+            if not helper.is_alive():
+                raise RuntimeError(f"the second process exited with code {helper.exitcode}") from None
+
+
+def train(cfg: WarmStartConfig, out_dir: str, *, log=print, processes: int = 2) -> dict:
+    """Run the SFT from the tiny model and save it into `out_dir`; returns the record.
+
+    processes=2 computes the plain-prompt group's gradient in a second process (one torch thread
+    each), on weights shared with this one, while this one computes the hinted group's: the same
+    operations on the same numbers as processes=1, so the same weights bit for bit (two torch
+    threads in one process change them), in ~2/3 of the time on two cores.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,6 +138,22 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    helper = None
+    if processes > 1:
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        model.share_memory()  # the optimiser's in-place updates are seen by the helper
+        grads = torch.zeros(sum(p.numel() for p in model.parameters())).share_memory_()
+        requests, replies = ctx.Queue(), ctx.Queue()
+        helper = ctx.Process(target=_second_core, args=(model, grads, requests, replies), daemon=True)
+        helper.start()
+        try:
+            _reply(helper, replies)
+        except RuntimeError as exc:
+            # E.g. a calling script without a `__main__` guard, which a spawned process re-runs.
+            log(f"[warm start] one process: {exc}")
+            helper = None
     train_set, val_set = task.split_problems(n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.data_seed)
 
     eos = tokenizer.eos_token_id
@@ -106,32 +168,40 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print) -> dict:
     rng = random.Random(cfg.seed)
     model.train()
     start = time.time()
-    for step in range(1, cfg.steps + 1):
-        picks = [rng.randrange(len(train_set)) for _ in range(cfg.batch_size)]
-        use_hint = [rng.random() < cfg.hint_fraction for _ in picks]
-        groups = [
-            [hinted[i] for i, h in zip(picks, use_hint) if h],
-            [plain[i] for i, h in zip(picks, use_hint) if not h],
-        ]
-        # Hinted prompts are ~3x longer: padding them separately from plain ones saves ~40% of the
-        # tokens. One denominator (all target tokens of the batch) keeps it the mean over the batch.
-        n_targets = sum(len(t) for group in groups for _, t in group)
-        optim.zero_grad(set_to_none=True)
-        total = 0.0
-        for group in groups:
-            if not group:
-                continue
-            ids, mask, labels = _batch(group, tokenizer.pad_token_id)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
-            ) / n_targets
-            loss.backward()
-            total += loss.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        if step % 50 == 0 or step == cfg.steps:
-            log(f"[warm start] step {step}/{cfg.steps}  loss {total:.3f}  {time.time() - start:.0f}s")
+    try:
+        for step in range(1, cfg.steps + 1):
+            picks = [rng.randrange(len(train_set)) for _ in range(cfg.batch_size)]
+            use_hint = [rng.random() < cfg.hint_fraction for _ in picks]
+            groups = [
+                [hinted[i] for i, h in zip(picks, use_hint) if h],
+                [plain[i] for i, h in zip(picks, use_hint) if not h],
+            ]
+            groups = [group for group in groups if group]
+            # Hinted prompts are ~3x longer: padding them separately from plain ones saves ~40% of
+            # the tokens. One denominator (all target tokens of the batch) keeps it the mean over
+            # the batch. The second group's gradient is added to the first's, in one process or two.
+            n_targets = sum(len(t) for group in groups for _, t in group)
+            optim.zero_grad(set_to_none=True)
+            if helper is not None and len(groups) == 2:
+                requests.put((groups[1], tokenizer.pad_token_id, n_targets))
+                total = _group_grads(model, groups[0], tokenizer.pad_token_id, n_targets)
+                total += _reply(helper, replies)
+                offset = 0
+                for p in model.parameters():
+                    p.grad += grads[offset : offset + p.numel()].view_as(p)
+                    offset += p.numel()
+            else:
+                total = 0.0
+                for group in groups:
+                    total += _group_grads(model, group, tokenizer.pad_token_id, n_targets)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            if step % 50 == 0 or step == cfg.steps:
+                log(f"[warm start] step {step}/{cfg.steps}  loss {total:.3f}  {time.time() - start:.0f}s")
+    finally:
+        if helper is not None:
+            requests.put(None)
+            helper.join(timeout=30)
     train_s = time.time() - start
 
     problems = [(task.compact_prompt(e["metadata"]["expression"]), e["answer"]) for e in val_set]

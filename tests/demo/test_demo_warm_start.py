@@ -66,3 +66,19 @@ def test_batch_masks_everything_but_the_target():
     assert ids.tolist() == [[5, 6, 7, 8, 2], [5, 9, 9, 2, 0]]
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert labels.tolist() == [[-100, -100, -100, 8, 2], [-100, 9, 9, 2, -100]]
+
+
+def test_two_processes_give_the_same_weights_bit_for_bit(tmp_path, monkeypatch):
+    """The second process computes the plain-prompt group's gradient; the sum is the one process's."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("SRPO_VERL_CACHE", str(tmp_path))
+    cfg = dataclasses.replace(FEW, steps=3)
+    weights = {}
+    for processes in (1, 2):
+        lines = []
+        warm_start.train(cfg, str(tmp_path / f"p{processes}"), log=lines.append, processes=processes)
+        assert not any("one process" in line for line in lines), lines  # the helper did start
+        weights[processes] = load_file(str(tmp_path / f"p{processes}" / "model.safetensors"))
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
