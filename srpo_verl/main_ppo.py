@@ -50,12 +50,16 @@ def forward_env_to_workers(config, environ=os.environ) -> None:
 
 def use_cpu_router(config) -> None:
     """platform=cpu: the rollout load balancer that imports no verl (srpo_verl/cpu/router.py), unless
-    the config names its own. A path, not a config-group value: verl reads the YAML file it names."""
+    the config names its own or asks for `rollout.full_determinism` (hash routing, which verl gives
+    only its own balancer). A path, not a config-group value: verl reads the YAML file it names."""
     from srpo_verl.cpu import router
 
-    if OmegaConf.select(config, "actor_rollout_ref.rollout.router_config_path", default=None) is None:
+    rollout = "actor_rollout_ref.rollout"
+    if OmegaConf.select(config, f"{rollout}.full_determinism", default=False):
+        return
+    if OmegaConf.select(config, f"{rollout}.router_config_path", default=None) is None:
         with open_dict(config):
-            OmegaConf.update(config, "actor_rollout_ref.rollout.router_config_path", router.CONFIG_PATH, force_add=True)
+            OmegaConf.update(config, f"{rollout}.router_config_path", router.CONFIG_PATH, force_add=True)
 
 
 def prepare(config, *, check_data: bool = True) -> None:

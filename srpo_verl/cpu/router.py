@@ -9,8 +9,9 @@ imports Ray and this module only.
 
 The rule is verl's default one: a request id keeps the server it was first given (sticky, for
 multi-turn prefix reuse); a new one goes to a server with the fewest requests in flight, chosen at
-random among equals, or, with `full_determinism: true` in the YAML, to hash(request id) mod the
-number of servers. With one replica (the CPU default) every request goes to that server.
+random among equals. With one replica (the CPU default) every request goes to that server. Under
+`rollout.full_determinism` (hash routing, which verl does not offer a YAML-named balancer) verl's
+own balancer is kept.
 """
 
 from __future__ import annotations
@@ -35,18 +36,14 @@ class LocalLoadBalancer:
         self._servers = dict(servers)
         self._inflight = {server_id: 0 for server_id in servers}
         self._sticky: OrderedDict[str, str] = OrderedDict()
-        self._full_determinism = bool((config or {}).get("full_determinism", False))
 
     def acquire_server(self, request_id: str) -> tuple[str, Any]:
         server_id = self._sticky.get(request_id)
         if server_id is None or server_id not in self._inflight:
             if not self._inflight:
                 raise RuntimeError("No available servers in load balancer")
-            if self._full_determinism:
-                server_id = list(self._servers)[hash(request_id) % len(self._servers)]
-            else:
-                fewest = min(self._inflight.values())
-                server_id = random.choice([sid for sid, count in self._inflight.items() if count == fewest])
+            fewest = min(self._inflight.values())
+            server_id = random.choice([sid for sid, count in self._inflight.items() if count == fewest])
         self._sticky[request_id] = server_id
         self._sticky.move_to_end(request_id)
         while len(self._sticky) > STICKY_CACHE_SIZE:

@@ -1,7 +1,5 @@
 """platform=cpu's rollout load balancer (srpo_verl/cpu/router.py): verl's sticky + least-in-flight rule."""
 
-import collections
-
 import yaml
 
 from srpo_verl.cpu import router
@@ -21,15 +19,6 @@ def test_new_requests_go_to_the_least_loaded_server_and_stay_there():
     assert lb.require_acquire_fields() == [] and lb.require_release_fields() == []
 
 
-def test_full_determinism_routes_by_request_id():
-    lb = router.LocalLoadBalancer({"a": 1, "b": 2, "c": 3}, {"full_determinism": True})
-    picks = collections.Counter(lb.acquire_server(f"r{i}")[0] for i in range(30))
-    # Same id, same server, whatever the load.
-    again = router.LocalLoadBalancer({"a": 1, "b": 2, "c": 3}, {"full_determinism": True})
-    assert all(lb.acquire_server(f"r{i}")[0] == again.acquire_server(f"r{i}")[0] for i in range(30))
-    assert sum(picks.values()) == 30
-
-
 def test_the_shipped_yaml_names_this_class():
     with open(router.CONFIG_PATH) as f:
         assert yaml.safe_load(f)["router_class"] == "srpo_verl.cpu.router.LocalLoadBalancer"
@@ -46,3 +35,7 @@ def test_platform_cpu_launch_uses_it_unless_the_config_names_another():
     own = OmegaConf.create({"actor_rollout_ref": {"rollout": {"router_config_path": "/my/router.yaml"}}})
     use_cpu_router(own)
     assert own.actor_rollout_ref.rollout.router_config_path == "/my/router.yaml"
+    # Hash routing is verl's balancer's alone: it stays.
+    hashed = OmegaConf.create({"actor_rollout_ref": {"rollout": {"router_config_path": None, "full_determinism": True}}})
+    use_cpu_router(hashed)
+    assert hashed.actor_rollout_ref.rollout.router_config_path is None
