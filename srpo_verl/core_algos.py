@@ -24,6 +24,7 @@ __all__ = [
     "add_tail_bucket",
     "advantage_mix",
     "correctness",
+    "ema_teacher_update_",
     "entropy_weight_log_mean",
     "entropy_weights",
     "full_vocab_divergence",
@@ -596,8 +597,8 @@ class _LendDenseGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_log_prob, grad_div):
-        if grad_div is None:
-            return grad_log_prob, None, None, None
+        if grad_div is None or not ctx.needs_input_grad[1]:
+            return grad_log_prob, None, None, None  # no divergence backward will come to finish a lent part
         dense_weight, lent_tokens = ctx.saved_tensors
         lent = (grad_div * dense_weight).to(ctx.dtype)
         grad_log_prob = lent if grad_log_prob is None else grad_log_prob + lent
@@ -999,6 +1000,29 @@ def trust_region_teacher_log_probs(
 # ----------------------------------------------------------------------------------------------
 # Per-token SDPO loss, entropy weights, the combined loss (spec steps 6-8)
 # ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ema_teacher_update_(pairs: list[tuple[torch.Tensor, torch.Tensor]], rate: float) -> torch.Tensor:
+    """theta' <- theta' + rate (theta - theta') for each (teacher, student) tensor pair, in place on the
+    teacher (SDPO's EMA self-teacher; SRPO Sec. 3.2); returns ||theta - theta'_new|| over all pairs as
+    a 0-d fp32 tensor where the first teacher tensor lives (not read back: the caller reads it once).
+
+    One difference d = theta - theta' per pair gives both the step (`lerp_`) and the gap
+    (||theta - theta'_new|| = (1 - rate) ||d||); the student tensor is moved to the teacher's
+    device and dtype one pair at a time (the one temporary, one tensor large). rate 0 moves nothing.
+    """
+    _check_range("rate", rate, 0.0, 1.0)
+    gap = None
+    for t, s in pairs:
+        d = s.to(t.device, t.dtype) - t
+        sq = torch.linalg.vector_norm(d, dtype=torch.promote_types(d.dtype, torch.float32)).square()
+        gap = sq if gap is None else gap.add_(sq.to(gap.device))
+        if rate:
+            t.add_(d, alpha=rate)
+    if gap is None:
+        raise ValueError("ema_teacher_update_: no parameter pairs")
+    return gap.sqrt_().mul_(1.0 - rate)
 
 
 def sdpo_token_loss(

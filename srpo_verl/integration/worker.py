@@ -201,15 +201,9 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         EMA follows the student's optimiser steps, and the student did not move."""
         skipped = not math.isfinite(getattr(self.actor.engine, "_srpo_last_grad_norm", 0.0))
         rate = 0.0 if skipped else self.srpo.teacher_ema_rate
-        gap = None
-        for _, t, s in self._param_pairs():
-            d = s.to(t.device, t.dtype) - t  # the one temporary, one shard large
-            sq = torch.linalg.vector_norm(d, dtype=torch.promote_types(d.dtype, torch.float32)).square()
-            gap = sq if gap is None else gap.add_(sq)
-            if rate:
-                t.add_(d, alpha=rate)
-        gap = (1.0 - rate) * math.sqrt(float(gap)) if gap is not None else 0.0
-        return {"srpo/teacher_student_l2": gap, "srpo/ema_skipped": float(skipped)}
+        pairs = [(t, s) for _, t, s in self._param_pairs()]
+        gap = core_algos.ema_teacher_update_(pairs, rate) if pairs else 0.0
+        return {"srpo/teacher_student_l2": float(gap), "srpo/ema_skipped": float(skipped)}
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_teacher_state(self) -> dict:

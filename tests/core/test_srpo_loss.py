@@ -171,3 +171,16 @@ def test_nan_and_inf_in_the_unused_branch_do_not_leak_into_value_or_gradient(gen
         assert torch.isfinite(grad).all()
     assert (grpo.grad[routed] == 0).all() and (sdpo.grad[~routed] == 0).all() and sdpo.grad[2, 3] == 0
     torch.testing.assert_close(sdpo.grad[0], torch.full((4,), 1 / 11))
+
+
+def test_ema_teacher_update_hand_worked():
+    teacher = [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]], dtype=torch.float64)]
+    student = [torch.tensor([3.0, 4.0], dtype=torch.bfloat16), torch.tensor([[1.0]], dtype=torch.float64)]
+    gap = ca.ema_teacher_update_(list(zip(teacher, student)), 0.05)
+    torch.testing.assert_close(teacher[0], torch.tensor([0.15, 0.2]))  # moved 5% of the way, in its own dtype
+    assert teacher[1].item() == 1.0  # already equal: unchanged
+    assert gap.dim() == 0 and gap.item() == pytest.approx(0.95 * 5.0)  # ||theta - theta'_new|| = 0.95 * ||d||
+    assert ca.ema_teacher_update_([(teacher[0], student[0].float())], 0.0).item() == pytest.approx(0.95 * 5.0)
+    torch.testing.assert_close(teacher[0], torch.tensor([0.15, 0.2]))  # rate 0 moves nothing
+    with pytest.raises(ValueError, match="rate"):
+        ca.ema_teacher_update_([(teacher[0], student[0])], 1.5)
