@@ -134,12 +134,14 @@ def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, mod
     lens = data["responses"].offsets().diff()  # (B,)
     present = torch.arange(log_prob.shape[1], device=lens.device) < lens.unsqueeze(-1)  # (B, T)
     routed = present & data["srpo_route"].bool().unsqueeze(-1)  # the processor's rows, row-major
-    gap = ((log_prob.detach().float() - expected).abs() - 1e-3 * (1.0 + expected.abs())) * routed
+    # verl's torch path keeps bf16 logits' log-probs in bf16 (flash-attn's and the fp32 path give fp32).
+    tol = max(1e-3, torch.finfo(log_prob.dtype).eps)
+    gap = ((log_prob.detach().float() - expected).abs() - tol * (1.0 + expected.abs())) * routed
     if gap.max().item() > 0.0:
         raise RuntimeError(
             "verl's token log-probs differ from log p of the response tokens the SRPO divergence computed "
-            f"from the same logits (by up to {gap.max().item() + 1e-3:.3g} over tolerance): the engine's "
-            "log-prob path is not the one this loss lends its gradient to (docs/verl_surfaces.md S45)"
+            f"from the same logits (by {gap.max().item():.3g} beyond the tolerance): the engine's log-prob "
+            "path is not the one this loss lends its gradient to (docs/verl_surfaces.md S45)"
         )
     return core_algos.lend_dense_gradient(log_prob, divergence, dense_weight, routed)
 

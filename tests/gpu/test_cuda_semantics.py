@@ -131,6 +131,30 @@ def test_loss_hook_in_bf16_against_float64(batch):
     torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=8e-3, atol=2e-4)
 
 
+def test_loss_hook_with_verls_bf16_torch_log_probs(batch):
+    # Without flash-attn's cross-entropy (VERL_DISABLE_FLASH_ATTN_CE=1, or not installed) verl computes a
+    # bf16 row's log-probs with a bf16 log_softmax: values rounded to bf16, and its backward rebuilds p
+    # from them. The loss must accept those log-probs (no false refusal) and the lent gradient then has
+    # that path's bf16 precision (GRPO's own gradient there has it too).
+    from verl.utils.torch_functional import logprobs_from_logits_v2
+
+    logits_bf16 = batch["student_logits"].to(torch.bfloat16)
+    x = logits_bf16.clone().requires_grad_(True)
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
+    _, log_mean = reference_loss(batch, batch["student_logits"], beta=1.0, alpha=0.5)
+    with VirtualCuda():
+        loss, _ = engine_like_call(
+            fn, batch, range(5), x.to(CUDA) * 1.0, logprobs=lambda lg, lb, inplace_backward=True: logprobs_from_logits_v2(lg, lb),
+            move=_to_cuda, num_tokens=sum(RESPONSE_LENS), log_mean=log_mean,
+        )
+        loss.backward()
+    ref_x = logits_bf16.double().requires_grad_(True)
+    ref, _ = reference_loss(batch, ref_x, beta=1.0, alpha=0.5)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) <= 2**-7 * abs(ref.item())
+    assert float((x.grad.double() - ref_x.grad).norm() / ref_x.grad.norm()) <= 2**-6  # measured 0.7%
+
+
 def test_processor_output_stays_on_the_device_and_only_routed_rows_are_nonzero(batch):
     fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
     with VirtualCuda():
