@@ -9,6 +9,7 @@ without it. The rollout backend (`rollout.name=hf`) lives in `hf_rollout.py`.
 from __future__ import annotations
 
 import functools
+import os
 import logging
 import types
 from contextlib import nullcontext
@@ -179,12 +180,33 @@ def install_platform() -> None:
         platform_manager.set_platform(PlatformCPU())
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _gloo(init_fn):
     @functools.wraps(init_fn)
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
         # verl's default is f"cpu:gloo,{device}:{backend}" = "cpu:gloo,cpu:gloo", which torch
         # rejects ("Duplicate device type cpu").
-        return init_fn(timeout_second=timeout_second, backend=backend or "gloo")
+        kwargs = dict(timeout_second=timeout_second, backend=backend or "gloo")
+        try:
+            return init_fn(**kwargs)
+        except torch.distributed.DistNetworkError as exc:
+            # verl picks MASTER_PORT on the driver and the worker binds it later; on a busy host another
+            # process can take the port in between (EADDRINUSE). A single rank rendezvous with itself,
+            # so any free port will do; with several ranks they must agree, and the error stands.
+            single = int(os.environ.get("WORLD_SIZE", 1)) == 1 and not os.environ.get("DIST_INIT_METHOD")
+            if not (single and "EADDRINUSE" in str(exc)):
+                raise
+            port = _free_port()
+            logger.warning("MASTER_PORT %s was taken before this rank bound it; retrying on %s", os.environ.get("MASTER_PORT"), port)
+            os.environ["MASTER_PORT"] = str(port)
+            return init_fn(**kwargs)
 
     setattr(initialize_global_process_group_ray, _PATCHED, True)
     return initialize_global_process_group_ray
