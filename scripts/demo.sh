@@ -4,7 +4,7 @@
 # Steps: setup (scripts/setup.sh) -> tiny model, data, warm-start SFT (cached in ~/.cache/srpo_verl)
 #   -> SRPO through `python -m srpo_verl.main_ppo` with a line per step -> held-out evaluation of the
 #   saved weights -> DEMO_OUT/report.md + PNGs. Measured from a fresh clone (new venv, empty caches,
-#   2 cores): 7.9 min, of it setup 1.6 min and the warm start 1.8 min, both reused by later runs
+#   2 cores): 7.3-7.9 min, of it setup 1.5 min and the warm start 1.7-1.8 min, both reused by later runs
 #   (docs/demo.md).
 # Knobs (environment):
 #   DEMO_STEPS=40       RL steps
