@@ -108,27 +108,34 @@ def test_loss_hook_on_cuda_equals_the_float64_reference(batch, inplace, beta, al
     assert metrics["srpo/topk_match_fraction"] == 1.0
 
 
-def test_loss_hook_in_bf16_against_float64(batch):
-    # The GPU engine's logits are bf16; the loss upcasts per chunk. Tolerance: bf16 keeps 8 mantissa
-    # bits, so logits are rounded by up to 2^-9 relative (|logit| < 8 here: ~0.016 absolute).
+def _bf16_loss_hook(batch, logprobs):
+    """(loss, gradient) of the loss hook on the bf16-rounded student logits moved to (virtual) CUDA,
+    token log-probs by `logprobs`; and the float64 reference (loss, gradient) on the same rounded logits,
+    so what remains is the bf16 handling itself."""
     logits_bf16 = batch["student_logits"].to(torch.bfloat16)
     x = logits_bf16.clone().requires_grad_(True)
     fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
     _, log_mean = reference_loss(batch, batch["student_logits"], beta=1.0, alpha=0.5)
     with VirtualCuda():
         loss, _ = engine_like_call(
-            fn, batch, range(5), x.to(CUDA) * 1.0, logprobs=inplace_logprobs_from_logits, move=_to_cuda,
+            fn, batch, range(5), x.to(CUDA) * 1.0, logprobs=logprobs, move=_to_cuda,
             num_tokens=sum(RESPONSE_LENS), log_mean=log_mean,
         )
         loss.backward()
-    assert x.grad.dtype == torch.bfloat16
-    # Reference on the same rounded logits, in float64: what remains is the loss's own bf16 handling.
     ref_x = logits_bf16.double().requires_grad_(True)
     ref, _ = reference_loss(batch, ref_x, beta=1.0, alpha=0.5)
     ref.backward()
+    return loss, x.grad, ref, ref_x.grad
+
+
+def test_loss_hook_in_bf16_against_float64(batch):
+    # The GPU engine's logits are bf16; the loss upcasts per chunk. Tolerance: bf16 keeps 8 mantissa
+    # bits, so logits are rounded by up to 2^-9 relative (|logit| < 8 here: ~0.016 absolute).
+    loss, grad, ref, ref_grad = _bf16_loss_hook(batch, inplace_logprobs_from_logits)
+    assert grad.dtype == torch.bfloat16
     torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-4, atol=1e-5)
     # The gradient is stored in bf16: relative rounding 2^-8.
-    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=8e-3, atol=2e-4)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=8e-3, atol=2e-4)
 
 
 def test_loss_hook_with_verls_bf16_torch_log_probs(batch):
@@ -138,21 +145,9 @@ def test_loss_hook_with_verls_bf16_torch_log_probs(batch):
     # that path's bf16 precision (GRPO's own gradient there has it too).
     from verl.utils.torch_functional import logprobs_from_logits_v2
 
-    logits_bf16 = batch["student_logits"].to(torch.bfloat16)
-    x = logits_bf16.clone().requires_grad_(True)
-    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
-    _, log_mean = reference_loss(batch, batch["student_logits"], beta=1.0, alpha=0.5)
-    with VirtualCuda():
-        loss, _ = engine_like_call(
-            fn, batch, range(5), x.to(CUDA) * 1.0, logprobs=lambda lg, lb, inplace_backward=True: logprobs_from_logits_v2(lg, lb),
-            move=_to_cuda, num_tokens=sum(RESPONSE_LENS), log_mean=log_mean,
-        )
-        loss.backward()
-    ref_x = logits_bf16.double().requires_grad_(True)
-    ref, _ = reference_loss(batch, ref_x, beta=1.0, alpha=0.5)
-    ref.backward()
+    loss, grad, ref, ref_grad = _bf16_loss_hook(batch, lambda lg, lb, inplace_backward=True: logprobs_from_logits_v2(lg, lb))
     assert abs(loss.item() - ref.item()) <= 2**-7 * abs(ref.item())
-    assert float((x.grad.double() - ref_x.grad).norm() / ref_x.grad.norm()) <= 2**-6  # measured 0.7%
+    assert float((grad.double() - ref_grad).norm() / ref_grad.norm()) <= 2**-6  # measured 0.7%
 
 
 def test_processor_output_stays_on_the_device_and_only_routed_rows_are_nonzero(batch):
