@@ -487,7 +487,8 @@ def _lse_and_gather(
 # lent part, the token log-prob's upstream gradient on the divergence's rows, pushed by
 # `lend_dense_gradient`'s backward and taken by the divergence's (which always runs after it: its
 # gradient comes through the lend); "pending": sparse parts computed but not yet written into the
-# logits' gradient. Both are empty after every complete backward.
+# logits' gradient. Both are empty after every complete backward. One lent divergence per backward
+# (verl's engine: one processor and one loss call per micro-batch); two in one graph would need a key.
 _LENT: dict[str, Any] = {"upstream": [], "pending": 0}
 
 
