@@ -18,6 +18,13 @@ import os
 import socket
 
 
+def free_port() -> int:
+    """A TCP port free on this host right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def local_env(rank: int | None = None, world: int | None = None, port: int | None = None) -> None:
     """Environment for a local verl worker: CPU backend, offline hub, torch.distributed rank/world.
 
@@ -26,9 +33,7 @@ def local_env(rank: int | None = None, world: int | None = None, port: int | Non
     os.environ["SRPO_VERL_PLATFORM"] = "cpu"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if port is None and "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
     defaults = dict(RANK=rank or 0, WORLD_SIZE=world or 1, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     for key, value in defaults.items():
         os.environ.setdefault(key, str(value))

@@ -180,14 +180,6 @@ def install_platform() -> None:
         platform_manager.set_platform(PlatformCPU())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _gloo(init_fn):
     @functools.wraps(init_fn)
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
@@ -203,7 +195,9 @@ def _gloo(init_fn):
             single = int(os.environ.get("WORLD_SIZE", 1)) == 1 and not os.environ.get("DIST_INIT_METHOD")
             if not (single and "EADDRINUSE" in str(exc)):
                 raise
-            port = _free_port()
+            from srpo_verl.cpu.local import free_port
+
+            port = free_port()
             logger.warning("MASTER_PORT %s was taken before this rank bound it; retrying on %s", os.environ.get("MASTER_PORT"), port)
             os.environ["MASTER_PORT"] = str(port)
             return init_fn(**kwargs)
