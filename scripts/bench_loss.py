@@ -34,6 +34,7 @@ import psutil
 import torch
 
 from srpo_verl import core_algos as ca
+from srpo_verl.lent_gradient import lend_dense_gradient, topk_tail_divergence_lent
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peak_memory import GB, PeakMemory  # noqa: E402
@@ -94,9 +95,11 @@ def distilled_update(student, teacher, sampled, old_log_prob, advantages, lent=T
     teacher_lp = ca.teacher_topk_log_probs(teacher, index, chunk_size=args.chunk_size)  # (N, K)
     rows = torch.arange(n)
     if lent:
-        out = ca.topk_tail_divergence_lent(student, teacher_lp, index, sampled[:, 0], rows=rows, chunk_size=args.chunk_size)
+        out = topk_tail_divergence_lent(student, teacher_lp, index, sampled[:, 0], rows=rows, chunk_size=args.chunk_size)
         log_prob = ca.gather_log_softmax(student, sampled, chunk_size=args.chunk_size)[:, 0]  # (N,), after, as in verl
-        log_prob, div = ca.lend_dense_gradient(log_prob, out.divergence, out.dense_weight, torch.ones(n, dtype=torch.bool))
+        log_prob, div = lend_dense_gradient(
+            log_prob, out.divergence, out.dense_weight, torch.ones(n, dtype=torch.bool), out.lend
+        )
     else:
         div = ca.topk_tail_divergence(student, teacher_lp, index, chunk_size=args.chunk_size)  # (N,)
         log_prob = ca.gather_log_softmax(student, sampled, chunk_size=args.chunk_size)[:, 0]

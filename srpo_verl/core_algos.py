@@ -30,11 +30,8 @@ __all__ = [
     "full_vocab_divergence",
     "gather_log_softmax",
     "generalized_jsd",
-    "lend_dense_gradient",
-    "LentDivergence",
     "group_ids",
     "grpo_advantage",
-    "pending_gradient_merges",
     "ppo_clip_token_loss",
     "routing_mask",
     "sampled_token_advantage",
@@ -46,7 +43,6 @@ __all__ = [
     "teacher_scores",
     "teacher_topk_log_probs",
     "topk_tail_divergence",
-    "topk_tail_divergence_lent",
     "topk_unchanged",
     "topk_tail_entropy",
     "trust_region_teacher_log_probs",
@@ -425,7 +421,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
     logits' storage before older backward nodes run. A backward that re-read the shared logits would
     rebuild the softmax from that gradient. The copy holds only the selected rows; backward writes
     straight into the returned (N, V) gradient through one work chunk. (The engine's loss avoids the
-    copy altogether: `topk_tail_divergence_lent`.)
+    copy altogether: `lent_gradient.topk_tail_divergence_lent`.)
     """
 
     @staticmethod
@@ -481,130 +477,6 @@ def _lse_and_gather(
             unchanged[part] = (buf > kth).sum(-1) < top
         lse[part] = _chunk_logsumexp_(buf)
     return lse, picked, unchanged
-
-
-# The lent distillation gradient's bookkeeping (see `topk_tail_divergence_lent`). "upstream": for each
-# lent part, the token log-prob's upstream gradient on the divergence's rows, pushed by
-# `lend_dense_gradient`'s backward and taken by the divergence's (which always runs after it: its
-# gradient comes through the lend); "pending": sparse parts computed but not yet written into the
-# logits' gradient. Both are empty after every complete backward. One lent divergence per backward
-# (verl's engine: one processor and one loss call per micro-batch); two in one graph would need a key.
-_LENT: dict[str, Any] = {"upstream": [], "pending": 0}
-
-
-def pending_gradient_merges() -> int:
-    """How many lent distillation gradients are incomplete: a dense part was given to the token
-    log-prob but the rows' remaining entries never reached the logits' gradient. A trainer checks for
-    0 before its optimiser step."""
-    return len(_LENT["upstream"]) + _LENT["pending"]
-
-
-def _write_into_base(logits: torch.Tensor, holder: dict) -> bool:
-    """Register the hook that writes the entries `holder["grad"]` into the gradient of the tensor
-    `logits` views (see `_LentTopKDivergence.backward`). Only when `logits` covers that tensor's memory
-    row for row (a squeeze/unsqueeze view or the tensor itself); returns False otherwise (the caller
-    then returns the entries as a dense gradient)."""
-    base = logits if logits._base is None else logits._base
-    if not base.requires_grad or not (base.is_contiguous() and logits.is_contiguous()):
-        return False
-    if base.numel() != logits.numel() or base.storage_offset() != logits.storage_offset():
-        return False
-    vocab = logits.shape[-1]
-
-    def write_entries(grad: torch.Tensor | None) -> torch.Tensor | None:
-        if grad is None or "grad" not in holder:
-            return grad  # this output took no part in the loss: nothing to add
-        row, col, token_part, add = holder.pop("grad")
-        _LENT["pending"] -= 1
-        flat = grad.reshape(-1, vocab)
-        # The token log-prob's backward stored token_part rounded to the gradient's dtype; put back
-        # what the rounding lost, add this divergence's part, and round once (one value per entry).
-        rounding = token_part - token_part.to(flat.dtype).to(token_part.dtype)
-        flat[row, col] = (flat[row, col].to(add.dtype) + rounding + add).to(flat.dtype)
-        return flat.view(grad.shape)
-
-    base.register_hook(write_entries)
-    return True
-
-
-class _LentTopKDivergence(torch.autograd.Function):
-    """D(logits[rows]) on the top-K(+tail) support, whose gradient w.r.t. the logits is split in two.
-
-    With log p_k = x_{i_k} - lse(x) and s_k = dD/d log p_k (K numbers per row, taken in forward):
-        dD/dx_v = sum_k s_k 1[v = i_k] - p_v * S,   S = sum_k s_k.
-    The dense part -p_v S is the token log-prob's own gradient shape: d log p_y / dx_v = 1[v = y] - p_v.
-    `lend_dense_gradient` adds u S to the upstream gradient c of log p_y, so that backward writes
-    c (1[v = y] - p_v) with the dense part in it; this backward then leaves K + 1 entries per row:
-    u s_k at i_k and -u S at y. Those entries are where the token log-prob's value c (1[v = y] - p_v),
-    of the size of c, and this part nearly cancel; in a bf16 gradient that value is already rounded,
-    so the entries are rewritten from the exact sum (`_write_into_base`), not accumulated onto it.
-    Nothing of size (rows, V) is kept or recomputed.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, rows, index, labels, teacher_topk, alpha, tail, chunk_size, holder):
-        columns = torch.cat([index, labels.unsqueeze(-1)], -1)  # (n, K+1)
-        lse, picked, unchanged = _lse_and_gather(logits, rows, columns, chunk_size, top=index.shape[-1])
-        log_p = picked - lse.unsqueeze(-1)  # (n, K+1): log p at the top-K and at the label
-        with torch.enable_grad():
-            leaf = log_p[:, :-1].detach().requires_grad_()
-            divergence = _topk_divergence(leaf, teacher_topk, alpha=alpha, tail=tail)  # (n,)
-            (slope,) = torch.autograd.grad(divergence.sum(), leaf)  # (n, K): rows are independent
-        dense_weight = slope.sum(-1)  # (n,) S
-        ctx.save_for_backward(slope, dense_weight, log_p, rows, index, labels)
-        ctx.holder, ctx.shape, ctx.dtype = holder, logits.shape, logits.dtype
-        label_log_p = log_p[:, -1].clone()
-        ctx.mark_non_differentiable(dense_weight, label_log_p, unchanged)
-        return divergence.detach(), dense_weight, label_log_p, unchanged
-
-    @staticmethod
-    def backward(ctx, grad_div, _grad_dense, _grad_label, _grad_unchanged):
-        if not _LENT["upstream"]:
-            raise RuntimeError(
-                "topk_tail_divergence_lent: the dense part of the distillation gradient was not lent to the "
-                "token log-prob (lend_dense_gradient was not applied to this divergence in the loss)"
-            )
-        c = _LENT["upstream"].pop()  # (n,) the token log-prob's upstream gradient, lent part included
-        slope, dense_weight, log_p, rows, index, labels = ctx.saved_tensors
-        u = grad_div.to(slope.dtype)  # (n,)
-        c = c.to(slope.dtype)
-        col = torch.cat([index, labels.unsqueeze(-1)], -1)  # (n, K+1)
-        is_label = col == labels.unsqueeze(-1)  # (n, K+1): the label column, and a top-K id equal to it
-        add = torch.cat([u.unsqueeze(-1) * slope, torch.zeros_like(u).unsqueeze(-1)], -1)  # u s_k at i_k
-        add = add - (u * dense_weight).unsqueeze(-1) * is_label  # -u S at y
-        # An entry listed twice (the label among the top-K) must carry its whole value in both places.
-        in_topk = is_label[:, :-1].any(-1)  # (n,)
-        add[:, -1] = torch.where(in_topk, (add[:, :-1] * is_label[:, :-1]).sum(-1), add[:, -1])
-        token_part = c.unsqueeze(-1) * (is_label.to(c.dtype) - log_p.exp())  # (n, K+1)
-        row = rows.unsqueeze(-1).expand_as(col)
-        if ctx.holder is not None:
-            ctx.holder["grad"] = (row, col, token_part, add)
-            _LENT["pending"] += 1
-            return (None,) * 9
-        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=slope.device)
-        grad[row, col] = add.to(ctx.dtype)  # a duplicate entry carries the same value twice
-        return (grad,) + (None,) * 8
-
-
-class _LendDenseGradient(torch.autograd.Function):
-    """Identity on (token log-prob, divergence); backward adds u_div * S into the log-prob's gradient
-    and hands the resulting upstream gradient on the lent tokens to the divergence's backward."""
-
-    @staticmethod
-    def forward(ctx, token_log_prob, divergence, dense_weight, lent_tokens):
-        ctx.save_for_backward(dense_weight, lent_tokens)
-        ctx.dtype = token_log_prob.dtype
-        return token_log_prob.clone(), divergence.clone()
-
-    @staticmethod
-    def backward(ctx, grad_log_prob, grad_div):
-        if grad_div is None or not ctx.needs_input_grad[1]:
-            return grad_log_prob, None, None, None  # no divergence backward will come to finish a lent part
-        dense_weight, lent_tokens = ctx.saved_tensors
-        lent = (grad_div * dense_weight).to(ctx.dtype)
-        grad_log_prob = lent if grad_log_prob is None else grad_log_prob + lent
-        _LENT["upstream"].append(grad_log_prob[lent_tokens])
-        return grad_log_prob, grad_div, None, None
 
 
 def gather_log_softmax(
@@ -674,7 +546,7 @@ def topk_unchanged(
     """bool: are the stored ids still the K largest logits? (the student's support drifting during the
     update). True when fewer than K logits exceed the smallest stored one: one compare pass per row,
     not a new top-K. logits (N, V) and topk_index (n, K) for `rows` (long (n,), all rows when None).
-    `topk_tail_divergence_lent` returns the same test from its own pass."""
+    `lent_gradient.topk_tail_divergence_lent` returns the same test from its own pass."""
     with torch.no_grad():
         flat = logits.detach()
         return _lse_and_gather(flat, _select_rows(flat, rows), topk_index, chunk_size, top=topk_index.shape[-1])[2]
@@ -784,98 +656,12 @@ def topk_tail_divergence(
     With `rows` (unique long (n,)): student_logits (N, V), the others (n, K); returns (n,), and only
     those rows are read and receive gradient (the SDPO-routed tokens of a packed micro-batch).
     Where a token log-prob of the same logits is also differentiated (verl's engine), use
-    `topk_tail_divergence_lent`: same value and total gradient, no copy of the rows.
+    `lent_gradient.topk_tail_divergence_lent`: same value and total gradient, no copy of the rows.
     """
     _check_range("alpha", alpha, 0.0, 1.0)
     _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
     log_p = gather_log_softmax(student_logits, topk_index, rows=rows, chunk_size=chunk_size)
     return _topk_divergence(log_p, teacher_log_probs_topk, alpha=alpha, tail=tail)
-
-
-class LentDivergence(NamedTuple):
-    """`topk_tail_divergence_lent`'s outputs, all (n,) for the n rows: the divergence D; S, the weight
-    of its dense gradient part (for `lend_dense_gradient`); log p at the labels, which the token
-    log-prob the gradient is lent to must equal; and `topk_unchanged` of the ids (bool), taken in the
-    same pass. Only D has a gradient."""
-
-    divergence: torch.Tensor
-    dense_weight: torch.Tensor
-    label_log_prob: torch.Tensor
-    topk_unchanged: torch.Tensor
-
-
-def topk_tail_divergence_lent(
-    student_logits: torch.Tensor,
-    teacher_log_probs_topk: torch.Tensor,
-    topk_index: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    rows: torch.Tensor,
-    alpha: float = 0.5,
-    tail: bool = True,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> LentDivergence:
-    """`topk_tail_divergence` on `rows` of logits whose token log-probs log p(labels) are differentiated
-    too, as in verl's engine: the same value and the same total gradient, at O(n K) extra memory.
-
-    The divergence's gradient w.r.t. a row's logits is sum_k s_k e_{i_k} - S p, with s_k = dD/d log p_k
-    and S = sum_k s_k; the dense -S p is the token log-prob's own gradient shape (e_y - p). The caller
-    passes `dense_weight` S to `lend_dense_gradient` on the token log-prob, whose backward then produces
-    that part; this function's backward adds the K + 1 remaining entries per row (s_k at i_k, -S at
-    the label) into the logits' gradient, through a hook on the tensor the logits view (in place: on
-    GPU that is the storage flash-attn's cross-entropy writes its gradient into), else as a dense
-    gradient. The logits are only read in forward, never kept: an in-place kernel may overwrite them.
-
-    A backward that reaches this divergence without `lend_dense_gradient` raises; a sparse part that
-    never reaches the logits' gradient is counted by `pending_gradient_merges()`.
-    student_logits (N, V); teacher_log_probs_topk, topk_index (n, K); labels (n,) the token each row's
-    log-prob scores; rows unique long (n,); each row of topk_index distinct ids (a top-K, as
-    `student_topk` gives). Returns `LentDivergence`.
-    """
-    _check_range("alpha", alpha, 0.0, 1.0)
-    _check_positive_int("chunk_size", chunk_size)
-    _check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
-    if student_logits.dim() != 2 or topk_index.dim() != 2 or not topk_index.shape[0] == rows.shape[0] == labels.shape[0]:
-        raise ValueError(
-            f"mismatched shapes: logits{tuple(student_logits.shape)} must be (N, V), index{tuple(topk_index.shape)} "
-            f"(n, K) and labels{tuple(labels.shape)} (n,) for rows{tuple(rows.shape)}"
-        )
-    if student_logits.requires_grad and topk_index.shape[-1] > 1:
-        ids = topk_index.sort(-1).values
-        if bool((ids[:, 1:] == ids[:, :-1]).any()):  # backward writes one value per (row, id)
-            raise ValueError("topk_tail_divergence_lent: each row of topk_index must hold distinct ids (a top-K)")
-    selected = _select_rows(student_logits, rows)
-    holder: dict | None = {}
-    if not (student_logits.requires_grad and _write_into_base(student_logits, holder)):
-        holder = None  # no hook: backward returns the sparse entries as a dense gradient
-    return LentDivergence(
-        *_LentTopKDivergence.apply(
-            student_logits,
-            selected,
-            topk_index.long(),
-            labels.to(device=student_logits.device, dtype=torch.long),
-            teacher_log_probs_topk.detach(),
-            alpha,
-            tail,
-            chunk_size,
-            holder,
-        )
-    )
-
-
-def lend_dense_gradient(
-    token_log_prob: torch.Tensor, divergence: torch.Tensor, dense_weight: torch.Tensor, lent_tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Identity on (token_log_prob, divergence); in backward, adds grad(divergence) * dense_weight into
-    the token log-prob's gradient: the dense part of `topk_tail_divergence_lent`'s gradient. Use the
-    returned tensors in the loss in place of the inputs. All four have one shape, e.g. (B, T);
-    lent_tokens (bool) marks the divergence's rows, in their order (row-major), and dense_weight is
-    read only there."""
-    _check_same_shape(
-        token_log_prob=token_log_prob, divergence=divergence, dense_weight=dense_weight, lent_tokens=lent_tokens
-    )
-    weight = dense_weight.detach() * lent_tokens
-    return _LendDenseGradient.apply(token_log_prob, divergence, weight, lent_tokens.bool())
 
 
 def full_vocab_divergence(

@@ -98,13 +98,16 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
                 "set actor_rollout_ref.model.use_remove_padding=True"
             )
     for key in ("actor", "ref"):
-        name = f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size"
-        sp = _int_setting(arr[key], "ulysses_sequence_parallel_size", name)
-        if sp is not None and sp > 1:
-            raise NotImplementedError(
-                f"{name}={sp}: Ulysses sequence parallelism is "
-                "not implemented in the SRPO teacher pass; set it to 1"
-            )
+        for node, name in (
+            (arr[key], f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size"),
+            (arr[key].get("fsdp_config", None) or {}, f"actor_rollout_ref.{key}.fsdp_config.ulysses_sequence_parallel_size"),
+        ):
+            sp = _int_setting(node, "ulysses_sequence_parallel_size", name)
+            if sp is not None and sp > 1:
+                raise NotImplementedError(
+                    f"{name}={sp}: Ulysses sequence parallelism is not implemented in the SRPO logits "
+                    "processor and teacher pass (they index the whole packed sequence); set it to 1"
+                )
     max_prompt = _int_setting(config.data, "max_prompt_length", "data.max_prompt_length")
     teacher_limit = srpo.max_teacher_prompt_length
     if teacher_limit is not None and max_prompt is not None and teacher_limit < max_prompt:
@@ -215,4 +218,17 @@ def check_gpu_path_config(config) -> None:
         raise ValueError(
             "trainer.del_local_ckpt_after_load=True: verl deletes the checkpoint directory after loading the "
             "actor, before the EMA teacher's shards in it are read; set it to False"
+        )
+    for key, node in (("actor", actor), ("actor", actor_fsdp), ("ref", ref), ("ref", ref_fsdp)):
+        where = "fsdp_config." if node is actor_fsdp or node is ref_fsdp else ""
+        if _bool_setting(node, "pad_to_length", f"actor_rollout_ref.{key}.{where}pad_to_length", False):
+            raise ValueError(
+                f"actor_rollout_ref.{key}.{where}pad_to_length=True: verl refuses a static pad with top-K "
+                "distillation, which SRPO uses (it would raise at the first update); set it to False"
+            )
+    if not _bool_setting(ref_fsdp, "reshard_after_forward", "actor_rollout_ref.ref.fsdp_config.reshard_after_forward", True):
+        raise ValueError(
+            "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False: the EMA teacher (built from the ref "
+            "config) would keep unsharded parameters between forwards, which the EMA step, writing the "
+            "shards, does not update; set it to True"
         )

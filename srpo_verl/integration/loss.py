@@ -24,16 +24,19 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
+from srpo_verl.lent_gradient import LendBook, lend_dense_gradient, topk_tail_divergence_lent
 
 DIVERGENCE_KEY = "srpo_divergence"
 DENSE_WEIGHT_KEY = "srpo_dense_weight"  # S of the divergence's gradient, lent to the token log-prob
 LABEL_LOG_PROB_KEY = "srpo_label_log_prob"  # log p(response token) as the divergence computed it
 TOPK_MATCH_KEY = "srpo_topk_match"
+LEND_KEY = "srpo_lend"  # non-tensor on the micro-batch: the processor's Lend, for the loss role's lend
 
 
 def packed_response_positions(seq_lens: torch.Tensor, response_lens: torch.Tensor) -> torch.Tensor:
@@ -89,18 +92,22 @@ def padded_teacher_field(data, key: str, shape: torch.Size) -> torch.Tensor:
     return out
 
 
-def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig) -> dict[str, torch.Tensor]:
+def distillation_divergence(
+    student_logits: torch.Tensor, data, srpo: SRPOConfig, lends: LendBook | None = None
+) -> dict[str, torch.Tensor]:
     """Logits-processor role: per-token divergence D_alpha on SDPO-routed response tokens.
 
-    Only the routed tokens' rows of the logits are read (`core_algos.topk_tail_divergence_lent`): work
+    Only the routed tokens' rows of the logits are read (`lent_gradient.topk_tail_divergence_lent`): work
     follows the routed share, and nothing of the logits' size is kept for backward (verl's in-place
     cross-entropy overwrites them on GPU). Besides D it returns, per token, the weight S of D's dense
     gradient part and log p at the response token, for the loss role to lend S to verl's token log-prob
-    (which the engine computes from these same logits right after this call).
+    (which the engine computes from these same logits right after this call). The `Lend` joining the
+    two rides on the micro-batch (verl hands both roles the same object) and is added to `lends`.
     """
     logits = student_logits.squeeze(0)  # (nnz, V)
     nnz = logits.shape[0]
     out = {key: logits.new_zeros(nnz, dtype=torch.float32) for key in (DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY)}
+    lend = None
     if srpo.distils_logits and "srpo_topk_ids" in data:
         routed = routed_response_tokens(data)  # (R_total,)
         positions = response_positions(data)[routed]  # (n,)
@@ -110,7 +117,7 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
             index = (taught.cumsum(0) - 1)[routed]  # (n,)
             topk_ids = data["srpo_topk_ids"].values()[index].long()  # (n, K)
             teacher_topk = data["srpo_teacher_topk"].values()[index].float()  # (n, K)
-            lent = core_algos.topk_tail_divergence_lent(
+            lent = topk_tail_divergence_lent(
                 logits,
                 teacher_topk,
                 topk_ids,
@@ -120,14 +127,20 @@ def distillation_divergence(student_logits: torch.Tensor, data, srpo: SRPOConfig
                 tail=True,
                 chunk_size=srpo.chunk_size,
             )  # (n,) each
-            for key, value in zip((DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY), lent):
+            for key, value in zip((DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY), lent[:4]):
                 out[key] = out[key].index_copy(0, positions, value.float())
+            lend = lent.lend
+            if lends is not None:
+                lends.add(lend)
+    # Always set (None when nothing is lent): a micro-batch object reused by a later call must not
+    # carry an earlier call's Lend.
+    tu.assign_non_tensor(data, **{LEND_KEY: lend})
     return {key: value.unsqueeze(0) for key, value in out.items()}
 
 
 def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, model_output, data):
     """(log_prob, divergence) (B, T) with the divergence's dense gradient lent to verl's token log-prob
-    (`core_algos.lend_dense_gradient`), after checking that this log-prob is the one the lent gradient
+    (`lent_gradient.lend_dense_gradient`), after checking that this log-prob is the one the lent gradient
     assumes: log p of the response token from the same logits, on every routed token."""
     dense_weight = no_padding_2_padding(model_output[DENSE_WEIGHT_KEY], data)  # (B, T)
     expected = no_padding_2_padding(model_output[LABEL_LOG_PROB_KEY], data)  # (B, T)
@@ -143,7 +156,10 @@ def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, mod
             f"from the same logits (by {gap.max().item():.3g} beyond the tolerance): the engine's log-prob "
             "path is not the one this loss lends its gradient to (docs/verl_surfaces.md S45)"
         )
-    return core_algos.lend_dense_gradient(log_prob, divergence, dense_weight, routed)
+    lend = tu.get_non_tensor_data(data, LEND_KEY, None)
+    if lend is None:  # nothing routed in this micro-batch: the divergence is a constant 0
+        return log_prob, divergence
+    return lend_dense_gradient(log_prob, divergence, dense_weight, routed, lend)
 
 
 def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig):
@@ -233,8 +249,11 @@ def srpo_loss_fn(
     data=None,
     dp_group=None,
     student_logits: Optional[torch.Tensor] = None,
+    *,
+    lends: LendBook | None = None,
 ):
-    """Both roles in one picklable function (bind the first two arguments with functools.partial)."""
+    """Both roles in one picklable function (bind the first two arguments, and the worker's `LendBook`
+    as `lends`, with functools.partial)."""
     if student_logits is not None:
-        return distillation_divergence(student_logits, data, srpo)
+        return distillation_divergence(student_logits, data, srpo, lends)
     return srpo_policy_objective(model_output, data, actor_config=actor_config, srpo=srpo)

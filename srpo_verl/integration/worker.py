@@ -35,6 +35,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker, T
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration import teacher_forward
+from srpo_verl.lent_gradient import LendBook
 from srpo_verl.integration.loss import (
     packed_response_positions,
     response_positions,
@@ -89,6 +90,20 @@ class _StudentTopK:
         return {}
 
 
+def _free_fsdp1_root(module) -> None:
+    """Reshard an FSDP1 root after a forward without backward.
+
+    FSDP1 keeps the root unit's unsharded flat parameter after forward (backward would need it) and
+    reuses it at the next forward while it is allocated; verl's eval context frees it only when
+    fsdp_size > 1. The EMA step writes the shards, so a teacher root kept from the previous pass would
+    score with stale embeddings, final norm and LM head. FSDP2 (and NO_SHARD) never reuse it.
+    """
+    handle = getattr(module, "_handle", None)  # FullyShardedDataParallel's flat-parameter handle
+    if handle is not None and handle.uses_sharded_strategy:
+        handle.reshard(True)
+        handle.post_reshard()
+
+
 def teacher_micro_batches(data, *, use_dynamic_bsz: bool, micro_batch_size: int | None, dp_group=None):
     """The teacher rows in micro-batches for the teacher's forward.
 
@@ -110,6 +125,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
     srpo: SRPOConfig | None = None
     teacher: TrainingWorker | None = None
+    srpo_lends: LendBook | None = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_setup(self, srpo_config: dict, vocab_k: int) -> dict:
@@ -122,7 +138,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             # Counted where the teacher module actually runs: sequences in each packed forward.
             self.teacher.engine.module.register_forward_pre_hook(self._count_teacher_rows, with_kwargs=True)
         actor_config = self.loss_fn.keywords["config"]  # verl's own ActorConfig dataclass
-        self.set_loss_fn(partial(srpo_loss_fn, actor_config, self.srpo))
+        self.srpo_lends = LendBook()
+        self.set_loss_fn(partial(srpo_loss_fn, actor_config, self.srpo, lends=self.srpo_lends))
         self._install_engine_hooks()
         return {"teacher_params": sum(p.numel() for p in self.teacher.engine.module.parameters())}
 
@@ -168,8 +185,10 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             raise RuntimeError("EMA teacher and student have different parameter names")
         for name, s in s_params.items():
             t = t_params[name]
-            if _local(t).data_ptr() == _local(s).data_ptr():
-                # A teacher sharing storage with the student is the live student (docs/spec.md §4).
+            # A teacher sharing storage with the student is the live student (docs/spec.md §4). An empty
+            # shard (FSDP leaves trailing ranks none of a small parameter) has data_ptr 0 on both sides
+            # and shares nothing.
+            if t is s or (_local(t).numel() > 0 and _local(t).data_ptr() == _local(s).data_ptr()):
                 raise RuntimeError(f"EMA teacher parameter {name} is the live student's tensor")
             if _local(t).shape != _local(s).shape:
                 # The EMA pairs rank-local shards by name: both engines must shard alike.
@@ -289,6 +308,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 stack.enter_context(self.actor.engine.eval_mode())
             for mb in micro_batches:
                 rows.update(self._score_teacher_micro_batch(mb, trust_region))
+        _free_fsdp1_root(self.teacher.engine.module)
         missing = set(range(n)) - set(rows)
         if missing:
             raise RuntimeError(f"teacher pass produced no output for rows {sorted(missing)[:8]}")
@@ -365,18 +385,22 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         if getattr(engine, "_srpo_normaliser", False):
             return
         inner, inner_step = engine.forward_backward_batch, engine.optimizer_step
-        beta = self.srpo.beta
+        beta, lends = self.srpo.beta, self.srpo_lends
 
         def all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
             group = engine.get_data_parallel_group()
             if group is None or not torch.distributed.is_initialized():
                 return t
-            t = t.to(get_device_id())
+            # verl hands forward_backward_batch the mini-batch on the host; NCCL reduces accelerator
+            # tensors. Reduce there, and give the result back where the caller's tensors are.
+            reduced = t.to(get_device_id())
             reduce_op = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
-            torch.distributed.all_reduce(t, op=reduce_op, group=group)
-            return t
+            torch.distributed.all_reduce(reduced, op=reduce_op, group=group)
+            return reduced.to(t.device)
 
         def forward_backward_batch(data, loss_function, forward_only=False):
+            if not forward_only:
+                lends.clear()  # a step whose backward failed leaves nothing for this one
             if not forward_only and "srpo_teacher_entropy" in data.keys():
                 routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
                 # The teacher's values exist for the taught rows' tokens only (routed rows among them).
@@ -391,10 +415,10 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             return inner(data, loss_function, forward_only)
 
         def optimizer_step():
-            if core_algos.pending_gradient_merges():
+            if lends.incomplete():
                 # A distillation gradient that never reached the parameters: stop rather than step without it.
                 raise RuntimeError(
-                    f"{core_algos.pending_gradient_merges()} SRPO distillation gradient(s) are incomplete: the part "
+                    f"{lends.incomplete()} SRPO distillation gradient(s) are incomplete: the part "
                     "lent to the token log-prob and the part added to the logits' gradient did not both arrive"
                 )
             grad_norm = inner_step()

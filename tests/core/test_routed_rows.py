@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import srpo_verl.core_algos as ca
+from srpo_verl import lent_gradient
 from engine_update import plain_logprobs, update_terms
 
 
@@ -153,7 +154,6 @@ def test_lent_gradient_equals_the_plain_one(label_in_topk, view):
     ((a * token).sum() + (b * div).sum()).backward()
     torch.testing.assert_close(div[rows].detach(), expected_div, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
-    assert ca.pending_gradient_merges() == 0
 
 
 def test_lent_gradient_with_an_inplace_bf16_cross_entropy_is_rounded_once():
@@ -177,7 +177,7 @@ def test_lent_divergence_reports_whether_the_support_is_still_the_top_k():
     x, rows, idx, log_q, labels = _lent_case(6, vocab=31)
     moved = x.detach().clone()
     moved[rows[::2], 0] += 50.0  # token 0 enters the top-K of every other routed row
-    out = ca.topk_tail_divergence_lent(moved, log_q, idx, labels[rows], rows=rows, chunk_size=3)
+    out = lent_gradient.topk_tail_divergence_lent(moved, log_q, idx, labels[rows], rows=rows, chunk_size=3)
     fresh = ca.student_topk(moved, k=idx.shape[-1], rows=rows)
     expected = torch.tensor([set(a.tolist()) == set(b.tolist()) for a, b in zip(idx, fresh)])
     assert torch.equal(out.topk_unchanged, expected) and not expected.all() and expected.any()
@@ -185,26 +185,76 @@ def test_lent_divergence_reports_whether_the_support_is_still_the_top_k():
 
 def test_a_divergence_whose_gradient_was_not_lent_refuses_backward():
     x, rows, idx, log_q, labels = _lent_case(2)
-    out = ca.topk_tail_divergence_lent(x * 1.0, log_q, idx, labels[rows], rows=rows)
+    out = lent_gradient.topk_tail_divergence_lent(x * 1.0, log_q, idx, labels[rows], rows=rows)
     with pytest.raises(RuntimeError, match="not lent"):
         out.divergence.sum().backward()
 
 
-def test_entries_that_never_reach_the_logits_are_reported_not_lost_silently(monkeypatch):
-    monkeypatch.setitem(ca._LENT, "pending", 0)
+def _lent_terms(x, rows, idx, log_q, labels, logprobs=plain_logprobs):
+    """`update_terms` written out, keeping the `Lend` to inspect."""
+    out = lent_gradient.topk_tail_divergence_lent(x, log_q, idx, labels[rows], rows=rows)
+    lent = torch.zeros(x.shape[0], dtype=torch.bool).index_fill(0, rows, True)
+    place = lambda v: torch.zeros(x.shape[0], dtype=v.dtype).index_copy(0, rows, v)  # noqa: E731
+    token = logprobs(x, labels)
+    terms = lent_gradient.lend_dense_gradient(token, place(out.divergence), place(out.dense_weight), lent, out.lend)
+    return terms, out.lend
+
+
+def test_a_complete_backward_leaves_its_lend_complete():
+    x, rows, idx, log_q, labels = _lent_case(3)
+    book = lent_gradient.LendBook()
+    (token, div), lend = _lent_terms(x * 1.0, rows, idx, log_q, labels)
+    book.add(lend)
+    assert not lend.incomplete  # nothing owed before backward
+    (token.sum() + div.sum()).backward()
+    assert not lend.incomplete and book.incomplete() == 0
+
+
+def test_entries_that_never_reach_the_logits_are_reported_not_lost_silently():
     x, rows, idx, log_q, labels = _lent_case(3)
     other = torch.randn(x.shape, dtype=torch.float64, requires_grad=True)
+    book = lent_gradient.LendBook()
     # The lent part goes to a log-prob of *other* logits: nothing reaches these logits to write into.
-    token, div = update_terms(x * 1.0, labels, rows, idx, log_q, logprobs=lambda _, lb: plain_logprobs(other * 1.0, lb))
+    (token, div), lend = _lent_terms(x * 1.0, rows, idx, log_q, labels, logprobs=lambda _, lb: plain_logprobs(other * 1.0, lb))
+    book.add(lend)
     (token.sum() + div.sum()).backward()
-    assert ca.pending_gradient_merges() == 1
+    assert lend.incomplete and book.incomplete() == 1
+    book.clear()
+    assert book.incomplete() == 0
+
+
+def test_a_backward_that_fails_half_way_leaves_only_its_own_lend_incomplete():
+    # The token log-prob's backward runs (lending its part), then a later node raises (an OOM, say):
+    # that graph's Lend is incomplete; a fresh graph in the same process is not affected by it.
+    x, rows, idx, log_q, labels = _lent_case(3)
+
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise torch.OutOfMemoryError("emulated")
+
+    failing = lambda t, lb: Boom.apply(plain_logprobs(t, lb))  # noqa: E731  the token log-prob's backward fails
+    (token, div), failed = _lent_terms(x * 1.0, rows, idx, log_q, labels, logprobs=failing)
+    with pytest.raises(torch.OutOfMemoryError):
+        (token.sum() + div.sum()).backward()
+    assert failed.incomplete
+    x.grad = None
+    expected, _ = _reference_gradient(x, rows, idx, log_q, labels)
+    a, b = _weights(x.shape[0])
+    token, div = update_terms(x * 1.0, labels, rows, idx, log_q)
+    ((a * token).sum() + (b * div).sum()).backward()
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_repeated_ids_are_refused():
     x, rows, idx, log_q, labels = _lent_case(4)
     idx[0, 1] = idx[0, 0]
     with pytest.raises(ValueError, match="distinct"):
-        ca.topk_tail_divergence_lent(x * 1.0, log_q, idx, labels[rows], rows=rows)
+        lent_gradient.topk_tail_divergence_lent(x * 1.0, log_q, idx, labels[rows], rows=rows)
 
 
 def test_lent_path_keeps_and_makes_no_tensor_of_the_logits_size():

@@ -66,3 +66,18 @@ def test_a_real_copy_is_updated_by_the_ema_closed_form():
 def test_config_that_makes_the_teacher_the_student_names_the_key(override, key):
     with pytest.raises(ValueError, match=key):
         SRPOConfig(**override)
+
+
+def test_empty_shards_are_not_taken_for_the_live_student():
+    # FSDP leaves trailing ranks an empty shard of a small parameter (Qwen3-8B's 128-wide q_norm at 24
+    # GPUs and more); every empty tensor has data_ptr 0, on the teacher and the student alike.
+    student, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    student.weight, teacher.weight = torch.nn.Parameter(torch.empty(0, 4)), torch.nn.Parameter(torch.empty(0, 4))
+    assert student.weight.data_ptr() == teacher.weight.data_ptr() == 0
+    bias0 = teacher.bias.detach().clone()
+    worker_with(student, teacher).srpo_ema_update()  # refused with "live student" before the fix
+    torch.testing.assert_close(teacher.bias.detach(), 0.95 * bias0 + 0.05 * student.bias.detach())
+    # The same empty parameter object on both sides is still the live student.
+    teacher.weight = student.weight
+    with pytest.raises(RuntimeError, match="weight"):
+        worker_with(student, teacher).srpo_ema_update()

@@ -126,3 +126,35 @@ def test_a_sequence_over_the_budget_on_one_rank_is_refused_on_every_rank(tmp_pat
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert all("REFUSED True" in out for out in outs), outs
+
+
+class _TinyLM(torch.nn.Module):
+    """A causal LM's output contract: logits at `logits_to_keep` (an index tensor), or, like the
+    forwards verl patches for qwen2/2.5/3-VL, glm4v and qwen3.5, at every position regardless."""
+
+    def __init__(self, honours_logits_to_keep: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50)
+        self.honours = honours_logits_to_keep
+        self.config = SimpleNamespace(model_type="qwen2_vl" if not honours_logits_to_keep else "qwen3")
+
+    def forward(self, input_ids, position_ids=None, use_cache=False, logits_to_keep=0):
+        hidden = self.embed(input_ids)  # (1, nnz, 8)
+        if self.honours and isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        return SimpleNamespace(logits=self.head(hidden))
+
+
+def test_teacher_logits_at_the_response_positions_whether_or_not_the_forward_keeps_only_them(caplog):
+    from srpo_verl.integration import teacher_forward
+
+    ids = torch.randint(0, 50, (1, 17))
+    positions = torch.tensor([9, 10, 11, 15])
+    expected = teacher_forward.response_logits(_TinyLM(True), {"input_ids": ids}, positions)
+    assert expected.shape == (4, 50)
+    with caplog.at_level("WARNING"):
+        # Before: the (17, 50) logits of every position went on to the scoring (a size mismatch there).
+        got = teacher_forward.response_logits(_TinyLM(False), {"input_ids": ids}, positions)
+    torch.testing.assert_close(got, expected)
+    assert "qwen2_vl" in caplog.text and "logits_to_keep" in caplog.text

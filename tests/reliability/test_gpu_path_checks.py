@@ -19,6 +19,12 @@ REFUSED = [
     ("loss_scale_factor", ["actor_rollout_ref.actor.loss_scale_factor=2.0"], ValueError, "actor_rollout_ref.actor.loss_scale_factor=2.0"),
     ("del_local_ckpt", ["trainer.del_local_ckpt_after_load=True"], ValueError, "trainer.del_local_ckpt_after_load=True"),
     ("lora", ["actor_rollout_ref.model.lora_rank=8"], NotImplementedError, "actor_rollout_ref.model.lora_rank"),
+    # Ulysses SP through the key verl's engine reads (the deprecated top-level key is in test_config_checks).
+    ("ulysses_actor_engine_key", ["actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2"], NotImplementedError, "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2"),
+    ("ulysses_ref_engine_key", ["actor_rollout_ref.ref.fsdp_config.ulysses_sequence_parallel_size=2"], NotImplementedError, "actor_rollout_ref.ref.fsdp_config.ulysses_sequence_parallel_size=2"),
+    ("pad_to_length", ["actor_rollout_ref.actor.pad_to_length=True"], ValueError, "actor_rollout_ref.actor.pad_to_length=True"),
+    ("pad_to_length_ref", ["actor_rollout_ref.ref.fsdp_config.pad_to_length=True"], ValueError, "actor_rollout_ref.ref.fsdp_config.pad_to_length=True"),
+    ("teacher_keeps_unsharded", ["actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False"], ValueError, "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False"),
     ("megatron", ["actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.ref.strategy=megatron"], NotImplementedError, "actor_rollout_ref.actor.strategy=megatron"),
 ]
 
@@ -34,6 +40,10 @@ CONTROLS = [
     ("defaults", []),
     ("fsdp2_both", ["actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.ref.strategy=fsdp2"]),
     ("calculate_entropy", ["actor_rollout_ref.actor.calculate_entropy=True"]),
+    ("ulysses_one", ["actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=1"]),
+    # The student may keep unsharded parameters between forwards: the EMA step runs after backward,
+    # which reshards them.
+    ("actor_keeps_unsharded", ["actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False"]),
 ]
 
 
