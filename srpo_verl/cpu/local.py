@@ -25,12 +25,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def local_env(rank: int | None = None, world: int | None = None, port: int | None = None) -> None:
+def local_env(rank: int | None = None, world: int | None = None, port: int | None = None, *, cpu: bool = True) -> None:
     """Environment for a local verl worker: CPU backend, offline hub, torch.distributed rank/world.
 
-    Values already in the environment win (a launcher of several ranks sets them).
+    Values already in the environment win (a launcher of several ranks sets them). cpu=False leaves
+    the backend off, for verl's own GPU path (scripts/gpu_check.py --engine on a GPU).
     """
-    os.environ["SRPO_VERL_PLATFORM"] = "cpu"
+    if cpu:
+        os.environ["SRPO_VERL_PLATFORM"] = "cpu"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if port is None and "MASTER_PORT" not in os.environ:
         port = free_port()

@@ -9,16 +9,17 @@ SRPO loss (`srpo_setup`), runs the teacher pass on the routed rows (`compute_srp
 optimiser step (`update_actor`) on its half of a fixed batch. The optimiser is SGD with lr 1 and
 no clipping, so theta_0 - theta_1 is the gradient. Rank 0 also computes, in float64 from the HF
 checkpoint, the loss and gradient that `srpo_verl.core_algos` gives on the whole batch at once.
+
+scripts/gpu_check.py --engine imports the pieces (config, batch, passes, float64 reference) to run
+the same update on a GPU with the real vocabulary; nothing here runs at import.
 """
 
 import os
 import sys
 
+import torch
+
 from srpo_verl.cpu.local import as_batch, compose, local_env, update_info
-
-local_env()
-
-import torch  # noqa: E402
 
 ROWS = 8  # two groups of four responses
 TOPK = 8  # below the 100-token vocabulary, so the tail bucket is exercised
@@ -28,14 +29,15 @@ ROUTED = [1, 2, 5, 6]  # rows on the SDPO branch (failed, with a correct sibling
 TRUST_REGION_MIX = 0.3
 
 
-def srpo_config(model_path: str, micro_batch: int, teacher: str = "ema"):
+def srpo_config(model_path: str, micro_batch: int, teacher: str = "ema", *, topk: int = TOPK, platform="cpu", overrides=()):
+    """platform=None composes verl's own (GPU) defaults; `overrides` come last."""
     return compose(
         [
             f"algorithm.srpo.teacher={teacher}",
             f"algorithm.srpo.trust_region_mix={TRUST_REGION_MIX}",
             "algorithm=srpo",
-            "platform=cpu",
-            f"algorithm.srpo.topk={TOPK}",
+            *([f"platform={platform}"] if platform else []),
+            f"algorithm.srpo.topk={topk}",
             f"actor_rollout_ref.model.path={model_path}",
             "actor_rollout_ref.model.use_remove_padding=True",
             f"actor_rollout_ref.actor.ppo_mini_batch_size={ROWS}",
@@ -48,14 +50,16 @@ def srpo_config(model_path: str, micro_batch: int, teacher: str = "ema"):
             "actor_rollout_ref.actor.optim.weight_decay=0.0",
             "actor_rollout_ref.actor.optim.clip_grad=1e9",
             "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
+            *overrides,
         ]
     )
 
 
-def fixed_batch():
-    """Prompts, responses, teacher prompts, advantages, old log-prob offsets and IS weights."""
+def fixed_batch(high: int = 90):
+    """Prompts, responses, teacher prompts, advantages, old log-prob offsets and IS weights (token
+    ids in [4, high))."""
     gen = torch.Generator().manual_seed(0)
-    rand = lambda n, lo=4, hi=90: torch.randint(lo, hi, (n,), generator=gen).tolist()  # noqa: E731
+    rand = lambda n, lo=4, hi=high: torch.randint(lo, hi, (n,), generator=gen).tolist()  # noqa: E731
     prompts = [rand(6 + i % 3) for i in range(ROWS)]
     prompts[1:4] = [prompts[0]] * 3  # group 0 shares a prompt, as a rollout group does
     prompts[5:8] = [prompts[4]] * 3
@@ -74,6 +78,89 @@ def full_params(worker) -> dict[str, torch.Tensor]:
     }
 
 
+def new_worker(config):
+    """verl's actor worker as a launch builds it (init_model), without the SRPO loss yet."""
+    from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
+
+    worker = SRPOActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
+    worker.init_model()
+    return worker
+
+
+def srpo_setup(worker, config) -> None:
+    from omegaconf import OmegaConf
+
+    worker.srpo_setup(OmegaConf.to_container(config.algorithm.srpo, resolve=True), int(config.algorithm.srpo.topk))
+
+
+def _nested(rows):
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+def old_log_prob_pass(worker, sequences):
+    """verl's old-log-prob forward with the teacher rows marked: response log-probs and the
+    student's top-K ids of the marked rows (an empty row for the others)."""
+    import verl.utils.tensordict_utils as tu
+    from srpo_verl.integration.worker import TAUGHT_FIELD, TOPK_FIELD
+
+    data = as_batch(sequences)
+    data[TAUGHT_FIELD] = torch.tensor([int(i in ROUTED) for i in range(len(sequences))])
+    tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=True, compute_loss=False)
+    out = worker.compute_log_prob(data)
+    log_probs = [out["log_probs"][i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
+    return log_probs, list(out[TOPK_FIELD].unbind())
+
+
+def teacher_pass(worker, topk, teacher_prompts, responses):
+    """The teacher pass on the routed rows, as the trainer dispatches it: TEACHER_FIELDS and the
+    top-K ids, one entry per routed row."""
+    import verl.utils.tensordict_utils as tu
+    from srpo_verl.integration.worker import TEACHER_FIELDS, TOPK_FIELD
+
+    teacher_in = tu.get_tensordict(
+        {
+            "srpo_teacher_input_ids": _nested([torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED]),
+            "responses": _nested([torch.tensor(responses[i]) for i in ROUTED]),
+            TOPK_FIELD: _nested([topk[i] for i in ROUTED]),
+        }
+    )
+    tu.assign_non_tensor(teacher_in, temperature=1.0)
+    out = worker.compute_srpo_teacher(teacher_in)
+    fields = {key: list(out[key].unbind()) for key in TEACHER_FIELDS}
+    fields[TOPK_FIELD] = [topk[i] for i in ROUTED]
+    return fields
+
+
+def update_batch(sequences, old, advantages, is_weights, taught, mine):
+    """The actor-update batch of rows `mine`: what the trainer stores (teacher values on routed
+    rows, an empty row on the others) with the GRPO fields, and verl's update settings."""
+    rows = len(sequences)
+    fields = {key: [values[0][:0]] * rows for key, values in taught.items()}
+    for key, values in taught.items():
+        for j, i in enumerate(ROUTED):
+            fields[key] = fields[key][:i] + [values[j]] + fields[key][i + 1 :]
+    fields["srpo_sampled_adv"] = [torch.zeros(len(sequences[i][1]) if i in ROUTED else 0) for i in range(rows)]
+    pick = lambda values: [values[i] for i in mine]  # noqa: E731
+    data = as_batch(
+        pick(sequences),
+        old_log_probs=pick(old),
+        advantages=pick(advantages),
+        rollout_is_weights=pick(is_weights),
+        **{key: pick(values) for key, values in fields.items()},
+    )
+    data["srpo_route"] = torch.tensor([int(i in ROUTED) for i in mine])
+    update_info(data, rows)
+    return data
+
+
+def update_loss(output) -> torch.Tensor:
+    """The pg_loss verl's update reports (local_sum / global_tokens * dp_size on each rank)."""
+    metrics = output["metrics"] if output is not None else {}
+    pg_loss = [v for k, v in metrics.items() if k.endswith("pg_loss")]
+    value = sum(pg_loss[0]) if pg_loss and isinstance(pg_loss[0], list) else (pg_loss[0] if pg_loss else 0.0)
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
 def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> dict:
     import verl  # noqa: F401  (activates the CPU backend through the plugin)
 
@@ -84,77 +171,26 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
         from verl.workers.engine.fsdp import transformer_impl
 
         transformer_impl.logprobs_from_logits = inplace_logprobs_from_logits
-    from omegaconf import OmegaConf
-
-    import verl.utils.tensordict_utils as tu
-    from srpo_verl.integration.worker import TAUGHT_FIELD, TEACHER_FIELDS, TOPK_FIELD, SRPOActorRolloutRefWorker
-
-    nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     config = srpo_config(model_path, micro_batch, teacher)
-    worker = SRPOActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
-    worker.init_model()
-    worker.srpo_setup(OmegaConf.to_container(config.algorithm.srpo, resolve=True), TOPK)
+    worker = new_worker(config)
+    srpo_setup(worker, config)
 
     prompts, responses, teacher_prompts, advantages, old_offsets, is_weights = fixed_batch()
     sequences = list(zip(prompts, responses))
 
-    def old_log_prob_pass():
-        """verl's old-log-prob forward with the teacher rows marked: response log-probs and the
-        student's top-K ids of the marked rows (an empty row for the others)."""
-        data = as_batch(sequences)
-        data[TAUGHT_FIELD] = torch.tensor([int(i in ROUTED) for i in range(ROWS)])
-        tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=True, compute_loss=False)
-        out = worker.compute_log_prob(data)
-        log_probs = [out["log_probs"][i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
-        return log_probs, list(out[TOPK_FIELD].unbind())
-
-    def teacher_pass(topk):
-        """The teacher pass on the routed rows, as the trainer dispatches it."""
-        teacher_in = tu.get_tensordict(
-            {
-                "srpo_teacher_input_ids": nested([torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED]),
-                "responses": nested([torch.tensor(responses[i]) for i in ROUTED]),
-                TOPK_FIELD: nested([topk[i] for i in ROUTED]),
-            }
-        )
-        tu.assign_non_tensor(teacher_in, temperature=1.0)
-        out = worker.compute_srpo_teacher(teacher_in)
-        fields = {key: list(out[key].unbind()) for key in TEACHER_FIELDS}
-        fields[TOPK_FIELD] = [topk[i] for i in ROUTED]
-        return fields
-
     # Every rank runs the no-grad passes on the whole batch (FSDP forwards are collective).
-    log_probs, topk = old_log_prob_pass()
+    log_probs, topk = old_log_prob_pass(worker, sequences)
     assert all(len(topk[i]) == 0 for i in range(ROWS) if i not in ROUTED)  # nothing for GRPO rows
     old = [lp + off for lp, off in zip(log_probs, old_offsets)]
-    taught = teacher_pass(topk)
-    # What the trainer stores: teacher values on routed rows, an empty row on the others.
-    fields = {key: [values[0][:0]] * ROWS for key, values in taught.items()}
-    for key, values in taught.items():
-        for j, i in enumerate(ROUTED):
-            fields[key] = fields[key][:i] + [values[j]] + fields[key][i + 1 :]
-    fields["srpo_sampled_adv"] = [torch.zeros(len(responses[i]) if i in ROUTED else 0) for i in range(ROWS)]
+    taught = teacher_pass(worker, topk, teacher_prompts, responses)
 
     theta0 = full_params(worker)
     mine = list(range(rank * ROWS // world, (rank + 1) * ROWS // world))
-    pick = lambda values: [values[i] for i in mine]  # noqa: E731
-    data = as_batch(
-        pick(sequences),
-        old_log_probs=pick(old),
-        advantages=pick(advantages),
-        rollout_is_weights=pick(is_weights),
-        **{key: pick(values) for key, values in fields.items()},
-    )
-    data["srpo_route"] = torch.tensor([int(i in ROUTED) for i in mine])
-    update_info(data, ROWS)
-    output = worker.update_actor(data)
+    output = worker.update_actor(update_batch(sequences, old, advantages, is_weights, taught, mine))
     theta1 = full_params(worker)
-    metrics = output["metrics"] if output is not None else {}
-    pg_loss = [v for k, v in metrics.items() if k.endswith("pg_loss")]
-    value = sum(pg_loss[0]) if pg_loss and isinstance(pg_loss[0], list) else (pg_loss[0] if pg_loss else 0.0)
-    loss = torch.tensor(float(value), dtype=torch.float64)
+    loss = update_loss(output)
     # Each rank reports local_sum / global_tokens * dp_size; verl's trainer logs the mean over ranks.
     torch.distributed.all_reduce(loss)
     loss /= world
@@ -166,22 +202,26 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
     }
     if teacher == "trust_region":
         # After the step the trust-region teacher mixes the frozen theta_0 with the moved student.
-        result["teacher_after_step"] = teacher_pass(old_log_prob_pass()[1])
+        result["teacher_after_step"] = teacher_pass(worker, old_log_prob_pass(worker, sequences)[1], teacher_prompts, responses)
         result["theta1"] = {name: p.float() for name, p in theta1.items()}
     torch.distributed.destroy_process_group()
     return result
 
 
-def reference_update(model_path: str, result: dict) -> dict:
-    """Loss and gradient of the whole batch from core_algos, float64, from the HF weights."""
+def reference_update(model_path: str, result: dict, *, topk: int = TOPK, high: int = 90, topk_ids=None, distil: bool = True) -> dict:
+    """Loss and gradient of the whole batch from core_algos, float64, from the HF weights.
+
+    topk_ids (one (R, K) tensor per routed row) replaces the float64 top-K of the routed rows: in
+    bf16 near-equal logits can order differently, and the comparison is then of the same K ids.
+    distil=False routes no row: GRPO's loss and gradient on the same batch (a scale for bf16 errors)."""
     from transformers import AutoModelForCausalLM
 
     from srpo_verl import core_algos
     from srpo_verl.algo_config import SRPOConfig
 
-    srpo = SRPOConfig(topk=TOPK)
+    srpo = SRPOConfig(topk=topk)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float64, attn_implementation="eager")
-    prompts, responses, teacher_prompts, advantages, _, is_weights = fixed_batch()
+    prompts, responses, teacher_prompts, advantages, _, is_weights = fixed_batch(high)
     T = max(len(r) for r in responses)
     pad = lambda rows: torch.stack([torch.nn.functional.pad(r.double(), (0, T - len(r))) for r in rows])  # noqa: E731
 
@@ -199,10 +239,12 @@ def reference_update(model_path: str, result: dict) -> dict:
     ids = pad([torch.tensor(r) for r in responses]).long()
     log_prob = core_algos.gather_log_softmax(student, ids[..., None])[..., 0]  # (B, T)
     old = pad(result["old"])
-    index = core_algos.student_topk(student.detach(), k=TOPK)  # (B, T, K)
+    index = core_algos.student_topk(student.detach(), k=topk)  # (B, T, K)
+    for j, i in enumerate(ROUTED if topk_ids is not None else []):
+        index[i, : len(responses[i])] = topk_ids[j].long()
     log_q = core_algos.teacher_topk_log_probs(teacher, index)  # (B, T, K)
     divergence = core_algos.topk_tail_divergence(student, log_q, index, alpha=srpo.alpha, tail=True)
-    route = torch.tensor([i in ROUTED for i in range(ROWS)])
+    route = torch.tensor([distil and i in ROUTED for i in range(ROWS)])
     weights = core_algos.entropy_weights(
         core_algos.teacher_entropy(teacher), mask & route[:, None], beta=srpo.beta
     )
@@ -219,6 +261,11 @@ def reference_update(model_path: str, result: dict) -> dict:
         "grad": {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None},
         "topk_ids": [index[i][mask[i]] for i in ROUTED],
         "teacher_topk": [log_q[i][mask[i]] for i in ROUTED],
+        "teacher_entropy": [core_algos.teacher_entropy(teacher[i][mask[i]]) for i in ROUTED],
+        "log_probs": [log_prob[i][mask[i]].detach() for i in range(ROWS)],
+        # Descending logits at the routed rows' top-K ids and the true float64 top-K.
+        "topk_logits": [student[i][mask[i]].detach().gather(-1, index[i][mask[i]]).sort(-1, descending=True).values for i in ROUTED],
+        "true_topk_logits": [student[i][mask[i]].detach().topk(topk, dim=-1).values for i in ROUTED],
     }
 
 
@@ -253,6 +300,7 @@ def reference_trust_region(model_path: str, result: dict) -> dict:
 
 
 if __name__ == "__main__":
+    local_env()
     model_path, out_path, micro_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     result = engine_update(model_path, micro_batch, *(sys.argv[4:5] or ["ema"]))
     if os.environ["RANK"] == "0":
