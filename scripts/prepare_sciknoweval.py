@@ -168,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read {what}")
     for domain in domains:
         splits = domain_splits(domain, upstream, fork, args)
+        empty = [split for split, rows in splits.items() if not rows]
+        if empty:  # a 0-row parquet has no columns either: verl would fail on it far from here
+            raise SystemExit(
+                f"error: {domain}: no usable record for split {', '.join(empty)} (every answer key is outside its "
+                "labels, or labels and option texts differ in number); nothing written"
+            )
         paths = {}
         for split, rows in splits.items():
             paths[split] = os.path.join(out_dir, domain, f"{split}.parquet")

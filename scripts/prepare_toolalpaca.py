@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tooluse    {describe_counts({s: len(r) for s, r in splits.items()}, ta.PAPER_SPLITS)}")
     for split in splits:
         print(f"           {split:5s} -> {os.path.join(out_dir, split + '.parquet')}")
+    for split, rows in splits.items():
+        # The reference rule reads `Action: <one word>`: these rows score 0 under it whatever the response.
+        unreadable = [r for r in rows if ta.unreadable_actions(r["reward_model"]["ground_truth"], r["extra_info"])]
+        if unreadable:
+            print(f"           {split:5s}: {len(unreadable)} row(s) with a gold tool name that is not one word "
+                  "(score 0 under the reference rule; docs/reproduction.md)")
     return 0
 
 

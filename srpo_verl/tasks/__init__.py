@@ -27,10 +27,13 @@ It picks the task from `data_source` and returns a dict with `score` (0/1), `acc
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping, Optional
 
+import numpy as np
+
 from srpo_verl.tasks import sciknoweval, toolalpaca
-from srpo_verl.tasks.common import reward_result
+from srpo_verl.tasks.common import RowProblem, reward_result, shorten
 
 # data_source prefix -> reward function (`sciknoweval_*` and `toolalpaca` are earlier names).
 _REWARDS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -47,6 +50,61 @@ _GOLD_CHECKS: dict[str, Callable[[Any, Optional[Mapping[str, Any]]], Any]] = {
 # Keyword arguments verl itself may add to a reward call (with a reward model); not ours to judge.
 _VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
 REWARD_KWARGS = frozenset({"lenient", "ordered"})
+# The key of `reward_result` that holds the environment's feedback (algorithm.srpo.feedback_key);
+# every other key it returns is a score or the model's own prediction, never feedback.
+FEEDBACK_KEY = "feedback"
+RESULT_KEYS = frozenset({"score", "acc", "pred", "format_error", "feedback", "score_lenient", "reward_error"})
+
+
+def check_reward_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """TypeError naming the key for a misspelt `reward_kwargs` key or a switch that is not a bool:
+    a Hydra override `lenient='false'` arrives as the string 'false', which is truthy."""
+    unknown = set(kwargs) - REWARD_KWARGS - _VERL_KWARGS
+    if unknown:
+        raise TypeError(
+            f"unknown reward.custom_reward_function.reward_kwargs {sorted(unknown)}; valid: {sorted(REWARD_KWARGS)}"
+        )
+    for key in sorted(REWARD_KWARGS & set(kwargs)):
+        value = kwargs[key]
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(
+                f"reward.custom_reward_function.reward_kwargs.{key}={value!r}: must be true or false, not a "
+                f"{type(value).__name__} (a non-empty string would silently mean true)"
+            )
+
+
+def is_task_reward(path: Any, name: Any = "compute_score") -> bool:
+    """Whether reward.custom_reward_function names this module's `compute_score` (`pkg://srpo_verl.tasks`
+    or the path of this package's __init__.py)."""
+    if not path or str(name or "compute_score") != "compute_score":
+        return False
+    path = str(path)
+    if path.startswith("pkg://"):
+        return path[len("pkg://"):].strip("/").replace("/", ".") in ("srpo_verl.tasks", "srpo_verl.tasks.__init__")
+    here = os.path.realpath(os.path.join(os.path.dirname(__file__), "__init__.py"))
+    try:
+        return os.path.realpath(os.path.expanduser(path)) in (here, os.path.dirname(here))
+    except (OSError, ValueError):
+        return False
+
+
+def unknown_data_source(data_source: Any) -> Optional[str]:
+    """Why `compute_score` would raise on this data_source at the first reward call, or None: a
+    name neither of the paper's tasks (by prefix) nor one verl's `default_compute_score` scores."""
+    if reward_fn_for(data_source) is not None:
+        return None
+    from verl.utils.reward_score import default_compute_score
+
+    try:  # verl dispatches on the name before it reads the response: NotImplementedError is the unknown case
+        default_compute_score(str(data_source), "", "0", None)
+    except NotImplementedError:
+        return (
+            f"data_source {shorten(repr(data_source), 60)} is neither one of srpo_verl's tasks "
+            f"({', '.join(sorted(_REWARDS))}) nor one verl's default_compute_score knows"
+        )
+    except Exception:  # noqa: BLE001 - a known scorer that dislikes the dummy response
+        return None
+    return None
 
 
 def _lookup(table: dict[str, Any], data_source: Any) -> Any:
@@ -82,6 +140,8 @@ def gold_problem(data_source: Any, ground_truth: Any, extra_info: Optional[Mappi
     or None when the reward can use it (rows of other data sources always pass)."""
     try:
         check_gold(data_source, ground_truth, extra_info)
+    except RowProblem as exc:
+        return exc.problem
     except ValueError:
         return _lookup(_GOLD_PROBLEMS, data_source)
     return None
@@ -97,14 +157,10 @@ def compute_score(
     """verl's custom reward entry point, dispatching on `data_source`.
 
     Unknown keyword arguments (a misspelt reward_kwargs key) raise TypeError naming the valid
-    ones. Other data sources fall back to verl's `default_compute_score` (gsm8k, math, …) with
+    ones, as does a switch that is not a bool (`check_reward_kwargs`). Other data sources fall back to verl's `default_compute_score` (gsm8k, math, …) with
     its score wrapped into the same dict, so a mixed validation set keeps one set of keys.
     """
-    unknown = set(kwargs) - REWARD_KWARGS - _VERL_KWARGS
-    if unknown:
-        raise TypeError(
-            f"unknown reward.custom_reward_function.reward_kwargs {sorted(unknown)}; valid: {sorted(REWARD_KWARGS)}"
-        )
+    check_reward_kwargs(kwargs)
     fn = reward_fn_for(data_source)
     if fn is not None:
         return fn(data_source, solution_str, ground_truth, extra_info, **kwargs)
@@ -115,4 +171,14 @@ def compute_score(
     return reward_result(score=score, pred="", format_error=False, feedback="" if score > 0 else "The answer is incorrect.")
 
 
-__all__ = ["check_gold", "compute_score", "gold_problem", "reward_fn_for", "sciknoweval", "toolalpaca"]
+__all__ = [
+    "check_gold",
+    "check_reward_kwargs",
+    "compute_score",
+    "gold_problem",
+    "is_task_reward",
+    "reward_fn_for",
+    "sciknoweval",
+    "toolalpaca",
+    "unknown_data_source",
+]

@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-_THINK_TAG = re.compile(r"</?think>", flags=re.IGNORECASE)
+# Tags are matched case-insensitively in ASCII only: `str.lower` and a re.IGNORECASE regex disagree
+# on a few non-ASCII letters (`ı` and `İ` match `i` in a regex, `ſ` matches `s`), and the answer
+# must not depend on which of the two a response happens to trigger.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """`text` with A-Z lowered and every other character kept: same length, same indices."""
+    return text.translate(_ASCII_LOWER)
+
+
+class RowProblem(ValueError):
+    """A data row its task's reward cannot use: the message names the row and the value; `problem`
+    says what is wrong in words shared by every such row (the data check lists rows per problem)."""
+
+    def __init__(self, message: str, *, problem: str):
+        super().__init__(message)
+        self.problem = problem
 
 
 def as_text(value: Any) -> str:
@@ -27,7 +43,8 @@ def as_text(value: Any) -> str:
 
 
 def strip_thinking(text: str) -> str:
-    """The response without its thinking (tags case-insensitive):
+    """The response without its thinking (tags case-insensitive in ASCII: `<THINK>` is a tag,
+    `<thınk>` with a dotless i is not):
 
     - a ``<think>…</think>`` block is removed (tags inside a block are part of it);
     - a lone ``</think>`` (the chat template opened the block inside the prompt, so the response
@@ -37,9 +54,7 @@ def strip_thinking(text: str) -> str:
     Linear time: one split of a lower-cased copy at the closers, one str.find per piece.
     """
     text = as_text(text)
-    low = text.lower()
-    if len(low) != len(text):  # a character whose lower case is longer: scan the tags instead
-        return _strip_thinking_scan(text)
+    low = ascii_lower(text)  # one rule for every response (see _ASCII_LOWER)
     # Split at the closers: a closer ends a block when its piece holds an opener, else it is lone.
     kept: list[str] = []
     pos = 0
@@ -53,23 +68,6 @@ def strip_thinking(text: str) -> str:
         pos += len(piece) + len("</think>")
     opened = pieces[-1].find("<think>")
     kept.append(text[pos : pos + opened] if opened >= 0 else text[pos:])
-    return "".join(kept).strip()
-
-
-def _strip_thinking_scan(text: str) -> str:
-    """strip_thinking by one regex scan over the tags (for text whose lower case moves indices)."""
-    kept: list[str] = []
-    cursor, opened = 0, -1  # opened: start of the block being read, -1 outside a block
-    for tag in _THINK_TAG.finditer(text):
-        if tag.group()[1] != "/":
-            if opened < 0:
-                opened = tag.start()
-        elif opened >= 0:
-            kept.append(text[cursor:opened])
-            cursor, opened = tag.end(), -1
-        else:
-            kept, cursor = [], tag.end()
-    kept.append(text[cursor : opened if opened >= 0 else len(text)])
     return "".join(kept).strip()
 
 

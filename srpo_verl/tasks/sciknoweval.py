@@ -31,7 +31,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from srpo_verl.tasks.common import (
     as_text,
+    ascii_lower,
     chat_prompt,
+    RowProblem,
     failed_result,
     reward_result,
     shorten,
@@ -110,8 +112,12 @@ def format_options(labels: Sequence[str], texts: Sequence[str]) -> str:
 
 
 def gold_in_labels(record: Mapping[str, Any]) -> bool:
+    """Whether a record can become a row: its answer key is one of its labels and every label has
+    an option text (one per label). With more labels than texts the option lines would stop early,
+    and the prompt could miss the gold option while the reward still expects it."""
     choices = record.get("choices") or {}
-    return str(record.get("answerKey")) in [str(x) for x in choices.get("label") or []]
+    labels, texts = list(choices.get("label") or []), list(choices.get("text") or [])
+    return len(labels) == len(texts) and str(record.get("answerKey")) in [str(x) for x in labels]
 
 
 def to_row(record: Mapping[str, Any], *, domain: str, split: str, index: int) -> dict[str, Any]:
@@ -119,6 +125,8 @@ def to_row(record: Mapping[str, Any], *, domain: str, split: str, index: int) ->
     ability, reward_model), with extra_info holding what the reward and the data check read."""
     labels = [str(x) for x in record["choices"]["label"]]
     texts = [str(x) for x in record["choices"]["text"]]
+    if len(labels) != len(texts):  # zip would drop options silently (gold_in_labels filters these)
+        raise ValueError(f"SciKnowEval record {index}: {len(labels)} labels but {len(texts)} option texts")
     question = str(record["question"])
     user = USER_TEMPLATE.format(question=question, options=format_options(labels, texts))
     return {
@@ -270,8 +278,6 @@ def _closed_answer_block(text: str) -> bool:
 
 # ----------------------------------------------------------------------------- lenient extraction
 
-_ANSWER_OPEN = re.compile(r"<answer>", flags=re.IGNORECASE)
-_ANSWER_CLOSE = re.compile(r"</answer>", flags=re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\{\s*(?:\\text\{)?([^{}]*?)\}?\s*\}")
 _MARKUP = re.compile(r"[*_`$]|\\text|\\mathrm")
 _SPACE_RUN = re.compile(r"\s+")
@@ -376,16 +382,9 @@ LENIENT_WINDOW = 4096
 
 def _answer_tags(text: str) -> tuple[int, int, int]:
     """(end of the opener of the last complete `<answer>…</answer>` or -1, start of its closer
-    or -1, end of the last `<answer>` or -1), tags case-insensitive. Linear (rfind)."""
-    low = text.lower()
-    if len(low) != len(text):  # a character whose lower case is longer: regex scan
-        closers = [m.start() for m in _ANSWER_CLOSE.finditer(text)]
-        openers = [m.end() for m in _ANSWER_OPEN.finditer(text)]
-        last_open = openers[-1] if openers else -1
-        if not closers:
-            return -1, -1, last_open
-        before = [o for o in openers if o <= closers[-1]]
-        return (before[-1], closers[-1], last_open) if before else (-1, -1, last_open)
+    or -1, end of the last `<answer>` or -1), tags case-insensitive in ASCII (`ascii_lower`: the
+    same rule whatever else the response holds). Linear (rfind)."""
+    low = ascii_lower(text)
     last_open = low.rfind("<answer>")
     last_open = last_open + len("<answer>") if last_open >= 0 else -1
     close = low.rfind("</answer>")
@@ -450,26 +449,62 @@ def _extract_choice(text: str, labels: Sequence[str], choices: Optional[Sequence
 def _as_list(value: Any) -> Optional[list]:
     if value is None:
         return None
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"is a {type(value).__name__}, not a list")
     return [str(x) for x in list(value)]
 
 
-def _where(extra_info: Mapping[str, Any]) -> str:
+def _where(extra_info: Any) -> str:
+    if not isinstance(extra_info, Mapping):
+        return "a row without extra_info.index"
     split, index = extra_info.get("split"), extra_info.get("index")
     return f"row {split}[{index}]" if index is not None else "a row without extra_info.index"
 
 
+def _checked_extra(extra_info: Any) -> Mapping[str, Any]:
+    if extra_info is None:
+        return {}
+    if not isinstance(extra_info, Mapping):  # a JSON string left unparsed, say: its labels would be ignored
+        raise RowProblem(
+            f"SciKnowEval row: extra_info is a {type(extra_info).__name__}, not a mapping "
+            f"({shorten(repr(extra_info), 80)})",
+            problem="`extra_info` is not a mapping",
+        )
+    return extra_info
+
+
 def labels_of(extra_info: Optional[Mapping[str, Any]]) -> list[str]:
-    """The option labels of a row (`extra_info.labels`), A-J when the row has none."""
-    return _as_list((extra_info or {}).get("labels")) or list(DEFAULT_LABELS)
+    """The option labels of a row (`extra_info.labels`), A-J when the row has none.
+
+    Labels must be distinct single upper-case letters A-Z: the lenient reader only ever names such
+    a letter, so a row labelled `a`-`d` or `1`-`4` could never be credited by it (and its feedback
+    would call the right answer wrong). Anything else raises ValueError naming the row."""
+    extra_info = _checked_extra(extra_info)
+    try:
+        labels = _as_list(extra_info.get("labels"))
+    except ValueError as err:
+        raise RowProblem(
+            f"SciKnowEval {_where(extra_info)}: extra_info.labels {err}", problem="`extra_info.labels` is not a list"
+        ) from None
+    labels = labels or list(DEFAULT_LABELS)
+    odd = [x for x in labels if len(x) != 1 or x not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    if odd or len(set(labels)) != len(labels):
+        raise RowProblem(
+            f"SciKnowEval {_where(extra_info)}: extra_info.labels {labels} must be distinct upper-case letters "
+            f"A-Z (the lenient reader names only those{'; not ' + repr(odd[:4]) if odd else ''})",
+            problem="`extra_info.labels` are not distinct upper-case letters A-Z (the lenient reader names only those)",
+        )
+    return labels
 
 
 def check_gold(ground_truth: Any, extra_info: Optional[Mapping[str, Any]]) -> str:
     """The gold letter of a row; ValueError naming the row when it is not one of the row's labels
-    (`"(A)"`, `0`, `"E"` with A-D would make every response score 0)."""
+    (`"(A)"`, `0`, `"E"` with A-D would make every response score 0), or when the labels or
+    extra_info cannot be read (`labels_of`)."""
     labels = labels_of(extra_info)
     if not isinstance(ground_truth, str) or ground_truth.strip() not in labels:
         raise ValueError(
-            f"SciKnowEval {_where(extra_info or {})}: reward_model.ground_truth {shorten(repr(ground_truth), 80)} "
+            f"SciKnowEval {_where(extra_info)}: reward_model.ground_truth {shorten(repr(ground_truth), 80)} "
             f"is not one of the option labels {', '.join(labels)}"
         )
     return ground_truth.strip()
@@ -492,7 +527,11 @@ def _score(solution: str, gold: str, extra_info: Mapping[str, Any], lenient: boo
     text = strip_thinking(solution)
     answer = _reference_answer(text)
     strict = 1.0 if answer == gold else 0.0
-    letter, lenient_error = _extract_choice(text, labels, _as_list(extra_info.get("choices")))
+    try:
+        choices = _as_list(extra_info.get("choices"))
+    except ValueError:  # option texts only help the lenient reader; the labels decide
+        choices = None
+    letter, lenient_error = _extract_choice(text, labels, choices)
     loose = 1.0 if letter == gold else 0.0
     if lenient:
         return reward_result(
@@ -522,8 +561,8 @@ def compute_score(
     lenient verdict either way. A gold answer that is not one of the row's labels raises
     ValueError naming the row; a response whose scoring fails scores 0 with `reward_error` 1.
     """
-    extra_info = extra_info if isinstance(extra_info, Mapping) else {}
     gold = check_gold(ground_truth, extra_info)
+    extra_info = extra_info or {}
     try:
         return _score(as_text(solution_str), gold, extra_info, bool(lenient))
     except Exception as exc:  # noqa: BLE001 - one bad response must not end the run

@@ -37,7 +37,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from srpo_verl.tasks.common import as_text, chat_prompt, depth_exceeds, failed_result, reward_result, shorten, strip_thinking
+from srpo_verl.tasks.common import RowProblem, as_text, chat_prompt, depth_exceeds, failed_result, reward_result, shorten, strip_thinking
 
 GITHUB_REPO = "tangqiaoyu/ToolAlpaca"
 RAW_BASE = "https://raw.githubusercontent.com/tangqiaoyu/ToolAlpaca/main/data"
@@ -197,6 +197,14 @@ def parse_reference(ground_truth: Any, extra_info: Optional[Mapping[str, Any]] =
         )
 
     calls = ground_truth
+    if type(ground_truth).__name__ == "ndarray":  # a list written to parquet and read back
+        raise RowProblem(
+            f"ToolAlpaca {_where(extra_info)}: reward_model.ground_truth is an array (a list of calls written to "
+            "parquet and read back): store it as a JSON string (json.dumps), as the prepared data does; parquet "
+            "turns the calls into structs and their inputs into one shared set of keys",
+            problem="`reward_model.ground_truth` is an array read back from parquet, not a JSON string of tool "
+            "calls (store json.dumps(calls))",
+        )
     if isinstance(ground_truth, str):
         try:
             calls = json.loads(ground_truth)
@@ -219,11 +227,20 @@ def parse_reference(ground_truth: Any, extra_info: Optional[Mapping[str, Any]] =
             value = None
         if value is None or depth_exceeds(value, MAX_JSON_DEPTH):
             raise bad(f"has an Action_Input nested deeper than {MAX_JSON_DEPTH}")
-        out.append((call["Action"].strip(), value))
+        out.append((call["Action"], value))  # as written: the reference compares names unstripped
     return out
 
 
 _ACTION_NAME = re.compile(r"Action:\s*(\w+)")
+_ONE_WORD = re.compile(r"\w+")
+
+
+def unreadable_actions(ground_truth: Any, extra_info: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """The gold action names the reference rule can never read from a response: it reads one word
+    (`Action:\\s*(\\w+)`), so a name such as `[Optional]updateUserProfile` (1 of the 68 test rows)
+    or one with surrounding spaces makes the row score 0 whatever the response. The lenient reader
+    (`lenient=True`) reads whole lines and can match them."""
+    return [name for name, _ in parse_reference(ground_truth, extra_info) if not _ONE_WORD.fullmatch(name)]
 # The reference's `Action Input:\s*({.*?})` (DOTALL): `{`, then anything but `}`, then the first
 # `}`; possessive, and searched only up to the last `}`, so every scan stops at the next `}`.
 _INPUT_BLOCK = re.compile(r"Action Input:\s*+(\{[^}]*+\})")
@@ -236,17 +253,22 @@ def reference_calls(solution_str: str) -> tuple[list[str], dict[str, Any]]:
       (`\\w+`) is one action, in order;
     - every `Action Input:` followed by optional whitespace and `{` contributes the text from
       that `{` to the **first** `}` after it (the reference's non-greedy `{.*?}`: an input with a
-      nested object does not parse); each that parses as JSON is merged into one dict, later keys
-      winning; the scan resumes after that `}`.
+      nested object does not parse); each such block is parsed **on its own** with `json.loads`
+      and, when it parses, merged into one dict, later keys winning; the scan resumes after that
+      `}`. A block holds one `}`, so only `[`s can nest it: it is merged however deep it nests,
+      as the reference merges it (a policy cannot hide an argument by nesting it).
 
-    Thinking is removed first. Linear time.
+    Thinking is removed first. Linear time. A block too deep for the JSON parser itself (about
+    1,000 levels: `RecursionError`, which would end a run of the reference) is not merged; the
+    reward scores such a response 0 with `format_error` (`_score`).
     """
-    return _reference_calls(strip_thinking(solution_str))
+    return _reference_calls(strip_thinking(solution_str))[:2]
 
 
-def _reference_calls(text: str, max_inputs: Optional[int] = None) -> tuple[list[str], dict[str, Any]]:
-    """reference_calls on text without thinking; `max_inputs` merges only the first that many."""
-    return _ACTION_NAME.findall(text), _merged_inputs(_input_blocks(text, max_inputs))
+def _reference_calls(text: str, max_inputs: Optional[int] = None) -> tuple[list[str], dict[str, Any], bool]:
+    """reference_calls on text without thinking, plus whether a block was too deep to parse;
+    `max_inputs` merges only the first that many."""
+    return (_ACTION_NAME.findall(text), *_merged_inputs(_input_blocks(text, max_inputs)))
 
 
 def _input_blocks(text: str, limit: Optional[int]) -> list[str]:
@@ -255,24 +277,30 @@ def _input_blocks(text: str, limit: Optional[int]) -> list[str]:
     return [m.group(1) for m in (found if limit is None else itertools.islice(found, limit))]
 
 
-def _merged_inputs(blocks: list[str]) -> dict[str, Any]:
-    """The blocks that parse as JSON objects, merged in order (later keys win)."""
-    try:  # all blocks at once in C; one bad block sends us through them one by one
-        parsed = list(zip(blocks, json.loads("[" + ",".join(blocks) + "]")))
-    except (ValueError, RecursionError):
-        parsed = []
-        for block in blocks:
-            try:
-                parsed.append((block, json.loads(block)))
-            except (ValueError, RecursionError):
-                continue
+def _merged_inputs(blocks: list[str]) -> tuple[dict[str, Any], bool]:
+    """(the blocks that parse as JSON, each parsed alone and merged in order, later keys winning;
+    whether a block was too deep for the parser). Parsing blocks jointly would let a string that
+    spans `},{` join two blocks into one value the reference never sees."""
     merged: dict[str, Any] = {}
-    for block, value in parsed:
-        # A block holds one `}`, so only its `[`s can nest it deeper than MAX_JSON_DEPTH.
-        if block.count("[") >= MAX_JSON_DEPTH and depth_exceeds(value, MAX_JSON_DEPTH):
+    too_deep = False
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except ValueError:  # the reference's JSONDecodeError: the block is skipped
             continue
-        merged.update(value)
-    return merged
+        except RecursionError:
+            too_deep = True
+            continue
+        merged.update(value)  # a block starts with `{` and ends with its only `}`: an object
+    return merged, too_deep
+
+
+def _shown_inputs(inputs: Mapping[str, Any]) -> str:
+    """repr of merged inputs for `pred` and feedback, cut short; a value nested past
+    MAX_JSON_DEPTH is named, not printed (repr recurses once per level)."""
+    if depth_exceeds(inputs, MAX_JSON_DEPTH):
+        return f"<an input nested deeper than {MAX_JSON_DEPTH} levels>"
+    return shorten(repr(inputs))
 
 
 def _reference_inputs(reference: Sequence[tuple[str, Any]]) -> dict[str, Any]:
@@ -474,13 +502,14 @@ def _shown(actions: list[str]) -> str:
 def _score(solution: str, reference: list[tuple[str, Any]], lenient: bool, ordered: bool) -> dict[str, Any]:
     text = strip_thinking(solution)
     predicted, n_calls = _parse_calls("\n" + text, expected=len(reference))
-    loose = 1.0 if n_calls == len(reference) and calls_match(predicted, reference, ordered=ordered) else 0.0
+    stripped = [(name.strip(), args) for name, args in reference]  # the lenient reader strips names too
+    loose = 1.0 if n_calls == len(reference) and calls_match(predicted, stripped, ordered=ordered) else 0.0
     if lenient:
         return reward_result(
             score=loose,
             pred=canonical(predicted) + (f"; … {n_calls - len(predicted)} more calls" if n_calls > len(predicted) else ""),
             format_error=not predicted or any(args is MALFORMED for _, args in predicted),
-            feedback="" if loose else _lenient_feedback(predicted, reference, n_calls),
+            feedback="" if loose else _lenient_feedback(predicted, stripped, n_calls),
             score_lenient=loose,
         )
     gold_actions, gold_inputs = [name for name, _ in reference], _reference_inputs(reference)
@@ -491,19 +520,21 @@ def _score(solution: str, reference: list[tuple[str, Any]], lenient: bool, order
     # degenerate; reading each costs a JSON parse, so it scores 0 unread).
     blocks = _input_blocks(text, (MAX_REFERENCE_INPUTS if actions_ok else 4 * MAX_SHOWN_CALLS) + 1)
     too_many = actions_ok and len(blocks) > MAX_REFERENCE_INPUTS
-    inputs = _merged_inputs(blocks[:MAX_REFERENCE_INPUTS] if actions_ok else blocks[: 4 * MAX_SHOWN_CALLS])
-    inputs_ok = inputs == gold_inputs and not too_many
+    inputs, too_deep = _merged_inputs(blocks[:MAX_REFERENCE_INPUTS] if actions_ok else blocks[: 4 * MAX_SHOWN_CALLS])
+    inputs_ok = inputs == gold_inputs and not too_many and not too_deep
     feedback = []
     if not actions_ok:
         feedback.append(f"Actions mismatch: predicted {_shown(actions)}, expected {gold_actions}")
     if too_many:
         feedback.append(f"More than {MAX_REFERENCE_INPUTS} Action Inputs; expected {gold_inputs}")
+    elif too_deep:
+        feedback.append(f"An Action Input is nested too deeply to read; expected {gold_inputs}")
     elif not inputs_ok:
-        feedback.append(f"Action inputs mismatch: predicted {shorten(repr(inputs))}, expected {gold_inputs}")
+        feedback.append(f"Action inputs mismatch: predicted {_shown_inputs(inputs)}, expected {gold_inputs}")
     return reward_result(
         score=1.0 if actions_ok and inputs_ok else 0.0,
-        pred=f"Actions: {_shown(actions)}, Inputs: {shorten(repr(inputs))}",
-        format_error=not _reference_format_ok(text),
+        pred=f"Actions: {_shown(actions)}, Inputs: {_shown_inputs(inputs)}",
+        format_error=too_deep or not _reference_format_ok(text),
         feedback="; ".join(feedback),
         score_lenient=loose,
     )

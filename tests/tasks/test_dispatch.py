@@ -48,6 +48,24 @@ def test_misspelt_reward_kwarg_is_refused_naming_the_valid_ones():
         tasks.compute_score("sciknoweval", "<answer>A</answer>", "A", lenent=True)
 
 
+@pytest.mark.parametrize("value", ["false", "False", "0", 0, 1, None], ids=["false", "False", "zero_str", "zero", "one", "none"])
+def test_reward_switch_that_is_not_a_bool_is_refused_naming_the_key(value):
+    """Before: `lenient='false'` (a truthy string) silently switched the lenient scorer on."""
+    with pytest.raises(TypeError, match=r"reward_kwargs\.lenient=.*must be true or false"):
+        tasks.compute_score("sciknoweval", "<answer>A</answer>", "A", lenient=value)
+    assert tasks.compute_score("sciknoweval", "<answer>a</answer>", "A", lenient=np.bool_(False))["score"] == 0.0
+
+
+def test_unknown_data_source_is_named_before_the_reward_is_called():
+    """A misspelt data_source fell through to verl's default scorer, which raises at the first reward
+    call; `unknown_data_source` is the driver's check of the same dispatch."""
+    assert "'sciknoweva' is neither one of srpo_verl's tasks" in tasks.unknown_data_source("sciknoweva")
+    with pytest.raises(NotImplementedError):
+        tasks.compute_score("sciknoweva", "<answer>A</answer>", "A")
+    for known in ("sciknoweval", "sciknoweval_chemistry", "tooluse", "toolalpaca", "openai/gsm8k", "lighteval/MATH"):
+        assert tasks.unknown_data_source(known) is None, known
+
+
 def test_lenient_override_reaches_the_reward_through_verls_loader():
     """The documented Hydra override composes (the `+` is needed: verl's config has no
     reward_kwargs key) and verl's own loader passes it to our reward."""

@@ -237,3 +237,69 @@ def test_missing_extra_info_falls_back_to_letters():
 def test_gold_answer_outside_the_labels_raises_naming_the_row(gold):
     with pytest.raises(ValueError, match=r"row test\[12\].*not one of the option labels A, B, C, D"):
         ske.compute_score("sciknoweval", "<answer>A</answer>", gold, {**LABELS, "split": "test", "index": 12})
+
+
+# ----------------------------------------------------------------------------- issue 23: labels, case folding
+
+
+@pytest.mark.parametrize(
+    "extra_info, problem",
+    [
+        ({"labels": ["a", "b", "c", "d"]}, "not distinct upper-case letters"),
+        ({"labels": ["1", "2"]}, "not distinct upper-case letters"),
+        ({"labels": ["A", "A", "B"]}, "not distinct upper-case letters"),
+        ({"labels": 4}, "`extra_info.labels` is not a list"),
+        ({"labels": "ABCD"}, "`extra_info.labels` is not a list"),
+        ('{"labels": ["A", "B"]}', "`extra_info` is not a mapping"),
+    ],
+    ids=["lower_case", "digits", "repeated", "int", "string", "extra_info_string"],
+)
+def test_labels_the_lenient_reader_cannot_name_are_refused_naming_the_row(extra_info, problem):
+    """Before: lower-case labels passed and the lenient reader (which names only upper-case letters)
+    never credited the right answer; an int or a string gave a bare TypeError/AttributeError."""
+    from srpo_verl.tasks import gold_problem
+
+    gold = "a" if problem.startswith("not distinct") and "a" in str(extra_info) else "A"
+    assert problem in gold_problem("sciknoweval", gold, extra_info)
+    with pytest.raises(ValueError, match="SciKnowEval (row|a row)"):
+        ske.compute_score("sciknoweval", "<answer>A</answer>", gold, extra_info)
+
+
+def test_a_response_scores_the_same_whatever_other_unicode_it_holds():
+    """`str.lower` and a re.IGNORECASE regex disagree on `ı`/`İ` (match `i` only in the regex) and `ſ`.
+    Before: one `İ` anywhere switched the tag scanner to the regex, which read `</thınk>` as a closer
+    and dropped the answer before it (1 -> 0). Tags are now case-insensitive in ASCII only."""
+    for response in ("<answer>A</answer></thınk>", "<answer>A</answer><thınk>", "<anſwer>B</answer><answer>A</answer>"):
+        for tail in ("", " İ", " \u212a"):
+            assert ske.compute_score("sciknoweval", response + tail, "A", LABELS)["score"] == 1.0, (response, tail)
+            assert ske.compute_score("sciknoweval", response + tail, "A", LABELS, lenient=True)["score"] == 1.0, (response, tail)
+    # ASCII case still folds, with or without the dotted capital elsewhere.
+    for tail in ("", " İ"):
+        assert ske.compute_score("sciknoweval", "<THINK>B</Think><ANSWER>A</ANSWER>" + tail, "A", LABELS, lenient=True)["score"] == 1.0
+
+
+def test_records_with_more_labels_than_option_texts_are_dropped_not_cut():
+    """Before: zip() cut the option lines at the shorter list, so the prompt could miss the gold option."""
+    record = {"question": "Q?", "choices": {"label": ["A", "B", "C"], "text": ["x", "y"]}, "answerKey": "C"}
+    assert not ske.gold_in_labels(record)
+    with pytest.raises(ValueError, match="3 labels but 2 option texts"):
+        ske.to_row(record, domain="chemistry", split="train", index=0)
+
+
+@pytest.mark.parametrize("broken", ["answer_outside_labels", "more_labels_than_texts"])
+def test_script_refuses_to_write_an_empty_or_cut_split(tmp_path, run_script, broken):
+    """Before: every answer key outside its labels gave a 0-row, 0-column parquet and exit 0; more
+    labels than option texts gave prompts without the gold option."""
+    records = [json.loads(line) for line in SCIKNOWEVAL_FILE.read_text().splitlines() if line.strip()]
+    for r in records:
+        if broken == "answer_outside_labels":
+            r["answerKey"] = "Z"
+        else:
+            r["choices"] = {"label": list(r["choices"]["label"]) + ["Z"], "text": list(r["choices"]["text"])}
+            r["answerKey"] = "Z"
+    source = tmp_path / "records.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    proc = run_script("prepare_sciknoweval.py", "--local-file", source, "--out-dir", tmp_path / "out", "--domains", "physics")
+    assert proc.returncode != 0
+    assert "physics: no usable record for split train, test" in proc.stderr
+    assert not (tmp_path / "out" / "physics").exists()

@@ -237,3 +237,63 @@ def test_reference_reads_at_most_256_inputs_and_a_looping_response_scores_zero()
     many = ta.compute_score("tooluse", "Action: search\nAction Input: {}\n" * 5000, gold, lenient=True)
     assert many["score"] == 0.0 and "You made 5000 tool call(s)" in many["feedback"]
     assert many["pred"].endswith("; … 4984 more calls") and len(many["pred"]) < 600
+
+
+# ----------------------------------------------------------------------------- issue 23: the reference rule exactly
+
+NO_ARGS = json.dumps([{"Action": "getX", "Action_Input": "{}"}])
+
+
+def test_each_input_block_is_parsed_alone_as_the_reference_does():
+    """Two blocks that are not JSON alone but are one object together: `{"a": "x}` and `{", "b": 1}`
+    join into {"a": "x},{", "b": 1}. The reference parses each alone (both fail: nothing merged),
+    so against a no-argument gold the response scores 1. Before: parsed jointly, scored 0."""
+    response = 'Action: getX\nAction Input: {"a": "x}\nAction Input: {", "b": 1}'
+    assert ta.reference_calls(response) == (["getX"], {})
+    assert ta.compute_score("tooluse", response, NO_ARGS)["score"] == 1.0
+    # The other direction: a block valid alone stays merged whatever its neighbour does.
+    response = 'Action: getX\nAction Input: {"a": "x}\nAction Input: {"b": 1}'
+    assert ta.reference_calls(response) == (["getX"], {"b": 1})
+    assert ta.compute_score("tooluse", response, NO_ARGS)["score"] == 0.0
+
+
+@pytest.mark.parametrize("depth", [63, 64, 65, 200])
+def test_a_deeply_nested_argument_is_merged_as_the_reference_merges_it(depth):
+    """An argument nested past 64 levels is still an argument: it cannot match a no-argument gold
+    (6 of the 68 test rows have one). Before: dropped past the limit, so the junk call scored 1."""
+    response = 'Action: getX\nAction Input: {"q": ' + "[" * depth + "]" * depth + "}"
+    result = ta.compute_score("tooluse", response, NO_ARGS)
+    assert result["score"] == 0.0 and result["format_error"] is False
+    assert "Action inputs mismatch" in result["feedback"]
+
+
+def test_an_input_too_deep_for_the_json_parser_scores_zero_with_a_format_error():
+    # The reference's json.loads raises RecursionError here (ending its run); ours scores 0.
+    response = 'Action: getX\nAction Input: {"q": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    result = ta.compute_score("tooluse", response, NO_ARGS)
+    assert (result["score"], result["format_error"], result["reward_error"]) == (0.0, True, 0)
+    assert "nested too deeply" in result["feedback"]
+
+
+def test_gold_tool_names_that_are_not_one_word_can_never_score_under_the_reference_rule():
+    """The documented score (docs/reproduction.md): test row 33's `[Optional]updateUserProfile` is read
+    as no action by `Action:\\s*(\\w+)`, so the reference rule gives 0 for every response; the lenient
+    reader matches it."""
+    gold = json.dumps([{"Action": "getUserProfile", "Action_Input": "{}"}, {"Action": "[Optional]updateUserProfile", "Action_Input": "{}"}])
+    assert ta.unreadable_actions(gold) == ["[Optional]updateUserProfile"]
+    assert ta.unreadable_actions(json.dumps([{"Action": " spaced", "Action_Input": "{}"}])) == [" spaced"]
+    assert ta.unreadable_actions(NO_ARGS) == []
+    response = "Action: getUserProfile\nAction Input: {}\nAction: [Optional]updateUserProfile\nAction Input: {}"
+    result = ta.compute_score("tooluse", response, gold)
+    assert result["score"] == 0.0 and result["score_lenient"] == 1.0
+
+
+def test_list_gold_read_back_from_parquet_is_refused_with_the_reason(tmp_path):
+    calls = [{"Action": "a", "Action_Input": {"x": 1}}, {"Action": "b", "Action_Input": {"y": 2}}]
+    pd.DataFrame([{"gt": calls}]).to_parquet(tmp_path / "g.parquet")
+    back = pd.read_parquet(tmp_path / "g.parquet")["gt"][0]
+    with pytest.raises(ValueError, match=r"is an array .* store it as a JSON string \(json.dumps\)"):
+        ta.parse_reference(back, {"split": "train", "index": 4})
+    from srpo_verl.tasks import gold_problem
+
+    assert "array read back from parquet" in gold_problem("tooluse", back, None)
