@@ -24,6 +24,13 @@ ENTROPY_MODES = ("full", "topk_tail")
 DISTILL_MODES = ("topk_tail", "full_vocab", "sampled_token")
 TEACHERS = ("ema", "trust_region")
 OVERFLOW_MODES = ("truncate", "error")
+# beta * H and its differences are taken in float64 (core_algos.entropy_weights); an entropy is at
+# most ln V <= 32 ln 2 for any vocabulary indexed by int32, so above this bound -beta*H - log_mean
+# can overflow and the weights become NaN.
+MAX_BETA = float(torch.finfo(torch.float64).max) / (2 * 32 * math.log(2))
+# The EMA teacher is kept in fp32: a step rate*(theta - theta') with rate below float32 epsilon
+# rounds away unless |theta - theta'| >= |theta'| / 2, so the teacher would never move (as rate 0).
+MIN_EMA_RATE = float(torch.finfo(torch.float32).eps)
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
@@ -160,6 +167,12 @@ class SRPOConfig(BaseConfig):
             self.beta,
             "must be finite and >= 0 (0 turns weighting off)",
         )
+        _check(
+            self.beta <= MAX_BETA,
+            "beta",
+            self.beta,
+            f"must be <= {MAX_BETA:.3g}: beyond it beta * H overflows float64 and the entropy weights become NaN",
+        )
         _check(self.entropy_mode in ENTROPY_MODES, "entropy_mode", self.entropy_mode, f"must be one of {ENTROPY_MODES}")
         _check(self.distill_mode in DISTILL_MODES, "distill_mode", self.distill_mode, f"must be one of {DISTILL_MODES}")
         _check(isinstance(self.topk, int) and self.topk >= 1, "topk", self.topk, "must be an integer >= 1")
@@ -171,6 +184,13 @@ class SRPOConfig(BaseConfig):
             "ema_rate",
             self.ema_rate,
             "must be in (0, 1); 1 would make the teacher the live student, which collapses training",
+        )
+        _check(
+            self.ema_rate >= MIN_EMA_RATE,
+            "ema_rate",
+            self.ema_rate,
+            f"must be >= {MIN_EMA_RATE:.3g} (float32 epsilon): a smaller step rounds away in the fp32 teacher, "
+            "which would never move (as with rate 0)",
         )
         _check(0.0 <= self.trust_region_mix <= 1.0, "trust_region_mix", self.trust_region_mix, "must be in [0, 1]")
         _check(0.0 <= self.mix_lambda <= 1.0, "mix_lambda", self.mix_lambda, "must be in [0, 1]")

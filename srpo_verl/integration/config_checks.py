@@ -10,6 +10,7 @@ documented way is logged at WARNING. docs/reliability.md lists every case and th
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 from srpo_verl.algo_config import SRPOConfig, srpo_config_of
@@ -71,6 +72,7 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
             f"algorithm.srpo is set but trainer.v1.trainer_mode={mode}: the routing, teacher pass and EMA "
             f"teacher would not run. Use trainer.v1.trainer_mode=srpo or srpo_colocate_async."
         )
+    check_reward_config(config, srpo)
     if srpo is None:
         return None
 
@@ -90,6 +92,16 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
         raise ValueError(
             f"actor_rollout_ref.rollout.n={n!r}: SRPO needs groups of >= 2 responses per prompt "
             "(a sample is never its own demonstration, so with n=1 no sample could ever have a teacher)"
+        )
+    temperature = arr.rollout.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or (
+        not math.isfinite(temperature)
+    ):
+        # verl divides the logits by it for the student and the teacher pass: 0 gives non-finite
+        # teacher scores, a negative value inverts the distributions.
+        raise ValueError(
+            f"actor_rollout_ref.rollout.temperature={temperature!r}: must be a finite number > 0 (the student's "
+            "and the teacher's log-probs are taken at this temperature)"
         )
     for key, node in (("actor_rollout_ref.model", arr.model), ("actor_rollout_ref.actor", arr.actor)):
         if not _bool_setting(node, "use_remove_padding", f"{key}.use_remove_padding", True):
@@ -133,6 +145,37 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
         )
     check_gpu_path_config(config)
     return srpo
+
+
+def check_reward_config(config, srpo: Optional[SRPOConfig]) -> None:
+    """What the reward step would refuse, or silently get wrong, refused by key before Ray starts:
+    srpo_verl's task reward with a misspelt or non-bool `reward_kwargs` switch (`lenient='false'` is
+    a truthy string), and a `feedback_key` that is not the reward's feedback field (a typo leaves
+    every row without feedback; `pred` would show the teacher the model's own prediction)."""
+    from srpo_verl import tasks
+
+    fn_config = (config.get("reward", {}) or {}).get("custom_reward_function", {}) or {}
+    ours = tasks.is_task_reward(fn_config.get("path", None), fn_config.get("name", None))
+    if ours:
+        try:
+            tasks.check_reward_kwargs(dict(fn_config.get("reward_kwargs", {}) or {}))
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+    if srpo is None or not srpo.use_feedback:
+        return
+    key = srpo.feedback_key
+    if key in tasks.RESULT_KEYS - {tasks.FEEDBACK_KEY}:
+        raise ValueError(
+            f"algorithm.srpo.feedback_key={key!r}: the reward result's {key!r} is a score or the model's own "
+            f"prediction, not environment feedback; the reward functions of srpo_verl.tasks use "
+            f"{tasks.FEEDBACK_KEY!r}"
+        )
+    if ours and key != tasks.FEEDBACK_KEY:
+        raise ValueError(
+            f"algorithm.srpo.feedback_key={key!r}: srpo_verl.tasks.compute_score returns no such field "
+            f"(its fields: {sorted(tasks.RESULT_KEYS)}); feedback would silently never be found. Use "
+            f"{tasks.FEEDBACK_KEY!r}"
+        )
 
 
 def _dtype_name(value) -> str:

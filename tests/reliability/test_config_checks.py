@@ -15,6 +15,8 @@ from srpo_verl.integration.config_checks import check_trainer_config
 
 # A valid SRPO launch: the defaults (packed sequences, as the SRPO teacher pass needs).
 BASE = ("algorithm=srpo",)
+# The recipes' reward: srpo_verl's task reward.
+TASK_REWARD = ("reward.custom_reward_function.path=pkg://srpo_verl.tasks", "reward.custom_reward_function.name=compute_score")
 
 
 def _compose(*overrides):
@@ -68,6 +70,17 @@ ERRORS = [
     ("max_prompt_string", ["data.max_prompt_length='512'", "algorithm.srpo.max_teacher_prompt_length=1024"], ValueError, "data.max_prompt_length='512': must be an integer"),
     ("ulysses_string", ["actor_rollout_ref.ref.ulysses_sequence_parallel_size='2'"], ValueError, "actor_rollout_ref.ref.ulysses_sequence_parallel_size='2': must be an integer"),
     ("remove_padding_string", ["actor_rollout_ref.model.use_remove_padding='False'"], ValueError, "actor_rollout_ref.model.use_remove_padding='False': must be true or false"),
+    # Values that would silently change the objective (issue 23), refused naming the key.
+    ("temperature_zero", ["actor_rollout_ref.rollout.temperature=0"], ValueError, "actor_rollout_ref.rollout.temperature=0: must be a finite number > 0"),
+    ("temperature_negative", ["actor_rollout_ref.rollout.temperature=-1"], ValueError, "actor_rollout_ref.rollout.temperature=-1: must be a finite number > 0"),
+    ("temperature_nan", ["actor_rollout_ref.rollout.temperature=nan"], ValueError, "actor_rollout_ref.rollout.temperature=nan: must be a finite number > 0"),
+    ("temperature_string", ["actor_rollout_ref.rollout.temperature='1.0'"], ValueError, "actor_rollout_ref.rollout.temperature='1.0': must be a finite number > 0"),
+    ("beta_huge", ["algorithm.srpo.beta=1e308"], ValueError, "algorithm.srpo.beta=1e+308: must be <= 4.05e+306"),
+    ("ema_rate_below_fp32", ["algorithm.srpo.ema_rate=1e-30"], ValueError, "algorithm.srpo.ema_rate=1e-30: must be >= 1.19e-07"),
+    ("reward_kwarg_string", [*TASK_REWARD, "+reward.custom_reward_function.reward_kwargs.lenient='false'"], ValueError, "reward.custom_reward_function.reward_kwargs.lenient='false': must be true or false"),
+    ("reward_kwarg_misspelt", [*TASK_REWARD, "+reward.custom_reward_function.reward_kwargs.lenent=true"], ValueError, "unknown reward.custom_reward_function.reward_kwargs ['lenent']"),
+    ("feedback_key_pred", ["algorithm.srpo.use_feedback=true", "algorithm.srpo.feedback_key=pred"], ValueError, "algorithm.srpo.feedback_key='pred': the reward result's 'pred' is a score or the model's own prediction"),
+    ("feedback_key_typo", [*TASK_REWARD, "algorithm.srpo.use_feedback=true", "algorithm.srpo.feedback_key=feedbak"], ValueError, "algorithm.srpo.feedback_key='feedbak': srpo_verl.tasks.compute_score returns no such field"),
     (
         "teacher_limit_below_prompt",
         ["data.max_prompt_length=512", "algorithm.srpo.max_teacher_prompt_length=256"],
@@ -109,6 +122,10 @@ def test_valid_configs_pass():
     # The CPU platform's defaults agree with SRPO's (packed sequences): no override needed.
     assert isinstance(_check("platform=cpu"), SRPOConfig)
     assert check_trainer_config(_compose("algorithm=grpo")) is None
+    # The task reward with bool switches and the feedback key it returns; the smallest fp32-resolved EMA rate.
+    lenient = ("+reward.custom_reward_function.reward_kwargs.lenient=true", "+reward.custom_reward_function.reward_kwargs.ordered=false")
+    assert _check(*TASK_REWARD, *lenient, "algorithm.srpo.use_feedback=true").feedback_key == "feedback"
+    assert _check("algorithm.srpo.ema_rate=1.2e-7", "algorithm.srpo.beta=1e6", "actor_rollout_ref.rollout.temperature=0.6").ema_rate == 1.2e-7
 
 
 def test_teacher_sharing_storage_with_the_student_is_refused():
