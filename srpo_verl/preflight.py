@@ -122,7 +122,30 @@ def check_reward(config) -> str:
     score = result.get("score") if isinstance(result, dict) else result
     if not isinstance(score, (int, float)) or isinstance(score, bool):
         raise TypeError(f"{where} returned {result!r} for the first training row: expected a number or a dict with 'score'")
-    return f"{where} scores the first training row ({row.get('data_source')}): {float(score):g}"
+    feedback = _check_feedback_field(config, fn, row, where)
+    return f"{where} scores the first training row ({row.get('data_source')}): {float(score):g}{feedback}"
+
+
+def _check_feedback_field(config, fn, row: dict, where: str) -> str:
+    """With algorithm.srpo.use_feedback, the reward must return `feedback_key` as a string for a wrong
+    answer: a typo would leave every row without feedback, silently. Scored on an empty response."""
+    srpo = (config.algorithm.get("srpo", None) or {}) if "algorithm" in config else {}
+    if not srpo or not srpo.get("use_feedback", False):
+        return ""
+    key = srpo.get("feedback_key", "feedback")
+    result = fn(
+        data_source=row.get("data_source"),
+        solution_str="",
+        ground_truth=(row.get("reward_model") or {}).get("ground_truth"),
+        extra_info=row.get("extra_info"),
+    )
+    if not isinstance(result, dict) or not isinstance(result.get(key), str):
+        fields = sorted(result) if isinstance(result, dict) else type(result).__name__
+        raise ValueError(
+            f"algorithm.srpo.feedback_key={key!r}: {where} returns no string {key!r} for an empty response "
+            f"(its fields: {fields}); with use_feedback the teacher would silently never see feedback"
+        )
+    return f"; feedback field {key!r} present"
 
 
 def check_data(config) -> str:

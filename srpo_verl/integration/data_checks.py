@@ -23,6 +23,34 @@ class DataReport(NamedTuple):
     rows: int
     overlong_rows: list[int]  # rows whose prompt exceeds max_prompt_length (allowed by the config)
     max_prompt_tokens: Optional[int]  # None when lengths were not measured
+    teacher_overhead: Optional[int] = None  # most tokens a teacher template adds to a prompt; None: not measured
+
+
+class TeacherSpec(NamedTuple):
+    """What the SRPO teacher step will do with each row's prompt (the `algorithm.srpo` block)."""
+
+    templates: tuple  # ((config key, template, slot), ...): slot "solution" or "feedback"
+    limit: Optional[int]  # the teacher prompt budget in tokens; None: not known here
+    limit_name: str  # where the budget comes from, for messages
+
+
+def teacher_spec_of(config) -> Optional[TeacherSpec]:
+    """The teacher step's templates and budget from a trainer config; None without algorithm.srpo."""
+    from srpo_verl.algo_config import srpo_config_of
+
+    srpo = srpo_config_of(config)
+    if srpo is None:
+        return None
+    templates = [("algorithm.srpo.reprompt_template", srpo.reprompt_template, "solution")]
+    if srpo.use_feedback:
+        templates.append(("algorithm.srpo.feedback_template", srpo.feedback_template, "feedback"))
+    limit, name = srpo.max_teacher_prompt_length, "algorithm.srpo.max_teacher_prompt_length"
+    if limit is None:  # the trainer's default budget
+        prompt, response = config.data.get("max_prompt_length", None), config.data.get("max_response_length", None)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (prompt, response))
+        limit = prompt + response if ints else None
+        name = "data.max_prompt_length + data.max_response_length (algorithm.srpo.max_teacher_prompt_length unset)"
+    return TeacherSpec(tuple(templates), limit, name)
 
 
 def _as_list(value) -> Optional[list]:
@@ -47,6 +75,8 @@ def check_data_rows(
     max_prompt_length: Optional[int] = None,
     overlong: str = "error",
     apply_chat_template_kwargs: Optional[dict] = None,
+    teacher: Optional[TeacherSpec] = None,
+    check_data_sources: bool = False,
 ) -> DataReport:
     """Check verl RL rows ({prompt_key: chat messages, data_source, reward_model.ground_truth, ...}).
 
@@ -60,7 +90,15 @@ def check_data_rows(
         ToolAlpaca answer that is not a list of tool calls);
       - with a tokenizer and `max_prompt_length`, prompts longer than the limit when
         overlong="error". overlong="filter" (verl drops them: data.filter_overlong_prompts) and
-        "truncate" (verl 0.9.1's agent loop keeps the last max_prompt_length tokens) only report them.
+        "truncate" (verl 0.9.1's agent loop keeps the last max_prompt_length tokens) only report them;
+      - with `teacher` (an SRPO run), what the teacher step would refuse: a last user turn that is
+        not text (a list of parts, None, NaN, a number) or is blank, or that holds the builder's
+        placeholder; with a tokenizer and a budget, a row whose teacher prompt (template and question,
+        measured with this tokenizer) leaves no room for one demonstration token, and a budget
+        below data.max_prompt_length plus the template's measured overhead plus one;
+      - with `check_data_sources`, a `data_source` the reward function does not know (it would
+        raise at the first reward call).
+    Logged at WARNING: ToolAlpaca gold tool names the reference rule can never read (not one word).
     """
     if overlong not in ("error", "filter", "truncate"):
         raise ValueError(f"overlong={overlong!r}: must be error, filter or truncate")
@@ -70,6 +108,9 @@ def check_data_rows(
         problems.setdefault(what, []).append(i)
 
     messages_of: list[Optional[list]] = []
+    teacher_rows: list[int] = []  # rows whose last user turn the teacher builder can rewrite
+    source_problems: dict[Any, Optional[str]] = {}
+    unreadable_tools: list[int] = []
     for i, row in enumerate(rows):
         messages = _as_list(row.get(prompt_key)) if prompt_key in row else None
         if prompt_key not in row or _missing(row.get(prompt_key)):
@@ -86,52 +127,169 @@ def check_data_rows(
                 bad(f"`{prompt_key}` has no user turn (the teacher prompt rewrites the last user turn)", i)
             elif all(not str(m.get("content") or "").strip() for m in users):
                 bad(f"`{prompt_key}` has only empty user turns", i)
+            elif teacher is not None:
+                problem = _teacher_question_problem(users[-1].get("content"))
+                if problem:
+                    bad(f"`{prompt_key}`'s last user turn {problem}", i)
+                else:
+                    teacher_rows.append(i)
         messages_of.append(messages)
         if require_reward_fields:
-            if _missing(row.get("data_source")) or str(row.get("data_source")).strip() == "":
+            data_source = row.get("data_source")
+            if _missing(data_source) or str(data_source).strip() == "":
                 bad("missing `data_source`", i)
+            elif check_data_sources:
+                if data_source not in source_problems:
+                    from srpo_verl.tasks import unknown_data_source
+
+                    source_problems[data_source] = unknown_data_source(data_source)
+                if source_problems[data_source]:
+                    bad(source_problems[data_source] + " (the reward would raise at its first call)", i)
             reward_model = row.get("reward_model")
             if not isinstance(reward_model, dict) or _missing(reward_model.get("ground_truth")):
                 bad("missing `reward_model.ground_truth`", i)
             else:  # the paper's tasks: a gold answer their reward cannot match would score 0 silently
                 from srpo_verl.tasks import gold_problem
 
-                problem = gold_problem(row.get("data_source"), reward_model["ground_truth"], row.get("extra_info"))
+                problem = gold_problem(data_source, reward_model["ground_truth"], row.get("extra_info"))
                 if problem:
                     bad(problem, i)
+                elif _is_tool_row(data_source):
+                    from srpo_verl.tasks.toolalpaca import unreadable_actions
+
+                    if unreadable_actions(reward_model["ground_truth"], row.get("extra_info")):
+                        unreadable_tools.append(i)
+    if unreadable_tools:
+        logger.warning(
+            "%s: %d row(s) (rows %s) have a gold tool name that is not one word (e.g. `[Optional]name`): the "
+            "reference rule reads `Action: <word>`, so they score 0 whatever the response (the lenient rule, "
+            "reward_kwargs.lenient=true, can match them); see docs/reproduction.md",
+            source,
+            len(unreadable_tools),
+            format_rows(unreadable_tools),
+        )
     if problems:
         detail = "; ".join(f"{what} at rows {format_rows(idx)}" for what, idx in problems.items())
         raise ValueError(f"{source}: {detail}")
 
-    if tokenizer is None or max_prompt_length is None:
+    if tokenizer is None:
         return DataReport(rows=len(rows), overlong_rows=[], max_prompt_tokens=None)
     kwargs = dict(apply_chat_template_kwargs or {})
-    lengths = []
-    for messages in messages_of:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        lengths.append(len(ids))
-    over = [i for i, n in enumerate(lengths) if n > max_prompt_length]
-    if over and overlong == "error":
+    lengths: Optional[list[int]] = None
+    over: list[int] = []
+    if max_prompt_length is not None:
+        lengths = []
+        for messages in messages_of:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            lengths.append(len(ids))
+        over = [i for i, n in enumerate(lengths) if n > max_prompt_length]
+        if over and overlong == "error":
+            raise ValueError(
+                f"{source}: prompts longer than data.max_prompt_length={max_prompt_length} at rows {format_rows(over)} "
+                f"(longest {max(lengths)} tokens). verl 0.9.1 would cut them from the left, dropping the system "
+                "prompt and the start of the question, while the teacher prompt keeps them. Raise "
+                "data.max_prompt_length, or set data.filter_overlong_prompts=True to drop them, or "
+                "data.truncation=left to accept the cut"
+            )
+        if over:
+            logger.warning(
+                "%s: %d prompt(s) longer than data.max_prompt_length=%d (rows %s) will be %s",
+                source,
+                len(over),
+                max_prompt_length,
+                format_rows(over),
+                "dropped by verl (data.filter_overlong_prompts=True)"
+                if overlong == "filter"
+                else "cut from the left by verl",
+            )
+    overhead = None
+    if teacher is not None and teacher.limit is not None:
+        dropped = set(over) if overlong == "filter" else set()
+        overhead = _check_teacher_budget(
+            [(i, messages_of[i]) for i in teacher_rows if i not in dropped],
+            lengths,
+            teacher,
+            tokenizer=tokenizer,
+            kwargs=kwargs,
+            source=source,
+            max_prompt_length=max_prompt_length,
+        )
+    return DataReport(
+        rows=len(rows),
+        overlong_rows=over,
+        max_prompt_tokens=(max(lengths) if lengths else 0) if lengths is not None else None,
+        teacher_overhead=overhead,
+    )
+
+
+def _teacher_question_problem(content) -> Optional[str]:
+    """Why the teacher builder would refuse this last user turn's content, or None."""
+    from srpo_verl.integration.teacher_prompt import holds_placeholder
+
+    if not isinstance(content, str):
+        kind = "NaN" if isinstance(content, float) and math.isnan(content) else type(content).__name__
+        return (
+            f"is not text (its content is a {kind}): the teacher prompt rewrites the last user turn as text "
+            "(OpenAI-style lists of parts, None, NaN and numbers are refused at the first teacher step)"
+        )
+    if not content.strip():
+        return "is blank: the teacher prompt rewrites the last user turn around its question"
+    if holds_placeholder(content):
+        return "holds the teacher builder's private placeholder (U+E000 'srpo-slot' U+E001), which it refuses"
+    return None
+
+
+def _check_teacher_budget(
+    rows: list[tuple[int, list]],
+    lengths: Optional[list[int]],
+    teacher: TeacherSpec,
+    *,
+    tokenizer,
+    kwargs: dict,
+    source: str,
+    max_prompt_length: Optional[int],
+) -> Optional[int]:
+    """ValueError when the teacher step would refuse a row for its budget ("the question alone is
+    too long"), or when the budget cannot hold a prompt at data.max_prompt_length plus the template's
+    overhead (measured here, with the run's tokenizer, on every row) plus one demonstration token.
+    Returns that overhead (None when prompt lengths were not measured)."""
+    from srpo_verl.integration.teacher_prompt import teacher_template_length
+
+    limit = teacher.limit
+    too_long: list[int] = []
+    longest, overhead, key_of_overhead = 0, None, teacher.templates[0][0]
+    for i, messages in rows:
+        for key, template, slot in teacher.templates:
+            n = teacher_template_length(tokenizer, messages, template=template, slot=slot, apply_chat_template_kwargs=kwargs)
+            if n + 1 > limit:
+                if not too_long or too_long[-1] != i:
+                    too_long.append(i)
+                longest = max(longest, n)
+            if lengths is not None and (overhead is None or n - lengths[i] > overhead):
+                overhead, key_of_overhead = n - lengths[i], key
+    if overhead is not None and max_prompt_length is not None and max_prompt_length + overhead + 1 > limit:
         raise ValueError(
-            f"{source}: prompts longer than data.max_prompt_length={max_prompt_length} at rows {format_rows(over)} "
-            f"(longest {max(lengths)} tokens). verl 0.9.1 would cut them from the left, dropping the system "
-            "prompt and the start of the question, while the teacher prompt keeps them. Raise "
-            "data.max_prompt_length, or set data.filter_overlong_prompts=True to drop them, or "
-            "data.truncation=left to accept the cut"
+            f"{source}: {teacher.limit_name}={limit} cannot hold a prompt at data.max_prompt_length={max_prompt_length}: "
+            f"the teacher template ({key_of_overhead}) adds up to {overhead} tokens with this tokenizer, so such a "
+            f"prompt needs {max_prompt_length + overhead + 1} tokens with one demonstration token"
+            + (f" (rows {format_rows(too_long)} already do not fit)" if too_long else "")
+            + f"; the teacher step would refuse it ('the question alone is too long'). Raise the teacher limit to at "
+            f"least {max_prompt_length + overhead + 1}"
         )
-    if over:
-        logger.warning(
-            "%s: %d prompt(s) longer than data.max_prompt_length=%d (rows %s) will be %s",
-            source,
-            len(over),
-            max_prompt_length,
-            format_rows(over),
-            "dropped by verl (data.filter_overlong_prompts=True)"
-            if overlong == "filter"
-            else "cut from the left by verl",
+    if too_long:
+        raise ValueError(
+            f"{source}: teacher prompts that cannot hold one demonstration token within {teacher.limit_name}={limit} "
+            f"at rows {format_rows(too_long)} (template and question alone take up to {longest} tokens); the teacher "
+            "step would refuse them ('the question alone is too long'). Raise the teacher limit or shorten the prompts"
         )
-    return DataReport(rows=len(rows), overlong_rows=over, max_prompt_tokens=max(lengths) if lengths else 0)
+    return overhead
+
+
+def _is_tool_row(data_source) -> bool:
+    from srpo_verl.tasks import reward_fn_for, toolalpaca
+
+    return reward_fn_for(data_source) is toolalpaca.compute_score
 
 
 def read_rows(path: str) -> list[dict]:
@@ -140,10 +298,37 @@ def read_rows(path: str) -> list[dict]:
     if path.endswith(".parquet"):
         frame = pd.read_parquet(path)
     elif path.endswith(".json") or path.endswith(".jsonl"):
-        frame = pd.read_json(path, lines=path.endswith(".jsonl"))
+        try:
+            frame = pd.read_json(path, lines=path.endswith(".jsonl"))
+        except ValueError as err:
+            raise _json_error(path, err) from None
     else:
         raise ValueError(f"data file {path}: unsupported format (verl reads .parquet, .json, .jsonl)")
     return frame.to_dict(orient="records")
+
+
+def _json_error(path: str, err: Exception) -> ValueError:
+    """pandas names neither the file nor the line of bad JSON: find the first bad line here."""
+    import json
+
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    if path.endswith(".jsonl"):
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                return ValueError(f"data file {path}, line {number}: not valid JSON ({exc})")
+            if not isinstance(value, dict):
+                return ValueError(f"data file {path}, line {number}: a {type(value).__name__}, not a JSON object (one row)")
+    else:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            return ValueError(f"data file {path}: not valid JSON ({exc})")
+    return ValueError(f"data file {path}: pandas cannot read it as rows ({err})")
 
 
 def _load_tokenizer(config):
@@ -182,6 +367,13 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
         overlong = "filter"
     else:
         overlong = "error" if data.get("truncation", "error") == "error" else "truncate"
+    teacher = teacher_spec_of(config)
+    fn_config = reward.get("custom_reward_function", {}) or {}
+    from srpo_verl.tasks import is_task_reward
+
+    # verl's default scorer and srpo_verl's reward both raise on a data_source they do not know;
+    # another custom function decides for itself.
+    check_sources = not fn_config.get("path", None) or is_task_reward(fn_config.get("path"), fn_config.get("name", None))
     if tokenizer == "auto":
         tokenizer = _load_tokenizer(config)
     reports = {}
@@ -196,8 +388,11 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
             local = os.path.expanduser(path)
             if not os.path.exists(local):
                 raise ValueError(f"data.{key}: {path} does not exist")
+            rows = read_rows(local)
+            if not rows:
+                raise ValueError(f"data.{key} {path}: the file has no rows")
             reports[path] = check_data_rows(
-                read_rows(local),
+                rows,
                 source=f"data.{key} {path}",
                 prompt_key=data.get("prompt_key", "prompt"),
                 require_reward_fields=require_reward_fields,
@@ -205,5 +400,7 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
                 max_prompt_length=data.get("max_prompt_length", None),
                 overlong=overlong,
                 apply_chat_template_kwargs=dict(data.get("apply_chat_template_kwargs", {}) or {}),
+                teacher=teacher,
+                check_data_sources=check_sources,
             )
     return reports

@@ -70,9 +70,15 @@ def has_demonstration_content(tokenizer, response_ids: Sequence[int], *, strip_t
 
 
 def text_has_content(text: str, *, strip_think: bool = True) -> bool:
-    """Whether a feedback string has something to show once thinking (with `strip_think`) and
-    surrounding whitespace are removed: the same test `teacher_prompt_ids` applies."""
-    return bool(_clean(text or "", strip_think))
+    """Whether a feedback string has something to show once surrounding whitespace is removed: the
+    same test `teacher_prompt_ids` applies.
+
+    Feedback is environment text, never stripped of thinking: it quotes what the model wrote (a tool
+    argument whose JSON escapes decode to `</think>`), and stripping would let the model delete or
+    cut the environment's words. `strip_think` (the setting for model text, which callers pass
+    along) therefore changes nothing here."""
+    del strip_think
+    return bool((text or "").strip())
 
 
 def _token_span(tokenizer, ids: list[int], text: str, clean: str) -> Optional[list[int]]:
@@ -188,7 +194,8 @@ def teacher_prompt_ids(
     tokens were cut to fit `max_length`.
 
     solution: the sibling's response token ids (the trainer's case: `demonstration_ids` of them are
-        spliced in) or its text (encoded as plain text); None to use `feedback` (plain text).
+        spliced in) or its text (encoded as plain text); None to use `feedback` (plain text, never
+        stripped of thinking: it is the environment's, see `text_has_content`).
     The prompt holds exactly the special tokens of the chat template, whatever the demonstration
     or the feedback says. An overlong prompt is never cut at the right (that would drop the
     instruction and the generation prompt): with overflow="truncate" the demonstration loses tokens
@@ -205,8 +212,9 @@ def teacher_prompt_ids(
     if solution is not None and not isinstance(solution, str):
         demo = demonstration_ids(tokenizer, solution, strip_think=strip_think)
     else:
-        text = solution if solution is not None else feedback
-        demo = plain_ids(tokenizer, _clean(text, strip_think))
+        # A text solution is model text; feedback is environment text, kept whole (text_has_content).
+        text = _clean(solution, strip_think) if solution is not None else (feedback or "").strip()
+        demo = plain_ids(tokenizer, text)
     if not demo:
         raise ValueError(
             f"the {'demonstration' if solution is not None else 'feedback'} is empty once special tokens and "
@@ -236,3 +244,31 @@ def teacher_prompt_ids(
             "tokens of template and question)"
         )
     return before + demo[cut:] + after, cut
+
+
+def teacher_template_length(
+    tokenizer,
+    messages: Sequence[dict],
+    *,
+    template: str,
+    slot: str,
+    apply_chat_template_kwargs: Optional[dict] = None,
+) -> int:
+    """Tokens of a teacher prompt without its demonstration (or feedback): the chat with its last
+    user turn rewritten by `template` (`slot`: "solution" or "feedback"), rendered and tokenised
+    exactly as `teacher_prompt_ids` does. A prompt fits a budget only if this plus one
+    demonstration token does; the driver's data check measures it on every row."""
+    chat = teacher_messages(
+        messages,
+        solution=_SLOT if slot == "solution" else None,
+        feedback=_SLOT if slot == "feedback" else None,
+        reprompt_template=template,
+        feedback_template=template,
+    )
+    before, after = _template_sides(tokenizer, chat, dict(apply_chat_template_kwargs or {}))
+    return len(before) + len(after)
+
+
+def holds_placeholder(text: str) -> bool:
+    """Whether a question holds the builder's private placeholder (it would refuse the prompt)."""
+    return _SLOT in text

@@ -111,3 +111,38 @@ def test_missing_data_file_fails_data(overrides, tmp_path):
     got = failed([*overrides, f"data.val_files={tmp_path / 'absent.parquet'}"])
     assert set(got) == {"data"}
     assert "does not exist" in got["data"]
+
+
+def test_teacher_budget_inside_the_template_overhead_fails_data(overrides, capsys):
+    """Issue 23 (high): the old config rule (teacher limit >= data.max_prompt_length) passes, every item
+    passed, and the first teacher step raised "the question alone is too long". Now `check` fails."""
+    assert cli.main(["check", *overrides, "algorithm.srpo.max_teacher_prompt_length=32"]) == 1
+    out = capsys.readouterr().out
+    assert "[ OK ] config: " in out
+    assert "[FAIL] data: ValueError: data.train_files " in out
+    assert "algorithm.srpo.max_teacher_prompt_length=32 cannot hold a prompt at data.max_prompt_length=32" in out
+    assert out.rstrip().endswith("pre-flight FAILED: data")
+
+
+def test_non_text_last_user_turn_fails_data_naming_row_and_file(overrides, addition_data, tmp_path, capsys):
+    """Issue 23 (high): an OpenAI-style list of parts as the last user turn, with text in an earlier one."""
+    rows = pd.read_parquet(addition_data["val"]).to_dict(orient="records")
+    rows = [{**r, "prompt": [dict(m) for m in r["prompt"]]} for r in rows]
+    rows[5]["prompt"] = rows[5]["prompt"] + [
+        {"role": "assistant", "content": "?"},
+        {"role": "user", "content": [{"type": "text", "text": "again"}]},
+    ]
+    bad = tmp_path / "val.jsonl"
+    bad.write_text(pd.DataFrame(rows).to_json(orient="records", lines=True))
+    assert cli.main(["check", *overrides, f"data.val_files={bad}"]) == 1
+    out = capsys.readouterr().out
+    assert f"[FAIL] data: ValueError: data.val_files {bad}: `prompt`'s last user turn is not text (its content is a list)" in out
+    assert "at rows [5]" in out and out.rstrip().endswith("pre-flight FAILED: data")
+
+
+def test_feedback_key_the_reward_does_not_return_fails_reward(overrides):
+    """With use_feedback, `check` scores an empty response and looks for the feedback field."""
+    got = failed([*overrides, "algorithm.srpo.use_feedback=true", "algorithm.srpo.feedback_key=feedbak"])
+    assert set(got) == {"reward"}
+    assert "algorithm.srpo.feedback_key='feedbak': " in got["reward"] and "returns no string 'feedbak'" in got["reward"]
+    assert not failed([*overrides, "algorithm.srpo.use_feedback=true"])

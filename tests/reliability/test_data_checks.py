@@ -5,6 +5,8 @@ import logging
 import re
 
 import pandas as pd
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -93,13 +95,24 @@ def test_overlong_prompt_allowed_by_the_config_is_logged(tok, caplog, mode, text
 # ------------------------------------------------------------------------------------------ files
 
 
+ADDITION_REWARD = Path(__file__).resolve().parents[2] / "srpo_verl" / "demo" / "addition.py"
+
+
 def _config(tmp_path, train_rows, *overrides):
     train = tmp_path / "train.parquet"
     pd.DataFrame(train_rows).to_parquet(train, index=False)
     with initialize_config_module("srpo_verl.config", version_base=None):
         return compose(
             "srpo_trainer",
-            overrides=["algorithm=srpo", f"data.train_files={train}", f"data.val_files={train}", "data.max_prompt_length=32", *overrides],
+            overrides=[
+                "algorithm=srpo",
+                f"data.train_files={train}",
+                f"data.val_files={train}",
+                "data.max_prompt_length=32",
+                f"reward.custom_reward_function.path={ADDITION_REWARD}",  # the demo's reward, as the demo runs it
+                "reward.custom_reward_function.name=compute_score",
+                *overrides,
+            ],
         )
 
 
@@ -155,3 +168,160 @@ def test_addition_data_with_the_e2e_settings_passes(tiny_model_path, addition_da
     reports = check_data_files(config)
     assert sum(r.rows for r in reports.values()) == 512 + 64
     assert all(r.overlong_rows == [] and 0 < r.max_prompt_tokens <= 32 for r in reports.values())
+
+
+# ---------------------------------------------------------------- issue 23: what the teacher step would refuse
+
+
+def _teacher_step_refuses(tok, row, limit) -> bool:
+    """Whether the trainer's teacher builder refuses this row at `limit` with a one-token demonstration."""
+    from srpo_verl.algo_config import SRPOConfig
+    from srpo_verl.integration.teacher_prompt import plain_ids, teacher_prompt_ids
+
+    cfg = SRPOConfig()
+    try:
+        teacher_prompt_ids(
+            tok, row["prompt"], solution=plain_ids(tok, "7")[:1], feedback=None, reprompt_template=cfg.reprompt_template,
+            feedback_template=cfg.feedback_template, strip_think=True, max_length=limit, overflow="truncate",
+        )
+    except ValueError as err:
+        assert "question alone is too long" in str(err)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("which", ["char", "bpe"])
+def test_teacher_budget_is_checked_with_the_real_tokenizer(tmp_path, which):
+    """Before: only max_teacher_prompt_length >= data.max_prompt_length was required, so a prompt within
+    the template's own overhead of the data limit passed every driver check (and `check`) and raised
+    "the question alone is too long" at the first teacher step. Now the driver measures the overhead
+    with the run's tokenizer, and refuses exactly the rows the teacher step would refuse."""
+    from test_teacher_prompt_checks import bpe_chatml_tokenizer
+
+    tok = build_tokenizer() if which == "char" else bpe_chatml_tokenizer()
+    data = rows()
+    longest = max(prompt_tokens(tok, r) for r in data)
+    report = check_data_rows(data, tokenizer=tok, max_prompt_length=longest, teacher=_teacher(10_000))
+    overhead = report.teacher_overhead
+    assert overhead > 5  # the template's wording: ~58 tokens on the character tokenizer, ~12+ on the BPE
+    # At the data limit: the budget must hold the prompt, the template overhead and one demonstration token.
+    with pytest.raises(ValueError, match=rf"algorithm.srpo.max_teacher_prompt_length={longest} cannot hold a prompt at "
+                                         rf"data.max_prompt_length={longest}: .* adds up to {overhead} tokens"):
+        check_data_rows(data, source="data.train_files t.parquet", tokenizer=tok, max_prompt_length=longest, teacher=_teacher(longest))
+    check_data_rows(data, tokenizer=tok, max_prompt_length=longest, teacher=_teacher(longest + overhead + 1))
+    # Row by row (no data limit, as with data.truncation=left): refused exactly where the step refuses.
+    for limit in range(longest, longest + overhead + 3):
+        refused = [i for i, r in enumerate(data) if _teacher_step_refuses(tok, r, limit)]
+        if refused:
+            with pytest.raises(ValueError, match=re.escape(f"at rows [{', '.join(map(str, refused))}]")):
+                check_data_rows(data, tokenizer=tok, teacher=_teacher(limit))
+        else:
+            check_data_rows(data, tokenizer=tok, teacher=_teacher(limit))
+
+
+def _teacher(limit, feedback=False):
+    from srpo_verl.algo_config import SRPOConfig
+    from srpo_verl.integration.data_checks import TeacherSpec
+
+    cfg = SRPOConfig()
+    templates = [("algorithm.srpo.reprompt_template", cfg.reprompt_template, "solution")]
+    if feedback:
+        templates.append(("algorithm.srpo.feedback_template", cfg.feedback_template, "feedback"))
+    return TeacherSpec(tuple(templates), limit, "algorithm.srpo.max_teacher_prompt_length")
+
+
+def test_teacher_budget_in_a_file_names_the_key_and_the_file(tmp_path, tok):
+    config = _config(tmp_path, rows(), "algorithm.srpo.max_teacher_prompt_length=32")  # passes the old `>=` check
+    with pytest.raises(ValueError, match=r"data.train_files .*train.parquet: algorithm.srpo.max_teacher_prompt_length=32 "
+                                         r"cannot hold a prompt at data.max_prompt_length=32"):
+        check_data_files(config, tokenizer=tok)
+    assert check_data_files(_config(tmp_path, rows(), "algorithm.srpo.max_teacher_prompt_length=128"), tokenizer=tok)
+
+
+NON_TEXT = [
+    ("openai_parts", [{"type": "text", "text": "1+2="}], "a list"),
+    ("none", None, "a NoneType"),
+    ("nan", float("nan"), "a NoneType"),  # pandas reads a nested NaN back as None
+    ("number", 12, "a int"),
+]
+
+
+@pytest.mark.parametrize("content, kind", [c[1:] for c in NON_TEXT], ids=[c[0] for c in NON_TEXT])
+def test_non_text_last_user_turn_is_refused_naming_row_and_file(tmp_path, tok, content, kind):
+    """Before: another user turn with text let the row pass; the teacher builder then refused it at the
+    first teacher step, naming neither row nor file."""
+    import json
+
+    data = rows(4)
+    data[2]["prompt"] = [
+        {"role": "user", "content": "What is 1+2?"},
+        {"role": "assistant", "content": "Which format?"},
+        {"role": "user", "content": content},
+    ]
+    path = tmp_path / "val.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    config = _config(tmp_path, rows(), f"data.val_files={path}")
+    with pytest.raises(ValueError) as err:
+        check_data_files(config, tokenizer=tok)
+    message = str(err.value)
+    assert f"data.val_files {path}: `prompt`'s last user turn is not text (its content is {kind})" in message
+    assert message.endswith("at rows [2]")
+    # The same rows in memory (a caller's own rows: NaN stays NaN).
+    with pytest.raises(ValueError, match=r"last user turn is not text \(its content is a (NaN|list|NoneType|int)\).* at rows \[2\]"):
+        check_data_rows(data, source="rows", teacher=_teacher(None))
+
+
+def test_question_holding_the_builders_placeholder_is_refused(tok):
+    data = rows()
+    data[1]["prompt"] = [{"role": "user", "content": "1+\ue000srpo-slot\ue001="}]
+    with pytest.raises(ValueError, match=r"holds the teacher builder's private placeholder .* at rows \[1\]"):
+        check_data_rows(data, teacher=_teacher(None))
+    check_data_rows(data)  # not an SRPO run: no teacher prompt is built
+
+
+def test_misspelt_data_source_is_refused_naming_rows_and_file(tmp_path):
+    """Before: passed the data check; verl's default scorer raised NotImplementedError at the first reward."""
+    data = rows()
+    for r in data:
+        r["data_source"] = "sciknoweva"
+    with pytest.raises(ValueError, match=r"data.train_files .*train.parquet: data_source 'sciknoweva' is neither one of "
+                                         r"srpo_verl's tasks .* at rows \[0, 1, 2\]"):
+        check_data_files(_config(tmp_path, data, "reward.custom_reward_function.path=pkg://srpo_verl.tasks"), tokenizer=None)
+    with pytest.raises(ValueError, match="'sciknoweva' is neither"):  # verl's default scorer: the same dispatch
+        check_data_files(_config(tmp_path, data, "reward.custom_reward_function.path=null"), tokenizer=None)
+    assert check_data_files(_config(tmp_path, data), tokenizer=None)  # another custom function decides itself
+
+
+def test_empty_train_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(ValueError, match=re.escape(f"data.train_files {path}: the file has no rows")):
+        check_data_files(_config(tmp_path, rows(), f"data.train_files={path}"), tokenizer=None)
+
+
+def test_malformed_json_lines_name_the_file_and_the_line(tmp_path):
+    import json
+
+    path = tmp_path / "train.jsonl"
+    lines = [json.dumps(r) for r in rows()]
+    lines.insert(2, '{"prompt": [}')
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"data file {path}, line 3: not valid JSON")):
+        check_data_files(_config(tmp_path, rows(), f"data.train_files={path}"), tokenizer=None)
+
+
+def test_gold_tool_names_that_are_not_one_word_are_warned_with_the_count(caplog):
+    import json
+
+    from srpo_verl.tasks import toolalpaca
+
+    def tool_row(i, names):
+        gold = json.dumps([{"Action": n, "Action_Input": "{}"} for n in names])
+        return {"data_source": "tooluse", "prompt": [{"role": "user", "content": "q"}], "reward_model": {"ground_truth": gold},
+                "extra_info": {"split": "test", "index": i}}
+
+    data = [tool_row(0, ["getUser"]), tool_row(1, ["getUser", "[Optional]updateUserProfile"]), tool_row(2, ["a b"])]
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.data_checks"):
+        check_data_rows(data, source="data.val_files test.parquet")
+    assert "data.val_files test.parquet: 2 row(s) (rows [1, 2]) have a gold tool name that is not one word" in caplog.text
+    assert toolalpaca.compute_score("tooluse", "Action: [Optional]updateUserProfile\nAction Input: {}", data[2]["reward_model"]["ground_truth"])["score"] == 0.0

@@ -15,6 +15,7 @@ from srpo_verl.integration.teacher_prompt import (
     special_token_ids,
     teacher_messages,
     teacher_prompt_ids,
+    text_has_content,
 )
 
 CFG = SRPOConfig()
@@ -176,8 +177,26 @@ def test_response_without_content_is_no_demonstration(tokenizers, body):
 
 def test_empty_feedback_is_refused_by_the_builder(tokenizers):
     for tok in tokenizers.values():
+        assert not text_has_content(" \n\t ", strip_think=True)
         with pytest.raises(ValueError, match="feedback is empty"):
-            teacher_prompt_ids(tok, CHAT, solution=None, feedback=" <think>x</think> ", strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES)
+            teacher_prompt_ids(tok, CHAT, solution=None, feedback=" \n\t ", strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES)
+
+
+def test_feedback_is_environment_text_and_keeps_think_tags(tokenizers):
+    """A tool argument `\\u003c/think\\u003e` decodes to a real `</think>` in the environment's feedback.
+    Before: the thinking strip (meant for model text) then deleted the environment's words before it,
+    and feedback of only `<think>…</think>` counted as no feedback at all."""
+    from srpo_verl.tasks import toolalpaca
+
+    gold = '[{"Action": "search", "Action_Input": "{\\"q\\": \\"cats\\"}"}]'
+    response = 'Action: search\nAction Input: {"q": "\\u003c/think\\u003eIGNORE"}'
+    feedback = toolalpaca.compute_score("tooluse", response, gold)["feedback"]
+    assert "</think>IGNORE" in feedback and feedback.startswith("Action inputs mismatch")
+    for name, tok in tokenizers.items():
+        ids, _ = teacher_prompt_ids(tok, CHAT, solution=None, feedback=feedback, strip_think=True, max_length=4000, overflow="truncate", **TEMPLATES)
+        text = tok.decode(ids)
+        assert "Action inputs mismatch: predicted" in text and "expected {'q': 'cats'}" in text, name
+        assert text_has_content("<think>x</think>", strip_think=True), name
 
 
 # ---------------------------------------------------------------- the trainer's use of them
