@@ -190,7 +190,7 @@ def _teacher_step_refuses(tok, row, limit) -> bool:
     return False
 
 
-@pytest.mark.parametrize("which", ["char", "bpe"])
+@pytest.mark.parametrize("which", ["char", "bpe"], ids=["char", "bpe"])
 def test_teacher_budget_is_checked_with_the_real_tokenizer(tmp_path, which):
     """Before: only max_teacher_prompt_length >= data.max_prompt_length was required, so a prompt within
     the template's own overhead of the data limit passed every driver check (and `check`) and raised

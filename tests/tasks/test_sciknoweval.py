@@ -286,7 +286,7 @@ def test_records_with_more_labels_than_option_texts_are_dropped_not_cut():
         ske.to_row(record, domain="chemistry", split="train", index=0)
 
 
-@pytest.mark.parametrize("broken", ["answer_outside_labels", "more_labels_than_texts"])
+@pytest.mark.parametrize("broken", ["answer_outside_labels", "more_labels_than_texts"], ids=["answer_outside_labels", "more_labels_than_texts"])
 def test_script_refuses_to_write_an_empty_or_cut_split(tmp_path, run_script, broken):
     """Before: every answer key outside its labels gave a 0-row, 0-column parquet and exit 0; more
     labels than option texts gave prompts without the gold option."""
