@@ -427,7 +427,7 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
          f"max abs err {max_abs(log_probs, ref['log_probs']):.2e} (bound 1e-1)")
     shapes = all(topk[i].shape == (len(responses[i]), k) for i in routed) and all(len(topk[i]) == 0 for i in range(probe.ROWS) if i not in routed)
     shortfall = max_abs(ref["topk_logits"], ref["true_topk_logits"])
-    line(shapes and shortfall < 0.1, f"old-log-prob top-K hook: K={k} ids of the routed rows",
+    line(shapes and shortfall < 0.1, f"top-K hook: K={k} ids on the routed rows",
          f"float64 logits at its ids vs the true top-K: max abs {shortfall:.2e} (bound 1e-1)")
     err_q = max_abs(taught["srpo_teacher_topk"], ref["teacher_topk"])
     line(err_q < 0.1, "teacher pass (teacher = student): top-K log-probs", f"max abs err {err_q:.2e} (bound 1e-1)")

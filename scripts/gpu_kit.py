@@ -6,7 +6,7 @@ script assembles, here, the wheels that verl's in-process FSDP2 engine imports b
 ignored folder that travels with the run (`carry: [".gpu_kit"]`), and installs them there:
 
   python scripts/gpu_kit.py build                        # .gpu_kit/, Python 3.12 manylinux x86_64
-  python3 scripts/gpu_kit.py install                     # on the GPU machine: only from .gpu_kit
+  python3 scripts/gpu_kit.py install --target /tmp/kit  # on the GPU machine: only from .gpu_kit
   python scripts/gpu_kit.py prove                        # here: a 3.11 kit in a fresh venv, engine check on CPU
 
 No Ray: its wheel alone is 79 MB, and an in-process single-rank engine only imports a handful of its
@@ -139,12 +139,16 @@ def missing_packages(dest: str) -> list[str]:
     return wanted
 
 
-def install(dest: str) -> None:
+def install(dest: str, target: str | None) -> None:
+    """pip install --no-index --no-deps --find-links `dest` of the missing packages; into `target`
+    (then put on PYTHONPATH) when given: pip installs there even into an image's system Python that
+    refuses other installs, and nothing of the image changes."""
     wanted = missing_packages(dest)
     if not wanted:
         print("every package of the kit is installed already")
         return
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--find-links", dest, *wanted]
+    where = ["--target", target] if target else []
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *where, "--find-links", dest, *wanted]
     print(" ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -207,9 +211,14 @@ def prove(kit_dir: str, venv_dir: str | None, torch_spec: str) -> int:
     venv_dir = venv_dir or tempfile.mkdtemp(prefix="gpu_kit_venv_")
     shutil.rmtree(venv_dir, ignore_errors=True)
     python = image_venv(venv_dir, torch_spec)
-    subprocess.run([python, __file__, "install", "--dest", kit_dir], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # As on the GPU machine (docs/gpu.md): the kit into a folder of its own, on PYTHONPATH.
+    site = os.path.join(venv_dir, "kit_site")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PIP_FIND_LINKS")}
+    # The kit alone: no pip configuration (this machine's adds a local wheel folder and indexes).
+    subprocess.run([python, __file__, "install", "--dest", kit_dir, "--target", site], check=True,
+                   env={**env, "PIP_CONFIG_FILE": os.devnull})
     env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = site
     check = subprocess.run([python, os.path.join(ROOT, "scripts", "gpu_check.py"), "--engine", "--device", "cpu"],
                            env=env, cwd=ROOT)
     return check.returncode
@@ -223,6 +232,7 @@ def main() -> int:
     b.add_argument("--dest", default=DEFAULT_DEST)
     i = sub.add_parser("install", help="install the kit's missing packages from the folder alone")
     i.add_argument("--dest", default=DEFAULT_DEST)
+    i.add_argument("--target", help="install into this folder (put it on PYTHONPATH) instead of the environment")
     p = sub.add_parser("prove", help="this Python's kit in a fresh CPU venv; runs gpu_check.py --engine --device cpu")
     p.add_argument("--kit", default=os.path.join(ROOT, ".gpu_kit_py" + "".join(map(str, sys.version_info[:2]))))
     p.add_argument("--venv", help="where to build the venv (default: a new temporary folder)")
@@ -232,7 +242,7 @@ def main() -> int:
         build(args.dest, args.python_version)
         return 0
     if args.command == "install":
-        install(args.dest)
+        install(args.dest, args.target)
         return 0
     return prove(args.kit, args.venv, args.torch)
 

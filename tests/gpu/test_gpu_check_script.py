@@ -37,3 +37,29 @@ def test_step_benchmark_runs_on_the_cpu_device():
     assert [line.split(":")[0] for line in lines if "step - GRPO step" in line] == ["srpo_25", "srpo_50"]
     rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in lines if line.startswith(("grpo ", "srpo_25 ", "srpo_50 "))}
     assert rows["grpo"][1] == 0.0 and rows["srpo_25"][2] > 0.0  # no teacher for GRPO; a teacher forward for SRPO
+
+
+def test_ray_shim_serves_verls_worker_imports_and_refuses_the_rest():
+    # What `gpu_check.py --engine` does where Ray is not installed (the GPU kit carries none).
+    code = """
+import sys
+sys.modules["ray"] = None  # as if not installed: `import ray` raises ImportError
+sys.path.insert(0, "scripts")
+import gpu_check
+try:
+    import ray
+except ImportError:
+    gpu_check.install_ray_shim()
+import ray
+import verl.workers.engine_workers, verl.single_controller.base.worker, verl.utils.distributed
+class A: pass
+assert ray.remote(A) is A and ray.remote(num_cpus=1)(A) is A and not ray.is_initialized()
+assert not isinstance(object(), ray.ObjectRef)
+try:
+    ray.get(None)
+except RuntimeError as exc:
+    print("refused:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "refused: ray.get: Ray is not installed" in out.stdout
