@@ -121,6 +121,8 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
                     "processor and teacher pass (they index the whole packed sequence); set it to 1"
                 )
     max_prompt = _int_setting(config.data, "max_prompt_length", "data.max_prompt_length")
+    # An unset teacher budget is max_prompt_length + max_response_length, summed at the teacher step.
+    _int_setting(config.data, "max_response_length", "data.max_response_length")
     teacher_limit = srpo.max_teacher_prompt_length
     if teacher_limit is not None and max_prompt is not None and teacher_limit < max_prompt:
         # The teacher prompt contains the whole student prompt plus the template and a demonstration.
@@ -161,6 +163,13 @@ def check_reward_config(config, srpo: Optional[SRPOConfig]) -> None:
             tasks.check_reward_kwargs(dict(fn_config.get("reward_kwargs", {}) or {}))
         except TypeError as err:
             raise ValueError(str(err)) from None
+    if ours and srpo is not None and not 0 < srpo.success_threshold <= 1:
+        # The task rewards score 0 or 1: above 1 no response is ever correct (no demonstration, ever);
+        # at or below 0 every response is (no failed sample is ever distilled).
+        raise ValueError(
+            f"algorithm.srpo.success_threshold={srpo.success_threshold!r}: srpo_verl.tasks' rewards are 0 or 1, "
+            "so it must be in (0, 1] (the paper uses 0.5)"
+        )
     if srpo is None or not srpo.use_feedback:
         return
     key = srpo.feedback_key

@@ -300,7 +300,7 @@ def read_rows(path: str) -> list[dict]:
     elif path.endswith(".json") or path.endswith(".jsonl"):
         try:
             frame = pd.read_json(path, lines=path.endswith(".jsonl"))
-        except ValueError as err:
+        except (ValueError, TypeError) as err:  # TypeError: a line that is an array, not an object
             raise _json_error(path, err) from None
     else:
         raise ValueError(f"data file {path}: unsupported format (verl reads .parquet, .json, .jsonl)")

@@ -502,6 +502,17 @@ def check_gold(ground_truth: Any, extra_info: Optional[Mapping[str, Any]]) -> st
     (`"(A)"`, `0`, `"E"` with A-D would make every response score 0), or when the labels or
     extra_info cannot be read (`labels_of`)."""
     labels = labels_of(extra_info)
+    try:
+        choices = _as_list((extra_info or {}).get("choices"))
+    except ValueError:
+        choices = []
+    if choices is not None and len(choices) != len(labels):
+        # The lenient reader pairs option texts with labels: a mismatch credits the wrong letter.
+        raise RowProblem(
+            f"SciKnowEval {_where(extra_info)}: extra_info.choices has {len(choices)} option texts for "
+            f"{len(labels)} labels",
+            problem="`extra_info.choices` is not one option text per label",
+        )
     if not isinstance(ground_truth, str) or ground_truth.strip() not in labels:
         raise ValueError(
             f"SciKnowEval {_where(extra_info)}: reward_model.ground_truth {shorten(repr(ground_truth), 80)} "

@@ -226,7 +226,10 @@ def parse_reference(ground_truth: Any, extra_info: Optional[Mapping[str, Any]] =
         except RecursionError:
             value = None
         if value is None or depth_exceeds(value, MAX_JSON_DEPTH):
-            raise bad(f"has an Action_Input nested deeper than {MAX_JSON_DEPTH}")
+            raise bad(f"has an Action_Input nested deeper than {MAX_JSON_DEPTH} (or null)")
+        if isinstance(raw, str) and value is not raw and not isinstance(value, Mapping):
+            # JSON, but not an object: the reference's merge would raise on it (a list) or drop it.
+            raise bad(f"has an Action_Input that is JSON but not an object ({type(value).__name__})")
         out.append((call["Action"], value))  # as written: the reference compares names unstripped
     return out
 

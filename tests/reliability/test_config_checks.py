@@ -79,6 +79,9 @@ ERRORS = [
     ("ema_rate_below_fp32", ["algorithm.srpo.ema_rate=1e-30"], ValueError, "algorithm.srpo.ema_rate=1e-30: must be >= 1.19e-07"),
     ("reward_kwarg_string", [*TASK_REWARD, "+reward.custom_reward_function.reward_kwargs.lenient='false'"], ValueError, "reward.custom_reward_function.reward_kwargs.lenient='false': must be true or false"),
     ("reward_kwarg_misspelt", [*TASK_REWARD, "+reward.custom_reward_function.reward_kwargs.lenent=true"], ValueError, "unknown reward.custom_reward_function.reward_kwargs ['lenent']"),
+    ("threshold_above_binary", [*TASK_REWARD, "algorithm.srpo.success_threshold=1.5"], ValueError, "algorithm.srpo.success_threshold=1.5: srpo_verl.tasks' rewards are 0 or 1"),
+    ("threshold_zero_binary", [*TASK_REWARD, "algorithm.srpo.success_threshold=0"], ValueError, "algorithm.srpo.success_threshold=0: srpo_verl.tasks' rewards are 0 or 1"),
+    ("max_response_string", ["data.max_response_length='512'"], ValueError, "data.max_response_length='512': must be an integer"),
     ("feedback_key_pred", ["algorithm.srpo.use_feedback=true", "algorithm.srpo.feedback_key=pred"], ValueError, "algorithm.srpo.feedback_key='pred': the reward result's 'pred' is a score or the model's own prediction"),
     ("feedback_key_typo", [*TASK_REWARD, "algorithm.srpo.use_feedback=true", "algorithm.srpo.feedback_key=feedbak"], ValueError, "algorithm.srpo.feedback_key='feedbak': srpo_verl.tasks.compute_score returns no such field"),
     (

@@ -325,3 +325,13 @@ def test_gold_tool_names_that_are_not_one_word_are_warned_with_the_count(caplog)
         check_data_rows(data, source="data.val_files test.parquet")
     assert "data.val_files test.parquet: 2 row(s) (rows [1, 2]) have a gold tool name that is not one word" in caplog.text
     assert toolalpaca.compute_score("tooluse", "Action: [Optional]updateUserProfile\nAction Input: {}", data[2]["reward_model"]["ground_truth"])["score"] == 0.0
+
+
+def test_jsonl_line_that_is_not_an_object_names_the_file_and_the_line(tmp_path):
+    """Before: pandas raised a bare TypeError ("cannot convert dictionary update sequence")."""
+    import json
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(rows()[0]) + "\n" + json.dumps([1, 2]) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"data file {path}, line 2: a list, not a JSON object (one row)")):
+        check_data_files(_config(tmp_path, rows(), f"data.train_files={path}"), tokenizer=None)

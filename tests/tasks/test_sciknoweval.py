@@ -251,8 +251,9 @@ def test_gold_answer_outside_the_labels_raises_naming_the_row(gold):
         ({"labels": 4}, "`extra_info.labels` is not a list"),
         ({"labels": "ABCD"}, "`extra_info.labels` is not a list"),
         ('{"labels": ["A", "B"]}', "`extra_info` is not a mapping"),
+        ({"labels": ["A", "B", "C"], "choices": ["x", "y"]}, "`extra_info.choices` is not one option text per label"),
     ],
-    ids=["lower_case", "digits", "repeated", "int", "string", "extra_info_string"],
+    ids=["lower_case", "digits", "repeated", "int", "string", "extra_info_string", "choices_count"],
 )
 def test_labels_the_lenient_reader_cannot_name_are_refused_naming_the_row(extra_info, problem):
     """Before: lower-case labels passed and the lenient reader (which names only upper-case letters)

@@ -297,3 +297,13 @@ def test_list_gold_read_back_from_parquet_is_refused_with_the_reason(tmp_path):
     from srpo_verl.tasks import gold_problem
 
     assert "array read back from parquet" in gold_problem("tooluse", back, None)
+
+
+@pytest.mark.parametrize("raw", ["[1, 2]", "3", '"text"', "true"])
+def test_gold_input_that_is_json_but_not_an_object_is_refused(raw):
+    """The reference's merge raises on a list and drops other non-objects; ours counted them as {}
+    silently. A non-JSON string (a `${...}` placeholder) is still kept as text."""
+    gold = json.dumps([{"Action": "a", "Action_Input": raw}])
+    with pytest.raises(ValueError, match="JSON but not an object"):
+        ta.parse_reference(gold, {"split": "train", "index": 2})
+    assert ta.parse_reference(json.dumps([{"Action": "a", "Action_Input": "${x}"}])) == [("a", "${x}")]
