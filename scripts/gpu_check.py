@@ -367,6 +367,11 @@ def teacher_reference(model_path: str, state: dict, ids: list, rows: list, teach
     return topk, entropy
 
 
+def host_params(probe, worker) -> dict:
+    """The student's full parameters in float64 on the host, where the float64 reference lives."""
+    return {name: p.cpu() for name, p in probe.full_params(worker).items()}
+
+
 def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
     """One SRPO step of verl's FSDP2 engine (tests/cpu/srpo_update_probe.py's batch and passes)
     against float64 from the HF weights, then the EMA step, the teacher pass with the EMA teacher,
@@ -414,10 +419,10 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
     log_probs, topk = probe.old_log_prob_pass(worker, sequences)
     old = [lp + off for lp, off in zip(log_probs, old_offsets)]
     taught = probe.teacher_pass(worker, topk, teacher_prompts, responses)
-    theta0 = probe.full_params(worker)
+    theta0 = host_params(probe, worker)
     srpo_data = lambda: probe.update_batch(sequences, old, advantages, is_weights, taught, range(probe.ROWS))  # noqa: E731
     output, _ = peak_of(lambda: worker.update_actor(srpo_data()))
-    theta1 = probe.full_params(worker)
+    theta1 = host_params(probe, worker)
     engine_s = time.perf_counter() - start
     ref = probe.reference_update(model_path, {"old": old}, topk=k, high=vocab, topk_ids=[topk[i] for i in routed])
 
