@@ -8,8 +8,11 @@ launch would get and checks, in order:
   config   the overrides compose and srpo_verl's trainer-config checks accept them
   rollout  the selected rollout backend imports (vllm, sglang, or the CPU backend's hf)
   gpus     visible accelerators against trainer.n_gpus_per_node x trainer.nnodes
-  reward   the reward function imports and scores the first training row
-  data     the train/val files pass srpo_verl's data checks (check_data_files)
+  reward   the reward function imports and scores the first training row (and, with
+           algorithm.srpo.use_feedback, returns algorithm.srpo.feedback_key)
+  data     the train/val files pass srpo_verl's data checks (check_data_files: rows, gold answers,
+           data_source, and for SRPO each row's teacher prompt within its budget, measured with
+           the model's tokenizer)
   verl     verl's own validate_config accepts the config (what verl's main_ppo runs first)
 
 Each item prints one line; the command exits non-zero naming every failed item. Nothing here
