@@ -27,6 +27,8 @@ It picks the task from `data_source` and returns a dict with `score` (0/1), `acc
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Any, Callable, Mapping, Optional
 
@@ -96,7 +98,8 @@ def unknown_data_source(data_source: Any) -> Optional[str]:
     from verl.utils.reward_score import default_compute_score
 
     try:  # verl dispatches on the name before it reads the response: NotImplementedError is the unknown case
-        default_compute_score(str(data_source), "", "0", None)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            default_compute_score(str(data_source), "", "0", None)  # some scorers print their own failure
     except NotImplementedError:
         return (
             f"data_source {shorten(repr(data_source), 60)} is neither one of srpo_verl's tasks "
