@@ -22,7 +22,8 @@ The task is single-turn: given the tool documentation and the request (the fork'
 
 Reward (default, the reference rule of the fork's ``verl/utils/reward_score/feedback/tooluse.py``):
 1 when the multiset of action names (every ``Action: <word>``) equals the reference's and the
-merged dict of all ``Action Input: {…}`` objects equals the merged reference inputs; the
+merged dict of all ``Action Input: {…}`` objects (each parsed on its own) equals the merged
+reference inputs; the
 feedback names the predicted and the expected calls, as the reference's does. See
 `reference_calls` for the parsing details. The lenient matcher (`calls_match`: per-call
 comparison after `normalize`, case-insensitive, coercions) is an option (``lenient=True``) and is
