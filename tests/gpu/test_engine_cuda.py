@@ -1,0 +1,154 @@
+"""verl's own worker and FSDP engine under CUDA placement: the whole SRPO step, FSDP1 and FSDP2.
+
+`engine_cuda_probe.py` (one process per rank, gloo) builds `SRPOActorRolloutRefWorker` with verl's
+code, then runs the step with verl's platform answering "cuda" and `VirtualCuda(default="cuda")`
+watching every tensor: verl hands the worker host batches and moves each micro-batch itself, as on a
+GPU. Any tensor used on the wrong device raises there (the first-update crash of issue #21 did, on
+the code before it). Each run is then checked against float64 computed from the HF weights:
+  - the update's loss and gradient (SGD lr 1: theta_0 - theta_1);
+  - the teacher after the EMA step is the closed form, and a second teacher pass scores with it
+    (FSDP1 kept its root's stale parameters before: the pass must follow the EMA);
+  - the teacher's checkpoint round trip.
+Runs: FSDP1 and FSDP2 at 1 and 2 ranks (fp32, and bf16 parameters as on a GPU), and 4 ranks of a
+model whose 2-wide q_norm/k_norm leave the last two ranks empty shards (FSDP2, and FSDP1 with
+use_orig_params). About 2 minutes on 2 cores.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROBE = os.path.join(HERE, "engine_cuda_probe.py")
+sys.path.insert(0, os.path.join(HERE, "..", "cpu"))
+from srpo_update_probe import ROUTED, fixed_batch, reference_update  # noqa: E402
+
+from srpo_verl.cpu.local import free_port  # noqa: E402
+
+BF16 = [f"actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype=bf16" for role in ("actor", "ref")]
+RUNS = {
+    # name: (strategy, world, micro-batch, small model (2-wide norms), extra overrides)
+    "fsdp1_1rank": ("fsdp", 1, 2, False, []),
+    "fsdp1_2ranks": ("fsdp", 2, 2, False, []),
+    "fsdp2_1rank": ("fsdp2", 1, 2, False, []),
+    "fsdp2_2ranks": ("fsdp2", 2, 2, False, []),
+    # bf16 parameters, verl's GPU default: FSDP1 then keeps its root's low-precision unsharded copy
+    # after a forward without backward (with fp32 parameters it re-gathers).
+    "fsdp1_bf16_2ranks": ("fsdp", 2, 2, False, BF16),
+    "fsdp2_bf16_2ranks": ("fsdp2", 2, 2, False, BF16),
+    "fsdp2_empty_shard": ("fsdp2", 4, 2, True, []),
+    "fsdp1_orig_params_empty_shard": (
+        "fsdp",
+        4,
+        2,
+        True,
+        ["actor_rollout_ref.actor.fsdp_config.use_orig_params=True", "actor_rollout_ref.ref.fsdp_config.use_orig_params=True"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def small_model_path(srpo_cache) -> str:
+    """hidden 8, head_dim 2: q_norm/k_norm have 2 rows, so 4 ranks shard them 1, 1, 0, 0."""
+    from srpo_verl.demo.tiny_model import build_tiny_model
+
+    return build_tiny_model(os.path.join(srpo_cache, "tiny_qwen3_h8"), hidden_size=8, num_layers=2)
+
+
+def run_probe(model_path: str, out_dir: str, name: str) -> dict:
+    strategy, world, micro_batch, _, extra = RUNS[name]
+    port, out, procs = free_port(), os.path.join(out_dir, f"{name}.pt"), []
+    for rank in range(world):
+        env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+        env["SRPO_PROBE_CKPT"] = os.path.join(out_dir, f"{name}_ckpt")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, PROBE, model_path, out, strategy, str(micro_batch), *extra],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-6000:]
+    return torch.load(out, weights_only=False)
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def run(request, tiny_model_path, small_model_path, tmp_path_factory):
+    name = request.param
+    model = small_model_path if RUNS[name][3] else tiny_model_path
+    result = run_probe(model, str(tmp_path_factory.mktemp(name)), name)
+    result["model"], result["bf16"] = model, BF16[0] in RUNS[name][4]
+    return result
+
+
+def max_rel(a: dict, b: dict) -> float:
+    scale = max(float(v.abs().max()) for v in b.values())
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in b) / scale
+
+
+def test_update_under_cuda_placement_equals_float64(run):
+    ref = reference_update(run["model"], run)
+    tol = 5e-2 if run["bf16"] else 1e-4  # bf16 forward: rounding of the weights and activations
+    assert run["loss"] == pytest.approx(ref["loss"], rel=tol / 10 if not run["bf16"] else tol, abs=1e-7)
+    assert abs(ref["loss"]) > 1e-4
+    assert max_rel(run["grad"], ref["grad"]) < tol  # tied lm_head appears once in the engine
+
+
+def test_teacher_after_the_ema_step_is_the_closed_form(run):
+    theta0, theta1, teacher = run["theta0"], run["theta1"], run["teacher1"]
+    expected = {k: 0.95 * theta0[k] + 0.05 * theta1[k] for k in teacher}
+    assert max_rel(teacher, expected) < 1e-6
+    assert max_rel(theta1, theta0) > 1e-3  # the step moved the student
+
+
+def test_teacher_pass_after_the_ema_step_scores_with_the_updated_teacher(run):
+    """The second teacher pass's log q at the top-K ids equals float64 from an HF model loaded with the
+    EMA teacher's weights, and is far from one whose root parameters (embeddings, final norm, LM head:
+    what FSDP1's root unit holds) are still theta_0's, the teacher a stale root would give."""
+    from transformers import AutoModelForCausalLM
+
+    def load(weights):
+        model = AutoModelForCausalLM.from_pretrained(run["model"], dtype=torch.float64, attn_implementation="eager")
+        model.load_state_dict(weights, strict=False)
+        return model.eval()
+
+    teacher = run["teacher1"]
+    stale_root = {k: (v if ".layers." in k else run["theta0"][k]) for k, v in teacher.items()}
+    fresh, stale = load(teacher), load(stale_root)
+    _, responses, teacher_prompts, *_ = fixed_batch()
+    after = run["teacher_fields_after_ema"]
+    err_fresh, err_entropy, gap = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for j, i in enumerate(ROUTED):
+            ids = torch.tensor([teacher_prompts[i] + responses[i]])
+            cut = slice(len(teacher_prompts[i]) - 1, -1)
+            topk = after["srpo_topk_ids"][j].long()
+            log_q = torch.log_softmax(fresh(ids).logits[0, cut], -1)  # (R, V)
+            log_q_stale = torch.log_softmax(stale(ids).logits[0, cut], -1)
+            got = after["srpo_teacher_topk"][j].double()
+            err_fresh = max(err_fresh, float((got - log_q.gather(-1, topk)).abs().max()))
+            gap = max(gap, float((log_q_stale.gather(-1, topk) - log_q.gather(-1, topk)).abs().max()))
+            entropy = -(log_q.exp() * log_q).sum(-1)
+            err_entropy = max(err_entropy, float((after["srpo_teacher_entropy"][j].double() - entropy).abs().max()))
+    if not run["bf16"]:
+        assert err_fresh < 1e-4 and err_entropy < 1e-4
+    assert gap > 1e-3  # the EMA moved the root enough to tell the two apart
+    assert err_fresh < gap / 4, (err_fresh, gap)  # the pass follows the EMA, not the first pass's root
+
+
+def test_teacher_checkpoint_round_trip(run):
+    saved, moved, loaded = run["saved"], run["moved"], run["loaded"]
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert any(not torch.equal(saved[k], moved[k]) for k in saved)  # the second EMA step moved it
