@@ -9,8 +9,10 @@ documented way is logged at WARNING. docs/reliability.md lists every case and th
 # device: host-side module (driver config checks); see tests/gpu/test_device_discipline.py
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from typing import Optional
 
 from srpo_verl.algo_config import SRPOConfig, srpo_config_of
@@ -109,6 +111,9 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
                 f"{key}.use_remove_padding=False: the SRPO teacher pass and loss work on packed sequences; "
                 "set actor_rollout_ref.model.use_remove_padding=True"
             )
+    # Both spellings: the deprecated top-level key and the fsdp_config one verl's engine reads. With
+    # sp > 1 each rank holds a sequence slice of the logits, while the SRPO logits processor and the
+    # student top-K index positions of the whole packed sequence.
     for key in ("actor", "ref"):
         for node, name in (
             (arr[key], f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size"),
@@ -191,6 +196,20 @@ def _dtype_name(value) -> str:
     return str(value).replace("torch.", "").lower()
 
 
+def _vision_model_type(path) -> Optional[str]:
+    """The model type of a local HF checkpoint whose config.json has a vision tower, else None (hub ids
+    and unreadable configs are left to verl, which loads them later)."""
+    config_file = os.path.join(str(path), "config.json") if path else ""
+    if not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file) as f:
+            hf_config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return str(hf_config.get("model_type", "?")) if "vision_config" in hf_config else None
+
+
 def check_gpu_path_config(config) -> None:
     """Settings that would break SRPO on GPU, or silently change what it optimises, refused by key.
 
@@ -232,6 +251,33 @@ def check_gpu_path_config(config) -> None:
                 f"{sub}={a}: the EMA teacher (built from the ref config) is updated shard by shard by "
                 "parameter name, so both must be sharded alike"
             )
+    for key, node in (("actor", actor), ("actor", actor_fsdp), ("ref", ref), ("ref", ref_fsdp)):
+        where = "fsdp_config." if node is actor_fsdp or node is ref_fsdp else ""
+        if _bool_setting(node, "pad_to_length", f"actor_rollout_ref.{key}.{where}pad_to_length", False):
+            raise ValueError(
+                f"actor_rollout_ref.{key}.{where}pad_to_length=True: verl refuses a static pad with top-K "
+                "distillation, which SRPO uses (it would raise at the first update); set it to False"
+            )
+    if not _bool_setting(ref_fsdp, "reshard_after_forward", "actor_rollout_ref.ref.fsdp_config.reshard_after_forward", True):
+        raise ValueError(
+            "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False: the EMA teacher (built from the ref "
+            "config) would keep unsharded parameters between forwards, which the EMA step, writing the "
+            "shards, does not update; set it to True"
+        )
+    qat = (actor_fsdp.get("qat", None) or {}).get("enable", False)
+    if qat:
+        raise NotImplementedError(
+            "actor_rollout_ref.actor.fsdp_config.qat.enable=True: verl applies QAT to training engines only, so "
+            "the EMA teacher (a forward-only engine) would not pair parameter for parameter with the "
+            "quantization-aware student; set it to False"
+        )
+    vision = _vision_model_type(model.get("path", None))
+    if vision is not None:
+        raise NotImplementedError(
+            f"actor_rollout_ref.model.path={model.path}: a {vision} vision-language model; the SRPO teacher pass "
+            "re-prompts with text only (no image inputs, 1-D position ids), so its scores would not be the "
+            "teacher's. Use a text-only model"
+        )
     teacher_dtype = _dtype_name(ref_fsdp.get("model_dtype", "fp32"))
     if teacher_dtype not in ("fp32", "float32"):
         raise ValueError(
@@ -270,17 +316,4 @@ def check_gpu_path_config(config) -> None:
         raise ValueError(
             "trainer.del_local_ckpt_after_load=True: verl deletes the checkpoint directory after loading the "
             "actor, before the EMA teacher's shards in it are read; set it to False"
-        )
-    for key, node in (("actor", actor), ("actor", actor_fsdp), ("ref", ref), ("ref", ref_fsdp)):
-        where = "fsdp_config." if node is actor_fsdp or node is ref_fsdp else ""
-        if _bool_setting(node, "pad_to_length", f"actor_rollout_ref.{key}.{where}pad_to_length", False):
-            raise ValueError(
-                f"actor_rollout_ref.{key}.{where}pad_to_length=True: verl refuses a static pad with top-K "
-                "distillation, which SRPO uses (it would raise at the first update); set it to False"
-            )
-    if not _bool_setting(ref_fsdp, "reshard_after_forward", "actor_rollout_ref.ref.fsdp_config.reshard_after_forward", True):
-        raise ValueError(
-            "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False: the EMA teacher (built from the ref "
-            "config) would keep unsharded parameters between forwards, which the EMA step, writing the "
-            "shards, does not update; set it to True"
         )

@@ -25,6 +25,7 @@ REFUSED = [
     ("pad_to_length", ["actor_rollout_ref.actor.pad_to_length=True"], ValueError, "actor_rollout_ref.actor.pad_to_length=True"),
     ("pad_to_length_ref", ["actor_rollout_ref.ref.fsdp_config.pad_to_length=True"], ValueError, "actor_rollout_ref.ref.fsdp_config.pad_to_length=True"),
     ("teacher_keeps_unsharded", ["actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False"], ValueError, "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False"),
+    ("qat", ["actor_rollout_ref.actor.fsdp_config.qat.enable=True"], NotImplementedError, "actor_rollout_ref.actor.fsdp_config.qat.enable=True"),
     ("megatron", ["actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.ref.strategy=megatron"], NotImplementedError, "actor_rollout_ref.actor.strategy=megatron"),
 ]
 
@@ -50,3 +51,12 @@ CONTROLS = [
 @pytest.mark.parametrize("overrides", [c[1] for c in CONTROLS], ids=[c[0] for c in CONTROLS])
 def test_gpu_path_controls_pass(overrides):
     assert _check(*overrides).method == "srpo"
+
+
+def test_a_vision_language_model_is_refused_naming_its_type(tmp_path):
+    # The teacher pass re-prompts with text only; verl's VL forwards need image inputs and 3-D positions.
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_5_vl", "vision_config": {"depth": 2}}')
+    with pytest.raises(NotImplementedError, match="qwen2_5_vl vision-language model"):
+        _check(f"actor_rollout_ref.model.path={tmp_path}")
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
+    assert _check(f"actor_rollout_ref.model.path={tmp_path}").method == "srpo"
