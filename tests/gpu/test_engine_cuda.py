@@ -9,9 +9,10 @@ the code before it). Each run is then checked against float64 computed from the 
   - the teacher after the EMA step is the closed form, and a second teacher pass scores with it
     (FSDP1 kept its root's stale parameters before: the pass must follow the EMA);
   - the teacher's checkpoint round trip.
-Runs: FSDP1 and FSDP2 at 1 and 2 ranks (fp32, and bf16 parameters as on a GPU), and 4 ranks of a
-model whose 2-wide q_norm/k_norm leave the last two ranks empty shards (FSDP2, and FSDP1 with
-use_orig_params). About 2 minutes on 2 cores.
+Runs: FSDP1 and FSDP2 at 1 and 2 ranks (fp32, and bf16 parameters as on a GPU), FSDP2 with the
+actor's parameters and optimiser offloaded and gradient checkpointing on, and 4 ranks of a model whose 2-wide
+q_norm/k_norm leave the last two ranks empty shards (FSDP2, and FSDP1 with use_orig_params). About
+2.5 minutes on 2 cores.
 """
 
 import os
@@ -31,6 +32,11 @@ from srpo_update_probe import ROUTED, fixed_batch, reference_update  # noqa: E40
 from srpo_verl.cpu.local import free_port  # noqa: E402
 
 BF16 = [f"actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype=bf16" for role in ("actor", "ref")]
+OFFLOAD_GC = [
+    "actor_rollout_ref.actor.fsdp_config.param_offload=True",
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload=True",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=True",
+]
 RUNS = {
     # name: (strategy, world, micro-batch, small model (2-wide norms), extra overrides)
     "fsdp1_1rank": ("fsdp", 1, 2, False, []),
@@ -41,6 +47,9 @@ RUNS = {
     # after a forward without backward (with fp32 parameters it re-gathers).
     "fsdp1_bf16_2ranks": ("fsdp", 2, 2, False, BF16),
     "fsdp2_bf16_2ranks": ("fsdp2", 2, 2, False, BF16),
+    # Actor parameters and optimiser state offloaded between uses, activations recomputed. (FSDP1's
+    # offload helper builds the device "cpu:cpu" from the CPU backend's names: not runnable here.)
+    "fsdp2_offload_checkpointing": ("fsdp2", 1, 2, False, OFFLOAD_GC),
     "fsdp2_empty_shard": ("fsdp2", 4, 2, True, []),
     "fsdp1_orig_params_empty_shard": (
         "fsdp",
