@@ -27,17 +27,14 @@ at that same size.
 import argparse
 import gc
 import os
-import sys
 import time
 
 import psutil
 import torch
 
 from srpo_verl import core_algos as ca
+from srpo_verl.lab.peak_memory import GB, PeakMemory
 from srpo_verl.lent_gradient import lend_dense_gradient, topk_tail_divergence_lent
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peak_memory import GB, PeakMemory  # noqa: E402
 
 # -----------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -65,7 +62,7 @@ def rss() -> int:
 
 
 class PeakRSS(PeakMemory):
-    """Peak process RSS during a block (scripts/peak_memory.py); `.peak` in bytes."""
+    """Peak process RSS during a block (srpo_verl/lab/peak_memory.py); `.peak` in bytes."""
 
     def __init__(self):
         super().__init__("cpu")

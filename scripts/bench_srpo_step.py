@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 from srpo_verl.cpu.local import as_batch, compose, local_env, update_info
@@ -36,8 +35,7 @@ local_env()
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peak_memory import GB, PeakMemory  # noqa: E402
+from srpo_verl.lab.peak_memory import GB, PeakMemory  # noqa: E402
 
 
 def parse_args():

@@ -35,11 +35,9 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from engine_update import plain_logprobs, update_terms  # noqa: E402  (core_algos only)
-
+sys.path.insert(0, ROOT)  # the lent GPU machines run this from a checkout, srpo_verl not installed
 from srpo_verl import core_algos as ca  # noqa: E402
+from srpo_verl.lab.engine_update import plain_logprobs, update_terms  # noqa: E402  (core_algos only)
 from srpo_verl.integration.teacher_forward import response_logits, score_response_tokens  # noqa: E402
 
 # -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ teacher's logits at the response positions only, at Qwen3's vocabulary.
 A Qwen3 with the real vocabulary (151,936) and a tiny hidden size (transformers, random weights),
 one micro-batch of `rows` teacher sequences [prompt | demonstration | response] packed into one
 (1, nnz) input, top-K ids and sampled tokens at each response token. Two teacher passes, measured
-side by side in one run (peak minus what was held before, scripts/peak_memory.py):
+side by side in one run (peak minus what was held before, srpo_verl/lab/peak_memory.py):
   before  the teacher pass as it was: logits at every position of the teacher sequence (nnz, V),
           then the outputs read at the response rows (`rows=`), temperature divided in place;
   after   srpo_verl.integration.teacher_forward (what the worker runs): the LM head applied at the
@@ -31,11 +31,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peak_memory import GB, PeakMemory  # noqa: E402
-
 from srpo_verl import core_algos  # noqa: E402
 from srpo_verl.integration import teacher_forward  # noqa: E402  (no verl import)
+from srpo_verl.lab.peak_memory import GB, PeakMemory  # noqa: E402
 
 
 def parse_args():

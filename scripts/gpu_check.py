@@ -12,7 +12,7 @@ For a machine with one NVIDIA GPU, PyTorch with CUDA and transformers, and possi
 2. The distillation gradient when the token log-prob's backward writes into the logits first
    (flash-attn's `cross_entropy_loss(inplace_backward=True)` when installed, else an emulation).
 3. If verl imports: the SRPO loss hook (`srpo_loss_fn`, both roles) on a micro-batch moved to the
-   device, against the float64 reference of tests/loss_case.py.
+   device, against the float64 reference of srpo_verl/lab/loss_case.py.
 4. Peak device memory of one micro-batch's update (token log-prob by the in-place cross-entropy plus
    the distillation of the routed rows) over the same update without distillation, against the
    bytes of the bf16 logits, routed shares 0.5 and 1 (the lent distillation gradient the loss uses,
@@ -42,12 +42,9 @@ import types
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # the GPU kit runs this from a checkout where srpo_verl is not installed
 from srpo_verl import core_algos as ca  # noqa: E402  (no verl import)
-
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from engine_update import update_terms  # noqa: E402  (core_algos only)
-
+from srpo_verl.lab.engine_update import update_terms  # noqa: E402  (core_algos only)
 from srpo_verl.lent_gradient import LendBook  # noqa: E402  (no verl import)
 
 FAILED: list[str] = []
@@ -116,8 +113,7 @@ def inplace_logprobs():
 
         return "flash-attn triton cross_entropy_loss(inplace_backward=True)", flash
     except Exception:  # noqa: BLE001 - not installed: emulate the contract
-        sys.path.insert(0, os.path.join(ROOT, "tests", "gpu"))
-        from virtual_cuda import inplace_logprobs_from_logits
+        from srpo_verl.lab.virtual_cuda import inplace_logprobs_from_logits
 
         return "emulated in-place cross-entropy (flash-attn not installed)", inplace_logprobs_from_logits
 
@@ -171,11 +167,9 @@ def check_loss_hook(device: str) -> None:
         import verl  # noqa: F401
         from functools import partial
 
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from loss_case import ACTOR, K, RESPONSE_LENS, engine_like_call, make_batch, reference_loss
-
         from srpo_verl.algo_config import SRPOConfig
         from srpo_verl.integration.loss import srpo_loss_fn
+        from srpo_verl.lab.loss_case import ACTOR, K, RESPONSE_LENS, engine_like_call, make_batch, reference_loss
     except Exception as exc:  # noqa: BLE001
         print(f"SKIP  loss hook: verl not importable here ({type(exc).__name__}: {exc})", flush=True)
         return
@@ -373,13 +367,12 @@ def host_params(probe, worker) -> dict:
 
 
 def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
-    """One SRPO step of verl's FSDP2 engine (tests/cpu/srpo_update_probe.py's batch and passes)
+    """One SRPO step of verl's FSDP2 engine (srpo_verl/lab/srpo_update.py's batch and passes)
     against float64 from the HF weights, then the EMA step, the teacher pass with the EMA teacher,
     the teacher's save/load, and the update's peak memory over GRPO's."""
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "tests", "cpu"))
-    import srpo_update_probe as probe
+    from srpo_verl.lab import srpo_update as probe
 
     cuda = device.startswith("cuda")
     precision = "{param_dtype:bf16,reduce_dtype:fp32,buffer_dtype:fp32}"

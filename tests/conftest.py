@@ -6,16 +6,8 @@ cache; `addition_data` writes the 2-digit-addition parquet files next to it.
 """
 
 import os
-import sys
 
 import pytest
-
-# Shared helpers importable from every test module (and from the reliability table's loader):
-# tests/loss_case.py, tests/engine_update.py and tests/gpu/virtual_cuda.py.
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _path in (HERE, os.path.join(HERE, "gpu")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

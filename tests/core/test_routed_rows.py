@@ -13,7 +13,7 @@ import torch
 
 import srpo_verl.core_algos as ca
 from srpo_verl import lent_gradient
-from engine_update import plain_logprobs, update_terms
+from srpo_verl.lab.engine_update import plain_logprobs, update_terms
 
 
 def _case(dtype=torch.float64, n=9, v=13, k=4, seed=0):
@@ -159,7 +159,7 @@ def test_lent_gradient_equals_the_plain_one(label_in_topk, view):
 def test_lent_gradient_with_an_inplace_bf16_cross_entropy_is_rounded_once():
     # flash-attn's cross-entropy writes its bf16 gradient into the logits; where it and the divergence's
     # entries nearly cancel (the label, the top-K), the entries are rewritten from the exact sum.
-    from virtual_cuda import inplace_logprobs_from_logits
+    from srpo_verl.lab.virtual_cuda import inplace_logprobs_from_logits
 
     x, rows, idx, log_q, labels = _lent_case(1, label_in_topk=True)
     x16 = x.detach().to(torch.bfloat16).requires_grad_()

@@ -20,11 +20,10 @@ the EMA-updated teacher), and the teacher's save and load with verl's checkpoint
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.join(HERE, "..", "cpu")]
+import torch
 
-import torch  # noqa: E402
-from srpo_update_probe import (  # noqa: E402
+from srpo_verl.cpu.local import local_env
+from srpo_verl.lab.srpo_update import (
     ROWS,
     fixed_batch,
     full_params,
@@ -36,8 +35,6 @@ from srpo_update_probe import (  # noqa: E402
     update_batch,
     update_loss,
 )
-
-from srpo_verl.cpu.local import local_env  # noqa: E402
 
 
 def register_fsdp1_for_cpu() -> None:
@@ -77,7 +74,8 @@ def teacher_shards_on_host(worker) -> None:
     the host and FSDP2 copies them in its all-gather. (FSDP1's CPUOffload swaps the flat parameter's
     storage itself; that stays FSDP's own business here.)"""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from virtual_cuda import _tag
+
+    from srpo_verl.lab.virtual_cuda import _tag
 
     if isinstance(worker.teacher.engine.module, FSDP):
         return
@@ -104,7 +102,8 @@ def gathered(worker, module) -> dict[str, torch.Tensor]:
 def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra: list[str]) -> None:
     local_env()
     import verl  # noqa: F401  (activates the CPU backend through the plugin)
-    from virtual_cuda import VirtualCuda
+
+    from srpo_verl.lab.virtual_cuda import VirtualCuda
 
     register_fsdp1_for_cpu()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

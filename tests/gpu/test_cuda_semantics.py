@@ -14,16 +14,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from loss_case import ACTOR, K, RESPONSE_LENS, engine_like_call, make_batch, micro_batch, nested, reference_loss
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from verl.utils import tensordict_utils as tu
-from virtual_cuda import CUDA, DeviceMismatch, VirtualCuda, inplace_logprobs_from_logits, is_virtual
 
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration import worker as worker_module
 from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
 from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
+from srpo_verl.lab.loss_case import ACTOR, K, RESPONSE_LENS, engine_like_call, make_batch, micro_batch, nested, reference_loss
+from srpo_verl.lab.virtual_cuda import CUDA, DeviceMismatch, VirtualCuda, inplace_logprobs_from_logits, is_virtual
 from srpo_verl.lent_gradient import Lend, LendBook
 
 

@@ -22,14 +22,13 @@ import sys
 import pytest
 import torch
 
+from srpo_verl.cpu.local import free_port
+from srpo_verl.lab.srpo_update import ROUTED, fixed_batch, reference_update
+
 pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROBE = os.path.join(HERE, "engine_cuda_probe.py")
-sys.path.insert(0, os.path.join(HERE, "..", "cpu"))
-from srpo_update_probe import ROUTED, fixed_batch, reference_update  # noqa: E402
-
-from srpo_verl.cpu.local import free_port  # noqa: E402
 
 BF16 = [f"actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype=bf16" for role in ("actor", "ref")]
 OFFLOAD_GC = [

@@ -2,7 +2,7 @@
 
 The engine calls `srpo_loss_fn` first as logits processor (packed student logits) and then as loss
 (nested log-probs); here the same two calls are made on a hand-built micro-batch in verl's
-no-padding layout (tests/loss_case.py), and the result is compared with an independent float64
+no-padding layout (srpo_verl/lab/loss_case.py), and the result is compared with an independent float64
 computation, and across different micro-batch splits. tests/gpu/ repeats them with CUDA semantics.
 """
 
@@ -10,10 +10,10 @@ from functools import partial
 
 import pytest
 import torch
-from loss_case import ACTOR, K, PROMPT_LENS, RESPONSE_LENS, ROUTE, engine_like_call, make_batch, micro_batch, reference_loss, response_positions
 
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
+from srpo_verl.lab.loss_case import ACTOR, K, PROMPT_LENS, RESPONSE_LENS, ROUTE, engine_like_call, make_batch, micro_batch, reference_loss, response_positions
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from functools import partial
 
 import pytest
 import torch
-from loss_case import ACTOR, PROMPT_LENS, RESPONSE_LENS, ROUTE, engine_like_call, make_batch
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration.loss import srpo_loss_fn
+from srpo_verl.lab.loss_case import ACTOR, PROMPT_LENS, RESPONSE_LENS, ROUTE, engine_like_call, make_batch
 
 # Rows: 0 correct with a correct sibling, 1 failed with one, 2 failed in an all-wrong group,
 # 3 lone correct, 4 failed with feedback only.

@@ -166,9 +166,9 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
 
     if os.environ.get("SRPO_PROBE_INPLACE_CE"):
         # verl's token log-probs as with flash-attn installed: the backward overwrites the logits.
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpu"))
-        from virtual_cuda import inplace_logprobs_from_logits
         from verl.workers.engine.fsdp import transformer_impl
+
+        from srpo_verl.lab.virtual_cuda import inplace_logprobs_from_logits
 
         transformer_impl.logprobs_from_logits = inplace_logprobs_from_logits
 

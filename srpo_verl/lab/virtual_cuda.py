@@ -10,7 +10,7 @@ What a GPU run does that a CPU run hides, emulated so the suite can see it:
   `.item()` still return real values (they do on CUDA too, with a sync), `.numpy()` refuses as on CUDA.
   `torch._subclasses.fake_tensor.FakeTensorMode` gives the same device check without values, but on
   a CPU-only build it cannot index (`x[i]` asks for the CUDA device guard), so it only serves value-free
-  code; `test_device_placement.py` cross-checks the two on such code.
+  code; tests/gpu/test_cuda_semantics.py cross-checks the two on such code.
 * `inplace_logprobs_from_logits` — verl's `logprobs_from_logits` as it behaves with flash-attn
   installed: its backward writes d loss / d logits into the logits' own storage (without bumping the
   version counter, as a Triton kernel does) and returns that storage as the gradient.

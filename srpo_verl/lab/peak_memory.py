@@ -1,4 +1,4 @@
-"""Peak memory of a block of code, for the benchmark scripts (not a test helper).
+"""Peak memory of a block of code, for the benchmark scripts.
 
     with PeakMemory(device) as m:
         work()
