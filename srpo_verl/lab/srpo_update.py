@@ -1,25 +1,21 @@
 """One SRPO update through verl's engine on CPU, and the same update from the pure functions.
 
-`python tests/cpu/srpo_update_probe.py MODEL OUT.pt MICRO_BATCH` runs one rank; with
-WORLD_SIZE=2 (RANK, MASTER_ADDR/PORT set by the caller) two copies form a gloo group and FSDP2
-shards the model over them. `test_srpo_update.py` starts the ranks and compares the results.
-
-Each rank builds `SRPOActorRolloutRefWorker(role="actor")` exactly as verl does, installs the
+`engine_update` builds `SRPOActorRolloutRefWorker(role="actor")` exactly as verl does, installs the
 SRPO loss (`srpo_setup`), runs the teacher pass on the routed rows (`compute_srpo_teacher`) and one
-optimiser step (`update_actor`) on its half of a fixed batch. The optimiser is SGD with lr 1 and
-no clipping, so theta_0 - theta_1 is the gradient. Rank 0 also computes, in float64 from the HF
-checkpoint, the loss and gradient that `srpo_verl.core_algos` gives on the whole batch at once.
+optimiser step (`update_actor`) on its rank's half of a fixed batch. The optimiser is SGD with lr 1
+and no clipping, so theta_0 - theta_1 is the gradient. `reference_update` computes, in float64 from
+the HF checkpoint, the loss and gradient that `srpo_verl.core_algos` gives on the whole batch at once.
 
-scripts/gpu_check.py --engine imports the pieces (config, batch, passes, float64 reference) to run
-the same update on a GPU with the real vocabulary; nothing here runs at import.
+tests/cpu/srpo_update_probe.py runs one rank of it (tests/cpu/test_srpo_update.py starts the
+ranks); tests/gpu/engine_cuda_probe.py and scripts/gpu_check.py --engine reuse the pieces (config,
+batch, passes, float64 reference). Nothing here runs at import.
 """
 
 import os
-import sys
 
 import torch
 
-from srpo_verl.cpu.local import as_batch, compose, local_env, update_info
+from srpo_verl.cpu.local import as_batch, compose, update_info
 
 ROWS = 8  # two groups of four responses
 TOPK = 8  # below the 100-token vocabulary, so the tail bucket is exercised
@@ -297,14 +293,3 @@ def reference_trust_region(model_path: str, result: dict) -> dict:
             out["topk_ids"].append(ids)
             out["teacher_topk"].append(mixed.gather(-1, ids))
     return out
-
-
-if __name__ == "__main__":
-    local_env()
-    model_path, out_path, micro_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    result = engine_update(model_path, micro_batch, *(sys.argv[4:5] or ["ema"]))
-    if os.environ["RANK"] == "0":
-        result["reference"] = reference_update(model_path, result) if os.environ.get("SRPO_PROBE_REFERENCE") else None
-        if "theta1" in result:
-            result["reference_trust_region"] = reference_trust_region(model_path, result)
-        torch.save(result, out_path)

@@ -17,7 +17,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-PROBE = os.path.join(os.path.dirname(__file__), "..", "..", "srpo_verl", "lab", "srpo_update.py")
+PROBE = os.path.join(os.path.dirname(__file__), "srpo_update_probe.py")
 
 
 def free_port() -> int:
