@@ -44,8 +44,10 @@ def test_ray_shim_serves_verls_worker_imports_and_refuses_the_rest():
     code = """
 import sys
 sys.modules["ray"] = None  # as if not installed: `import ray` raises ImportError
-sys.path.insert(0, "scripts")
-import gpu_check
+import importlib.util
+spec = importlib.util.spec_from_file_location("gpu_check", "scripts/gpu_check.py")  # the script under test
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
 try:
     import ray
 except ImportError:
