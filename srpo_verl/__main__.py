@@ -1,7 +1,8 @@
 """The `python -m srpo_verl` (or `srpo-verl`) command line.
 
     check [OVERRIDES...]                  self-check of the install; with a run's Hydra overrides also
-                                          its pre-flight (srpo_verl/preflight.py)
+                                          its pre-flight (srpo_verl/preflight.py); --recipe SCRIPT or
+                                          --overrides-file FILE give them as a recipe prints them
     config-dir                            the Hydra config folder, for verl's own entry point
     export-teacher CHECKPOINT_DIR OUT_DIR the EMA teacher as a Hugging Face model (srpo_verl/export.py)
     evaluate ...                          avg@n of saved models per task (srpo_verl/evaluate.py)
@@ -21,7 +22,7 @@ def config_dir() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 
 
-def check() -> int:
+def check(*, cpu_lines: bool = False) -> int:
     import verl  # loads the `verl.plugins` entry points, exactly as in a worker
 
     from srpo_verl import SUPPORTED_VERL, cpu
@@ -47,8 +48,10 @@ def check() -> int:
             importlib.reload(importlib.import_module("srpo_verl.plugin"))
         except Exception as exc:  # noqa: BLE001 - shown to the user, then reported as failure
             problems.append(f"importing srpo_verl.plugin raised {type(exc).__name__}: {exc}")
-    for key, value in cpu.status().items():
-        print(f"cpu.{key}: {value}")
+    # The CPU backend's state is noise for a GPU run: shown when requested (platform=cpu or its env var).
+    if cpu_lines or cpu.requested():
+        for key, value in cpu.status().items():
+            print(f"cpu.{key}: {value}")
     print(f"config dir: {config_dir()}")
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)
@@ -57,11 +60,18 @@ def check() -> int:
 
 
 def main(argv=None) -> int:
+    from srpo_verl import __version__
+
     parser = argparse.ArgumentParser(prog="python -m srpo_verl")
+    parser.add_argument("--version", action="version", version=f"srpo_verl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check_cmd = commands.add_parser("check", help="self-check; with a run's overrides also its pre-flight")
     check_cmd.add_argument("overrides", nargs="*", help="the Hydra overrides of the run (as for srpo_verl.main_ppo)")
     check_cmd.add_argument("--verbose", action="store_true", help="print the traceback of each failed item")
+    check_cmd.add_argument("--overrides-file", metavar="FILE", help="overrides one per line (spaces kept), before OVERRIDES")
+    check_cmd.add_argument(
+        "--recipe", metavar="SCRIPT", help="a recipe cell script: its DRY_RUN=1 overrides, before OVERRIDES (env knobs apply)"
+    )
     commands.add_parser("config-dir", help="print the Hydra config folder")
     export = commands.add_parser("export-teacher", help="write a checkpoint's EMA teacher as a Hugging Face model")
     export.add_argument("checkpoint_dir", help="trainer.default_local_dir, a global_step_N folder or its actor folder")
@@ -85,12 +95,21 @@ def main(argv=None) -> int:
         from srpo_verl.evaluate import run_from_args
 
         return run_from_args(args)
-    status = check()
-    if not args.overrides:
-        return status
-    from srpo_verl.preflight import preflight, report
+    from srpo_verl import preflight
 
-    return report(preflight(args.overrides, verbose=args.verbose)) or status
+    overrides = list(args.overrides)
+    try:
+        if args.recipe:
+            overrides = preflight.recipe_overrides(args.recipe) + overrides
+        if args.overrides_file:
+            overrides = preflight.read_overrides_file(args.overrides_file) + overrides
+    except (OSError, RuntimeError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    status = check(cpu_lines=any(o.lstrip("+") in ("platform=cpu", "srpo_verl.platform=cpu") for o in overrides))
+    if not overrides:
+        return status
+    return preflight.report(preflight.preflight(overrides, verbose=args.verbose)) or status
 
 
 if __name__ == "__main__":

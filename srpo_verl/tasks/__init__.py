@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from typing import Any, Callable, Mapping, Optional
 
@@ -150,6 +151,20 @@ def gold_problem(data_source: Any, ground_truth: Any, extra_info: Optional[Mappi
     return None
 
 
+def gold_response(data_source: Any, ground_truth: Any, extra_info: Optional[Mapping[str, Any]] = None) -> str:
+    """A response that states a row's gold answer in the form its task's reward reads (the pre-flight
+    scores it against algorithm.srpo.success_threshold); other data sources get the gold as text."""
+    source = str(data_source)
+    if source.startswith(sciknoweval.DATA_SOURCE):
+        return f"<answer>{ground_truth}</answer>"
+    if source.startswith((toolalpaca.DATA_SOURCE, "toolalpaca")):
+        calls = toolalpaca.parse_reference(ground_truth, extra_info)
+        return "\n".join(
+            f"Action: {name}\nAction Input: {value if isinstance(value, str) else json.dumps(value)}" for name, value in calls
+        )
+    return str(ground_truth)
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
@@ -178,6 +193,7 @@ __all__ = [
     "check_gold",
     "check_reward_kwargs",
     "compute_score",
+    "gold_response",
     "gold_problem",
     "is_task_reward",
     "reward_fn_for",
