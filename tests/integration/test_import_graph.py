@@ -52,7 +52,10 @@ def test_no_module_outside_the_lab_imports_it():
 def _sys_path_changes(tree: ast.AST) -> list[tuple[int, ast.AST | None]]:
     """(line, value added) of each change of sys.path: insert/append/extend calls, and assignments to
     sys.path or a slice of it (value None: not one entry)."""
-    is_sys_path = lambda n: isinstance(n, ast.Attribute) and n.attr == "path" and getattr(n.value, "id", None) == "sys"  # noqa: E731
+
+    def is_sys_path(n) -> bool:
+        return isinstance(n, ast.Attribute) and n.attr == "path" and getattr(n.value, "id", None) == "sys"
+
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_sys_path(node.func.value):
