@@ -7,7 +7,7 @@ random numbers (`seed`), which removes sampling noise from the differences betwe
 
 Protocol, the same as the RL rollouts: the prompt is the chat template with the generation
 prompt; at most `max_new_tokens` new tokens; the response is decoded without special tokens and
-scored by `task.is_correct` (reasoning-gym's verifier, full credit only). Sampling is at T = 1 with
+scored by `addition.rg_correct` (reasoning-gym's verifier, full credit only). Sampling is at T = 1 with
 no top-k/top-p, like training rollouts.
 
 * `greedy_acc`: share of the prompts answered correctly by greedy decoding.
@@ -67,7 +67,7 @@ def evaluate(
     hinted: bool = True,
 ) -> dict:
     """Accuracies of `model` on `problems` [(user question, answer)]; see the module docstring."""
-    from srpo_verl.demo.task import is_correct
+    from srpo_verl.demo.addition import rg_correct
 
     was_training = model.training
     model.eval()
@@ -81,13 +81,13 @@ def evaluate(
     result = {
         "n_prompts": len(problems),
         "samples": samples,
-        "greedy_acc": sum(map(is_correct, greedy, answers)) / len(problems),
-        "sampled_acc": sum(is_correct(r, answers[i // samples]) for i, r in enumerate(sampled)) / len(sampled),
+        "greedy_acc": sum(map(rg_correct, greedy, answers)) / len(problems),
+        "sampled_acc": sum(rg_correct(r, answers[i // samples]) for i, r in enumerate(sampled)) / len(sampled),
     }
     if hinted:
         rows = [hinted_prompt_ids(tokenizer, q, a) for q, a in problems]
         responses = generate(model, tokenizer, rows, greedy=True, max_new_tokens=max_new_tokens, seed=seed)
-        result["hinted_acc"] = sum(map(is_correct, responses, answers)) / len(problems)
+        result["hinted_acc"] = sum(map(rg_correct, responses, answers)) / len(problems)
     model.train(was_training)
     return result
 

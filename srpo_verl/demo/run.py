@@ -4,7 +4,7 @@
     python -m srpo_verl.demo.run --out outputs/compare --methods grpo,sdpo,srpo,srpo_no_dw --seeds 0,1,2
 
 Every run starts from the same warm start (warm_start.py, cached), trains on the same data
-(task.py) with the same settings except `algorithm=<method>`, through
+(addition.py) with the same settings except `algorithm=<method>`, through
 `python -m srpo_verl.main_ppo ... platform=cpu` (the launch harness, harness.py). It saves a checkpoint every
 `--eval-every` steps; after the launch each checkpoint's student is scored by evaluate.py on the
 256 held-out prompts (greedy, sampled, teacher-prompted) and deleted. Step 0 is the warm start.
@@ -55,7 +55,7 @@ class RunSettings:
 
 def trainer_overrides(method: str, seed: int, s: RunSettings, *, model: str, data: dict, ckpt_dir: str) -> list[str]:
     """Hydra overrides of one run: identical for every method except `algorithm=`."""
-    from srpo_verl.demo import task
+    from srpo_verl.demo import addition
     from srpo_verl.demo.harness import tiny_cpu_overrides
 
     return tiny_cpu_overrides(
@@ -70,7 +70,7 @@ def trainer_overrides(method: str, seed: int, s: RunSettings, *, model: str, dat
         micro_batch_size=s.batch_size * s.n,
         max_prompt_length=s.max_prompt_length,
         max_response_length=s.max_response_length,
-        reward_file=task.__file__,
+        reward_file=addition.__file__,
         lr=s.lr,
         warmup_steps=s.warmup_steps,
         seed=seed,
@@ -85,15 +85,15 @@ def trainer_overrides(method: str, seed: int, s: RunSettings, *, model: str, dat
 
 def prepare_assets(ws=None, *, log=print) -> dict:
     """Tiny model, task data and warm start (each cached); returns paths and the warm-start record."""
-    from srpo_verl.demo import task, warm_start
+    from srpo_verl.demo import addition, warm_start
     from srpo_verl.demo.tiny_model import cache_root
 
     ws = ws or warm_start.WarmStartConfig()
-    data_dir = os.path.join(cache_root(), f"data_{task.RG_DATASET}_t{ws.n_train}_v{ws.n_val}_s{ws.data_seed}")
+    data_dir = os.path.join(cache_root(), f"data_{addition.RG_DATASET}_t{ws.n_train}_v{ws.n_val}_s{ws.data_seed}")
     if not all(os.path.exists(os.path.join(data_dir, f"{k}.parquet")) for k in ("train", "val")):
-        task.write_data(data_dir, n_train=ws.n_train, n_val=ws.n_val, seed=ws.data_seed)
+        addition.write_rg_data(data_dir, n_train=ws.n_train, n_val=ws.n_val, seed=ws.data_seed)
     data = {k: os.path.join(data_dir, f"{k}.parquet") for k in ("train", "val")}
-    log(f"[demo] data: {data_dir} ({ws.n_train} train / {ws.n_val} held-out problems, reasoning-gym {task.RG_DATASET})")
+    log(f"[demo] data: {data_dir} ({ws.n_train} train / {ws.n_val} held-out problems, reasoning-gym {addition.RG_DATASET})")
     model = warm_start.warm_start(ws, log=log)
     record = warm_start.read_record(model)
     log(f"[demo] warm start: {model} " + " ".join(f"{k}={v:.3f}" for k, v in record["eval"].items() if k.endswith("acc")))

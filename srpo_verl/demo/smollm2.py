@@ -124,7 +124,7 @@ def smoke(out_dir: str, *, steps: int = 1, timeout_s: float = 900, model_dir: st
     """Convert (cached; into `model_dir` if given), launch `steps` SRPO steps.
 
     Returns {"returncode", "steps", "teacher_rows", "wall_s", "problems"}; no problems = success."""
-    from srpo_verl.demo import task
+    from srpo_verl.demo import addition
     from srpo_verl.demo.harness import launch
 
     # Absolute: the trainer runs with `out_dir` as its working directory.
@@ -133,7 +133,7 @@ def smoke(out_dir: str, *, steps: int = 1, timeout_s: float = 900, model_dir: st
     start = time.time()
     model = convert(model_dir)
     log(f"[smollm2] model: {model} ({time.time() - start:.0f} s)")
-    data = task.write_data(os.path.join(out_dir, "data"), n_train=64, n_val=8)
+    data = addition.write_rg_data(os.path.join(out_dir, "data"), n_train=64, n_val=8)
     args = overrides(model, data, os.path.join(out_dir, "checkpoints"), steps)
     log(f"[smollm2] python -m srpo_verl.main_ppo {' '.join(args[:2])} ... ({steps} step(s); log {out_dir}/train.log)")
 

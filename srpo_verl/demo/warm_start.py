@@ -43,7 +43,7 @@ class WarmStartConfig:
     # template; 0.4 gives ~18% sampled / ~29% greedy / ~75% teacher-prompted (docs/demo.md).
     hint_fraction: float = 0.4
     seed: int = 0
-    # The tiny model (tiny_model.build_tiny_model) and the task split (task.split_problems).
+    # The tiny model (tiny_model.build_tiny_model) and the task split (addition.split_rg_problems).
     hidden_size: int = 128
     num_layers: int = 4
     model_seed: int = 0
@@ -53,12 +53,12 @@ class WarmStartConfig:
 
     def key(self) -> str:
         from srpo_verl.algo_config import SRPOConfig
-        from srpo_verl.demo import task, tiny_model
+        from srpo_verl.demo import addition, tiny_model
 
         spec = {
             "format": FORMAT_VERSION,
             "tiny_model_format": tiny_model.FORMAT_VERSION,
-            "task": [task.RG_DATASET, sorted((k, str(v)) for k, v in task.RG_CONFIG.items())],
+            "task": [addition.RG_DATASET, sorted((k, str(v)) for k, v in addition.RG_CONFIG.items())],
             "reprompt_template": SRPOConfig().reprompt_template,
             **dataclasses.asdict(self),
         }
@@ -132,7 +132,7 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print, processes: int = 2) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from srpo_verl.demo import evaluate, task, tiny_model
+    from srpo_verl.demo import addition, evaluate, tiny_model
 
     base = tiny_model.build_tiny_model(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, seed=cfg.model_seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -154,12 +154,12 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print, processes: int = 2) 
             # E.g. a calling script without a `__main__` guard, which a spawned process re-runs.
             log(f"[warm start] one process: {exc}")
             helper = None
-    train_set, val_set = task.split_problems(n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.data_seed)
+    train_set, val_set = addition.split_rg_problems(n_train=cfg.n_train, n_val=cfg.n_val, seed=cfg.data_seed)
 
     eos = tokenizer.eos_token_id
     plain, hinted = [], []
     for entry in train_set:
-        question = task.compact_prompt(entry["metadata"]["expression"])
+        question = addition.compact_prompt(entry["metadata"]["expression"])
         target = tokenizer.encode(entry["answer"], add_special_tokens=False) + [eos]
         plain.append((evaluate.prompt_ids(tokenizer, question), target))
         hinted.append((evaluate.hinted_prompt_ids(tokenizer, question, entry["answer"]), target))
@@ -204,7 +204,7 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print, processes: int = 2) 
             helper.join(timeout=30)
     train_s = time.time() - start
 
-    problems = [(task.compact_prompt(e["metadata"]["expression"]), e["answer"]) for e in val_set]
+    problems = [(addition.compact_prompt(e["metadata"]["expression"]), e["answer"]) for e in val_set]
     accuracy = evaluate.evaluate(model, tokenizer, problems)
     record = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "train_s": round(train_s, 1), "eval": accuracy}
 

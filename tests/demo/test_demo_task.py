@@ -1,14 +1,15 @@
-"""The demo task (srpo_verl/demo/task.py): reasoning-gym problems, compact prompts, binary reward."""
+"""The addition task (srpo_verl/demo/addition.py): the demo's reasoning-gym problems, compact prompts,
+binary reward, and the feedback it shares with the dependency-free problems."""
 
 import pandas as pd
 import pytest
 import reasoning_gym
 
-from srpo_verl.demo import task
+from srpo_verl.demo import addition
 
 
 def test_problems_come_from_reasoning_gym_and_are_two_term_additions():
-    entries = task.make_problems(200, seed=3)
+    entries = addition.make_rg_problems(200, seed=3)
     assert len({e["metadata"]["expression"] for e in entries}) == 200
     for e in entries:
         a, b = (int(x) for x in e["metadata"]["expression"].split(" + "))
@@ -18,9 +19,9 @@ def test_problems_come_from_reasoning_gym_and_are_two_term_additions():
 
 
 def test_split_is_disjoint_and_seeded():
-    train, val = task.split_problems(n_train=500, n_val=64, seed=0)
+    train, val = addition.split_rg_problems(n_train=500, n_val=64, seed=0)
     assert not {e["metadata"]["expression"] for e in train} & {e["metadata"]["expression"] for e in val}
-    again, _ = task.split_problems(n_train=500, n_val=64, seed=0)
+    again, _ = addition.split_rg_problems(n_train=500, n_val=64, seed=0)
     assert [e["answer"] for e in again] == [e["answer"] for e in train]
 
 
@@ -29,13 +30,13 @@ def test_parquet_rows_are_verl_rl_rows_with_compact_prompts(tmp_path, tiny_model
 
     from srpo_verl.integration.data_checks import check_data_rows
 
-    paths = task.write_data(str(tmp_path), n_train=64, n_val=16, seed=0)
+    paths = addition.write_rg_data(str(tmp_path), n_train=64, n_val=16, seed=0)
     for split, n in (("train", 64), ("val", 16)):
         frame = pd.read_parquet(paths[split])
         assert len(frame) == n
         row = frame.iloc[0]
         question = row["prompt"][0]["content"]
-        assert question == task.compact_prompt(row["extra_info"]["expression"])
+        assert question == addition.compact_prompt(row["extra_info"]["expression"])
         assert question.endswith("=") and " " not in question
         check_data_rows(
             frame.to_dict("records"),
@@ -49,7 +50,7 @@ def test_parquet_rows_are_verl_rl_rows_with_compact_prompts(tmp_path, tiny_model
     [("47", 1.0), (" 47\n", 1.0), ("147", 0.0), ("4", 0.0), ("47a", 0.0), ("", 0.0), ("forty", 0.0)],
 )
 def test_reward_is_reasoning_gym_full_credit_only(response, expected):
-    out = task.compute_score(task.DATA_SOURCE, response, "47")
+    out = addition.compute_score(addition.RG_DATA_SOURCE, response, "47")
     assert out["score"] == expected and out["acc"] == expected
     assert bool(out["feedback"]) == (expected == 0.0)
     # Where reasoning-gym gives partial credit (a substring match) the demo gives none: SRPO would
@@ -67,8 +68,6 @@ def test_reward_is_reasoning_gym_full_credit_only(response, expected):
         ("146\n", "146 is not the sum."),
     ],
 )
-def test_both_addition_tasks_explain_a_failure_alike(response, text):
-    from srpo_verl.demo import addition
-
-    assert task.compute_score(task.DATA_SOURCE, response, "47")["feedback"] == text
+def test_both_problem_sources_explain_a_failure_alike(response, text):
+    assert addition.compute_score(addition.RG_DATA_SOURCE, response, "47")["feedback"] == text
     assert addition.compute_score(addition.DATA_SOURCE, response, "47")["feedback"] == text
