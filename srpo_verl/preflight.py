@@ -134,38 +134,42 @@ def _hub_cached(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def load_model_files(model) -> tuple[object, object, str]:
-    """(HF config, tokenizer, where) of `actor_rollout_ref.model`, checking the files exist before
-    transformers looks for them: a missing folder or file is named at once, and a hub id that is
-    cached (or must be, offline) is read with local_files_only, never after a round of retries."""
+def model_source(path_value, key: str = "actor_rollout_ref.model.path") -> tuple[str, bool, str]:
+    """(path to load, local_files_only, how to name it) of a model given as a folder or a hub id,
+    checking the files exist before transformers looks for them: a missing folder or file is named
+    at once, and a hub id that is cached (or must be, offline) is read with local_files_only, never
+    after a round of network retries. Raises naming `key`."""
     import os
 
     from huggingface_hub import constants
-    from transformers import AutoConfig, AutoTokenizer
 
-    key = "actor_rollout_ref.model.path"
-    path = os.path.expanduser(str(model.path))
-    local_only = True
+    path = os.path.expanduser(str(path_value))
     if os.path.isdir(path):
         missing = [] if os.path.isfile(os.path.join(path, "config.json")) else ["config.json"]
         if not any(os.path.isfile(os.path.join(path, name)) for name in _TOKENIZER_FILES):
             missing.append(f"a tokenizer file (one of {', '.join(_TOKENIZER_FILES)})")
         if missing:
-            raise FileNotFoundError(f"{key}={model.path}: the folder has no {' and no '.join(missing)}")
-        where = f"folder {model.path}"
-    elif os.path.exists(path):
-        raise NotADirectoryError(f"{key}={model.path}: a file, not a model folder")
-    elif _looks_local(str(model.path)):
-        raise FileNotFoundError(f"{key}={model.path}: no such folder")
-    elif _hub_cached(path):
-        where = f"hub id {model.path} (local cache)"
-    elif constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(f"{key}={path_value}: the folder has no {' and no '.join(missing)}")
+        return path, True, f"folder {path_value}"
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{key}={path_value}: a file, not a model folder")
+    if _looks_local(str(path_value)):
+        raise FileNotFoundError(f"{key}={path_value}: no such folder")
+    if _hub_cached(path):
+        return path, True, f"hub id {path_value} (local cache)"
+    if constants.HF_HUB_OFFLINE:
         raise FileNotFoundError(
-            f"{key}={model.path}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set: "
+            f"{key}={path_value}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set: "
             "download it first or give the folder"
         )
-    else:
-        local_only, where = False, f"hub id {model.path} (downloaded config and tokenizer)"
+    return path, False, f"hub id {path_value} (downloaded config and tokenizer)"
+
+
+def load_model_files(model) -> tuple[object, object, str]:
+    """(HF config, tokenizer, where) of `actor_rollout_ref.model`, its files checked first."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path, local_only, where = model_source(model.path)
     trust = bool(model.get("trust_remote_code", False))
     hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust, local_files_only=local_only)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, local_files_only=local_only)

@@ -1,0 +1,156 @@
+"""The command-line tools fail before the expensive part and keep what they made: `evaluate` checks
+every flag, task file and model path before a model loads and writes each result as it completes;
+`export-teacher` checks the checkpoint and the flags before reading shards and names the file
+that is wrong. Fast: the tiny model and hand-made checkpoint folders, no training run."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from srpo_verl import __main__ as cli
+from srpo_verl import evaluate
+from srpo_verl.demo import addition
+
+ADDITION_REWARD = ["--reward-path", addition.__file__, "--reward-name", "compute_score"]
+
+
+def run_evaluate(*args):
+    return cli.main(["evaluate", *args])
+
+
+@pytest.fixture
+def base(tiny_model_path, addition_data, tmp_path):
+    return ["--out", str(tmp_path / "eval"), "--model", f"tiny={tiny_model_path}", "--task", f"add={addition_data['val']}", *ADDITION_REWARD]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any model load fails the test: the refusals must come before it."""
+
+    def load(*_):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(evaluate, "load_model", load)
+    monkeypatch.setattr(evaluate, "resolve_model", load)
+
+
+# --------------------------------------------------------------------------- evaluate: flags
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dtype", "bfloat"], "--dtype 'bfloat': expected one of auto, float32, float16, bfloat16, fp32, fp16, bf16"),
+        (["--chat-template-kwargs", "{enable_thinking: false}"], "--chat-template-kwargs '{enable_thinking: false}': not JSON"),
+        (["--chat-template-kwargs", "[1]"], "--chat-template-kwargs '[1]': must be a JSON object"),
+        (["--n", "0"], "--n 0: must be at least 1"),
+        (["--limit", "0"], "--limit 0: must be at least 1"),
+        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+        (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+        (["--temperature", "0"], "--temperature 0.0: must be a finite number > 0"),
+    ],
+    ids=["dtype", "kwargs_not_json", "kwargs_not_object", "n_0", "limit_0", "batch_size_0", "max_new_tokens_0", "top_p", "temperature_0"],
+)
+def test_evaluate_refuses_a_bad_flag_before_loading(base, no_loading, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, *flags)
+    assert message in str(exc.value)
+
+
+def test_evaluate_accepts_verls_short_dtype_names(base, monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(evaluate, "load_model", lambda model_dir, args: seen.append(evaluate.DTYPES[args.dtype]) or (None, None))
+    monkeypatch.setattr(evaluate, "score_model", lambda *a, **k: [1.0])
+    assert run_evaluate(*base, "--dtype", "bf16", "--limit", "1") == 0
+    assert seen == ["bfloat16"]
+
+
+def test_evaluate_refuses_a_missing_task_file_or_model_before_loading(base, no_loading, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--task", f"gone={tmp_path / 'test.parquet'}")
+    assert f"--task gone={tmp_path / 'test.parquet'}: no such file" in str(exc.value)
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--model", f"gone={tmp_path / 'model'}")
+    assert f"--model gone={tmp_path / 'model'}: no such folder" in str(exc.value)
+    (tmp_path / "empty_model").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--model", f"empty={tmp_path / 'empty_model'}")
+    assert "--model empty=" in str(exc.value) and "the folder has no config.json" in str(exc.value)
+
+
+def test_evaluate_refuses_a_task_file_without_verls_columns(base, no_loading, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame([{"question": "1+1", "answer": "2"}]).to_parquet(bad)
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--task", f"bad={bad}")
+    assert f"--task bad={bad}: no column(s) ['prompt', 'data_source', 'reward_model']" in str(exc.value)
+
+
+def test_evaluate_refuses_a_reward_that_cannot_score_the_task_before_loading(base, no_loading):
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--reward-name", "no_such_reward")
+    assert "--reward-name no_such_reward" in str(exc.value)
+    # srpo_verl.tasks' reward does not know the addition task's data_source: found before generating.
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--reward-path", "pkg://srpo_verl.tasks", "--reward-name", "compute_score")
+    assert "--reward-name compute_score cannot score --task add's first row: NotImplementedError" in str(exc.value)
+
+
+# --------------------------------------------------------------------------- evaluate: results kept
+
+
+def test_evaluate_never_overwrites_results_silently(base, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text('{"old": true}')
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base)
+    assert "results.json exists; pass --overwrite" in str(exc.value)
+    assert json.loads((out / "results.json").read_text()) == {"old": True}
+    monkeypatch.setattr(evaluate, "load_model", lambda *a: (None, None))
+    monkeypatch.setattr(evaluate, "score_model", lambda *a, **k: [0.5])
+    assert run_evaluate(*base, "--overwrite", "--limit", "1") == 0
+    assert json.loads((out / "results.json").read_text())["complete"] is True
+
+
+def test_a_failure_in_the_fourth_result_keeps_the_first_three(tiny_model_path, addition_data, tmp_path, monkeypatch):
+    calls = []
+
+    def score(model, tokenizer, rows, reward_fn, args, progress=None):
+        calls.append(progress)
+        if len(calls) == 4:
+            raise RuntimeError("CUDA out of memory")
+        return [len(calls) / 10]
+
+    monkeypatch.setattr(evaluate, "load_model", lambda *a: (None, None))
+    monkeypatch.setattr(evaluate, "score_model", score)
+    out = tmp_path / "eval"
+    args = ["--out", str(out), "--limit", "2", "--model", f"a={tiny_model_path}", "--model", f"b={tiny_model_path}"]
+    args += ["--task", f"x={addition_data['val']}", "--task", f"y={addition_data['val']}", *ADDITION_REWARD]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_evaluate(*args)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["complete"] is False
+    assert {label: sorted(r) for label, r in saved["results"].items()} == {"a": ["x", "y"], "b": ["x"]}
+    assert saved["results"]["b"]["x"]["avg"] == pytest.approx(30.0)
+    table = (out / "results.md").read_text().splitlines()
+    assert table[4:] == ["| a | 10.0 | 20.0 | 15.0 |", "| b | 30.0 | - | 30.0* |"]
+
+
+def test_a_pipe_in_a_label_stays_in_its_cell():
+    results = {"srpo|ema": {"a|b": {"avg": 50.0}}}
+    line = evaluate.markdown_table(results, ["a|b"], 4).splitlines()[4]
+    assert line == "| srpo\\|ema | 50.0 | 50.0 |"
+    cells = [c for c in pd.Series([line]).str.split(r"(?<!\\)\|").iloc[0] if c.strip()]
+    assert len(cells) == 3
+
+
+def test_evaluate_runs_the_tiny_model_with_a_progress_bar(base, tmp_path, capsys):
+    assert run_evaluate(*base, "--n", "2", "--limit", "2", "--max-new-tokens", "2", "--dtype", "fp32") == 0
+    err = capsys.readouterr().err
+    assert "tiny add" in err and "4/4" in err  # 2 prompts x 2 samples
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["complete"] is True and saved["results"]["tiny"]["add"]["n_prompts"] == 2
