@@ -30,8 +30,10 @@ def check(*, cpu_lines: bool = False) -> int:
 
     problems = []
     print(f"verl {verl.__version__} (supported: {SUPPORTED_VERL})")
-    if verl.__version__ != SUPPORTED_VERL:
-        problems.append(f"verl {verl.__version__} is not the supported {SUPPORTED_VERL}")
+    from srpo_verl.verl_compat import ALLOW_ENV, is_build_of
+
+    if not is_build_of(verl.__version__, SUPPORTED_VERL):
+        problems.append(f"verl {verl.__version__} is not a build of the supported {SUPPORTED_VERL} ({ALLOW_ENV}=1 overrides)")
     from importlib.metadata import entry_points
 
     eps = [ep for ep in entry_points(group="verl.plugins") if ep.value.startswith("srpo_verl")]
@@ -42,6 +44,16 @@ def check(*, cpu_lines: bool = False) -> int:
         print(f"{name}: {'registered' if ok else 'MISSING'}")
         if not ok:
             problems.append(f"{name} not registered by `import verl`")
+    policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    allowed = {name.strip() for name in policy.split(",")}
+    if policy != "auto" and not any(ep.name in allowed for ep in eps):
+        # verl loads only the named plugins (or none): ours is not among them.
+        problems.append(
+            f"VERL_USE_EXTERNAL_PLUGINS={os.environ['VERL_USE_EXTERNAL_PLUGINS']!r} excludes the srpo_verl plugin: "
+            "unset it or add srpo_verl to the list"
+        )
+    if registrations.registration_error():
+        problems.append(f"registration failed: {registrations.registration_error()}")
     if problems:
         # Re-run the plugin import loudly so the swallowed exception is shown.
         try:
@@ -78,6 +90,7 @@ def main(argv=None) -> int:
     export.add_argument("out_dir")
     export.add_argument("--step", type=int, default=None, help="global step (default: the latest checkpoint)")
     export.add_argument("--dtype", default=None, help="cast the weights, e.g. bfloat16 (default: as trained)")
+    export.add_argument("--allow-nonfinite", action="store_true", help="export a teacher holding NaN/inf (refused by default)")
     evaluate = commands.add_parser("evaluate", help="avg@n of saved models on each task's test split")
     from srpo_verl.evaluate import add_arguments
 
@@ -89,7 +102,14 @@ def main(argv=None) -> int:
     if args.command == "export-teacher":
         from srpo_verl.export import export_teacher
 
-        print(f"EMA teacher written to {export_teacher(args.checkpoint_dir, args.out_dir, step=args.step, dtype=args.dtype)}")
+        try:
+            out = export_teacher(
+                args.checkpoint_dir, args.out_dir, step=args.step, dtype=args.dtype, allow_nonfinite=args.allow_nonfinite
+            )
+        except (OSError, ValueError) as exc:  # each names the flag or the file; a traceback would add nothing
+            print(f"export-teacher: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(f"EMA teacher written to {out}")
         return 0
     if args.command == "evaluate":
         from srpo_verl.evaluate import run_from_args

@@ -87,14 +87,16 @@ def check_args(args) -> None:
 
 def check_model_path(label: str, path: str) -> None:
     """A verl checkpoint, a model folder with config and tokenizer, or a hub id that can be had."""
-    from srpo_verl.export import actor_dir
+    from srpo_verl.export import NotACheckpoint, actor_dir
     from srpo_verl.preflight import model_source
 
     try:
         actor_dir(path)
         return
-    except FileNotFoundError:
+    except NotACheckpoint:
         pass
+    except (OSError, ValueError) as exc:  # a checkpoint with a missing or broken part
+        raise SystemExit(f"--model {label}={path}: {exc}") from None
     try:
         model_source(path, key=f"--model {label}")
     except OSError as exc:
@@ -129,11 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_model(path: str, merged_dir: str) -> str:
     """A HF directory for `path`: itself, or the student of a verl checkpoint merged by verl."""
-    from srpo_verl.export import actor_dir
+    from srpo_verl.export import NotACheckpoint, actor_dir
 
     try:
         actor = actor_dir(path)
-    except FileNotFoundError:
+    except NotACheckpoint:
         return path  # a HF directory or hub id
     from verl.model_merger.base_model_merger import ModelMergerConfig
     from verl.model_merger.fsdp_model_merger import FSDPModelMerger

@@ -28,24 +28,76 @@ import torch
 _HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".safetensors.index.json", ".bin.index.json")
 
 
+TRACKER = "latest_checkpointed_iteration.txt"  # verl's record of the latest saved step
+_STEP_FOLDER = re.compile(r"global_step_(\d+)")
+# --dtype: torch's names, and the short ones verl's configs use.
+DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class NotACheckpoint(FileNotFoundError):
+    """The path is not a verl checkpoint at all (as opposed to one with a missing or broken part)."""
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype of a --dtype name, refused before any shard is read."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def _step_of(folder: str) -> int | None:
+    match = _STEP_FOLDER.fullmatch(os.path.basename(folder))
+    return int(match.group(1)) if match else None
+
+
+def _check_step_folder(step: int | None, folder: str) -> None:
+    """--step given with a folder of one step: it must be that step, never silently another."""
+    if step is None:
+        return
+    own = _step_of(folder)
+    if own != step:
+        which = f"the folder of step {own}" if own is not None else "one step's folder (its step unknown)"
+        raise ValueError(f"--step {step}: {folder} is {which}; give trainer.default_local_dir to choose a step")
+
+
+def read_tracker(path: str) -> int:
+    with open(path) as f:
+        text = f.read()
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{path}: expected the latest step number, found {text[:60]!r}") from None
+
+
 def actor_dir(checkpoint_dir: str, step: int | None = None) -> str:
     """The `actor/` folder of a checkpoint, given the run's `trainer.default_local_dir` (the latest
-    step, or `step`), a `global_step_N` folder, or the actor folder itself."""
+    step, or `step`), a `global_step_N` folder, or the actor folder itself. NotACheckpoint when
+    the path is none of these; a checkpoint folder missing the step asked for names what is there."""
     path = os.path.abspath(checkpoint_dir)
     if os.path.isdir(os.path.join(path, "huggingface")) and os.path.basename(path) == "actor":
+        _check_step_folder(step, os.path.dirname(path))
         return path
     if os.path.isdir(os.path.join(path, "actor")):
+        _check_step_folder(step, path)
         return os.path.join(path, "actor")
-    latest = os.path.join(path, "latest_checkpointed_iteration.txt")
-    if step is None and os.path.exists(latest):
-        with open(latest) as f:
-            step = int(f.read().strip())
-    if step is not None and os.path.isdir(os.path.join(path, f"global_step_{step}", "actor")):
-        return os.path.join(path, f"global_step_{step}", "actor")
-    raise FileNotFoundError(
-        f"{checkpoint_dir} is not a verl checkpoint: expected an actor/ folder, a global_step_N/ folder or "
-        "trainer.default_local_dir with latest_checkpointed_iteration.txt"
-    )
+    tracker = os.path.join(path, TRACKER)
+    steps = sorted(s for s in (_step_of(name) for name in (os.listdir(path) if os.path.isdir(path) else [])) if s is not None)
+    if not os.path.exists(tracker) and not steps:
+        raise NotACheckpoint(
+            f"{checkpoint_dir} is not a verl checkpoint: expected an actor/ folder, a global_step_N/ folder or "
+            f"trainer.default_local_dir with {TRACKER}"
+        )
+    source = "--step"
+    if step is None:
+        if not os.path.exists(tracker):
+            raise FileNotFoundError(f"{checkpoint_dir}: no {TRACKER} to name the latest step (steps there: {steps}); pass --step")
+        step, source = read_tracker(tracker), tracker
+    actor = os.path.join(path, f"global_step_{step}", "actor")
+    if not os.path.isdir(actor):
+        raise FileNotFoundError(f"{checkpoint_dir}: no global_step_{step}/actor (step {step} from {source}); steps there: {steps}")
+    return actor
 
 
 def teacher_shard_paths(actor: str) -> list[str]:
@@ -67,8 +119,11 @@ def teacher_shard_paths(actor: str) -> list[str]:
         raise FileNotFoundError(f"EMA teacher shards of {folder} are not ranks 0..{world - 1}: found {sorted(by_rank)}")
     fsdp_config = os.path.join(actor, "fsdp_config.json")
     if os.path.exists(fsdp_config):
-        with open(fsdp_config) as f:
-            recorded = json.load(f).get("world_size")
+        try:
+            with open(fsdp_config) as f:
+                recorded = json.load(f).get("world_size")
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"{fsdp_config}: not verl's FSDP record, a JSON object with world_size ({exc})") from None
         if recorded is not None and recorded != world:
             raise ValueError(f"{folder} holds {world} teacher shards but the actor checkpoint was saved by {recorded} ranks")
     return [by_rank[r] for r in range(world)]
@@ -112,25 +167,70 @@ def _empty_model(hf_dir: str):
         return AutoModelForCausalLM.from_config(config)
 
 
+def load_shard(path: str) -> dict[str, torch.Tensor]:
+    """One rank's {name: tensor}; a truncated or foreign file is named instead of torch's bare error."""
+    try:
+        shard = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several kinds (RuntimeError, EOFError, pickle errors)
+        raise ValueError(f"{path}: not a readable teacher shard, truncated or corrupt? ({type(exc).__name__}: {exc})") from None
+    if not isinstance(shard, dict) or not all(isinstance(t, torch.Tensor) for t in shard.values()):
+        raise ValueError(f"{path}: expected a dict of parameter name -> tensor, found {type(shard).__name__}")
+    return shard
+
+
+def nonfinite(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{name: count of NaN/inf entries} of the tensors that hold any."""
+    out = {}
+    for name, t in state.items():
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                out[name] = bad
+    return out
+
+
 def load_teacher_state(checkpoint_dir: str, step: int | None = None) -> dict[str, torch.Tensor]:
     """The EMA teacher's full state dict (the tied output embedding is not repeated)."""
     actor = actor_dir(checkpoint_dir, step)
     model = _empty_model(os.path.join(actor, "huggingface"))
     full_shapes = {name: t.shape for name, t in model.state_dict().items()}
-    shards = [torch.load(path, map_location="cpu", weights_only=True) for path in teacher_shard_paths(actor)]
+    shards = [load_shard(path) for path in teacher_shard_paths(actor)]
     return merge_shards(shards, full_shapes)
 
 
-def export_teacher(checkpoint_dir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None) -> str:
+def _refuse_nonfinite(state: dict[str, torch.Tensor], where: str, why: str) -> None:
+    bad = nonfinite(state)
+    if bad:
+        named = ", ".join(f"{name} ({count} entries)" for name, count in list(bad.items())[:5])
+        raise ValueError(
+            f"EMA teacher of {where}: NaN/inf in {len(bad)} of {len(state)} tensors, e.g. {named}: {why}; "
+            "pass --allow-nonfinite to export it anyway"
+        )
+
+
+def export_teacher(
+    checkpoint_dir: str,
+    out_dir: str,
+    *,
+    step: int | None = None,
+    dtype: str | None = None,
+    allow_nonfinite: bool = False,
+) -> str:
     """Write the EMA teacher of `checkpoint_dir` to `out_dir` as a HF model; returns `out_dir`.
 
     `dtype` ("float32", "bfloat16", ...) casts the weights; by default they keep the training
-    dtype of the shards (verl's merger writes the student in bfloat16)."""
+    dtype of the shards (verl's merger writes the student in bfloat16). A teacher holding NaN or
+    inf (a diverged run, or a cast that overflows) is refused unless `allow_nonfinite`."""
+    cast = torch_dtype(dtype)  # a bad name fails here, before gigabytes of shards are read
     actor = actor_dir(checkpoint_dir, step)
     hf_dir = os.path.join(actor, "huggingface")
     state = load_teacher_state(actor)
-    if dtype is not None:
-        state = {name: t.to(getattr(torch, dtype)) for name, t in state.items()}
+    if not allow_nonfinite:
+        _refuse_nonfinite(state, actor, "the run diverged before this checkpoint")
+    if cast is not None:
+        state = {name: t.to(cast) for name, t in state.items()}
+        if not allow_nonfinite:
+            _refuse_nonfinite(state, actor, f"--dtype {dtype} overflows them")
     model = _empty_model(hf_dir)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if model.config.get_text_config().tie_word_embeddings:

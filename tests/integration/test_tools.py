@@ -4,13 +4,15 @@ every flag, task file and model path before a model loads and writes each result
 that is wrong. Fast: the tiny model and hand-made checkpoint folders, no training run."""
 
 import json
-import os
+import shutil
 
 import pandas as pd
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from srpo_verl import __main__ as cli
-from srpo_verl import evaluate
+from srpo_verl import evaluate, export
 from srpo_verl.demo import addition
 
 ADDITION_REWARD = ["--reward-path", addition.__file__, "--reward-name", "compute_score"]
@@ -154,3 +156,128 @@ def test_evaluate_runs_the_tiny_model_with_a_progress_bar(base, tmp_path, capsys
     assert "tiny add" in err and "4/4" in err  # 2 prompts x 2 samples
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["complete"] is True and saved["results"]["tiny"]["add"]["n_prompts"] == 2
+
+
+# --------------------------------------------------------------------------- export-teacher
+
+
+@pytest.fixture
+def ckpt(tiny_model_path, tmp_path):
+    """trainer.default_local_dir of a 1-rank run with steps 2 and 4 (latest 4), laid out as verl and the
+    SRPO worker write it; the teacher is the tiny model's weights (step 4: weights + 1)."""
+    root = tmp_path / "ckpt"
+    state = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    state.pop("lm_head.weight", None)  # tied: the worker's shards hold the embedding once
+    for step in (2, 4):
+        actor = root / f"global_step_{step}" / "actor"
+        shutil.copytree(tiny_model_path, actor / "huggingface", ignore=shutil.ignore_patterns("*.safetensors"))
+        (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+        (actor / "srpo_ema_teacher").mkdir()
+        torch.save({k: v + (step == 4) for k, v in state.items()}, actor / "srpo_ema_teacher" / "rank_0.pt")
+    (root / "latest_checkpointed_iteration.txt").write_text("4")
+    return {"root": root, "state": state}
+
+
+def export_cli(*args) -> int:
+    return cli.main(["export-teacher", *map(str, args)])
+
+
+def exported_weight(out) -> torch.Tensor:
+    return AutoModelForCausalLM.from_pretrained(out).state_dict()["model.embed_tokens.weight"]
+
+
+def test_export_takes_the_latest_step_or_the_one_asked_for(ckpt, tmp_path):
+    embed = ckpt["state"]["model.embed_tokens.weight"]
+    assert export_cli(ckpt["root"], tmp_path / "latest") == 0
+    assert torch.equal(exported_weight(tmp_path / "latest"), embed + 1)
+    assert export_cli(ckpt["root"], tmp_path / "two", "--step", 2) == 0
+    assert torch.equal(exported_weight(tmp_path / "two"), embed)
+
+
+def test_step_on_a_step_folder_is_honoured_or_refused(ckpt, tmp_path, capsys):
+    """Before: `--step 2` on global_step_4/ exported step 4 silently."""
+    step4 = ckpt["root"] / "global_step_4"
+    assert export_cli(step4, tmp_path / "same", "--step", 4) == 0
+    for folder in (step4, step4 / "actor"):
+        assert export_cli(folder, tmp_path / "other", "--step", 2) == 1
+        err = capsys.readouterr().err
+        assert f"--step 2: {step4} is the folder of step 4; give trainer.default_local_dir to choose a step" in err
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_missing_step_names_the_steps_there_not_not_a_checkpoint(ckpt, tmp_path):
+    with pytest.raises(FileNotFoundError) as exc:
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"), step=3)
+    assert not isinstance(exc.value, export.NotACheckpoint)
+    assert "no global_step_3/actor (step 3 from --step); steps there: [2, 4]" in str(exc.value)
+    (ckpt["root"] / "latest_checkpointed_iteration.txt").write_text("6")
+    with pytest.raises(FileNotFoundError, match=r"no global_step_6/actor \(step 6 from .*latest_checkpointed_iteration.txt\); steps there: \[2, 4\]"):
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"))
+    with pytest.raises(export.NotACheckpoint, match="is not a verl checkpoint"):
+        export.export_teacher(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_a_bad_tracker_file_is_named(ckpt, tmp_path):
+    tracker = ckpt["root"] / "latest_checkpointed_iteration.txt"
+    tracker.write_text("global_step_4\n")
+    with pytest.raises(ValueError) as exc:
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"))
+    assert f"{tracker}: expected the latest step number, found 'global_step_4\\n'" in str(exc.value)
+
+
+def test_dtype_is_checked_before_any_shard_is_read(ckpt, tmp_path, monkeypatch):
+    """Before: an unknown --dtype failed after every shard was read and merged (32 GB at 8B)."""
+    monkeypatch.setattr(export, "load_shard", lambda path: pytest.fail(f"{path} was read"))
+    with pytest.raises(ValueError, match=r"--dtype 'bfloat': expected one of float32, float16, bfloat16, fp32, fp16, bf16"):
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"), dtype="bfloat")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_short_dtype_name_is_accepted(ckpt, tmp_path):
+    assert export_cli(ckpt["root"], tmp_path / "bf16", "--dtype", "bf16") == 0
+    assert exported_weight(tmp_path / "bf16").dtype == torch.bfloat16
+
+
+def test_a_truncated_shard_is_named(ckpt, tmp_path):
+    shard = ckpt["root"] / "global_step_4" / "actor" / "srpo_ema_teacher" / "rank_0.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(ValueError) as exc:
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"))
+    assert f"{shard}: not a readable teacher shard, truncated or corrupt?" in str(exc.value)
+
+
+def test_a_corrupt_fsdp_config_is_named(ckpt, tmp_path):
+    record = ckpt["root"] / "global_step_4" / "actor" / "fsdp_config.json"
+    record.write_text('{"FSDP_version": 2, "world_si')
+    with pytest.raises(ValueError) as exc:
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"))
+    assert f"{record}: not verl's FSDP record" in str(exc.value)
+
+
+def test_a_nan_teacher_is_refused_naming_the_tensor_unless_allowed(ckpt, tmp_path, capsys):
+    shard = ckpt["root"] / "global_step_4" / "actor" / "srpo_ema_teacher" / "rank_0.pt"
+    state = torch.load(shard)
+    state["model.norm.weight"][:3] = float("nan")
+    torch.save(state, shard)
+    assert export_cli(ckpt["root"], tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "NaN/inf in 1 of" in err and "model.norm.weight (3 entries)" in err and "--allow-nonfinite" in err
+    assert not (tmp_path / "out").exists()
+    assert export_cli(ckpt["root"], tmp_path / "out", "--allow-nonfinite") == 0
+    assert torch.isnan(AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()["model.norm.weight"]).sum() == 3
+
+
+def test_a_cast_that_overflows_is_refused(ckpt, tmp_path):
+    shard = ckpt["root"] / "global_step_4" / "actor" / "srpo_ema_teacher" / "rank_0.pt"
+    state = torch.load(shard)
+    state["model.norm.weight"][0] = 1e6  # beyond float16's 65504
+    torch.save(state, shard)
+    with pytest.raises(ValueError, match=r"model\.norm\.weight \(1 entries\): --dtype float16 overflows them"):
+        export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"), dtype="float16")
+
+
+def test_evaluate_names_a_broken_checkpoint_instead_of_loading_it_as_a_model(ckpt, base, no_loading):
+    (ckpt["root"] / "latest_checkpointed_iteration.txt").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--model", f"run={ckpt['root']}")
+    assert f"--model run={ckpt['root']}: " in str(exc.value) and "expected the latest step number" in str(exc.value)
