@@ -60,11 +60,17 @@ def compose(overrides: list[str]):
 
 
 def _nearest_keys(overrides: list[str], exc: BaseException) -> str:
-    """"did you mean" for an override of a key that is not in the config: the nearest keys of its
-    parent node, composed without the failing override (Hydra names the key, never the options)."""
+    """"did you mean" for a config group option that does not exist (the nearest of those Hydra lists)
+    or a key that is not in the config (the nearest keys of its parent node, composed without the
+    failing override: Hydra names the key, never the keys it could have been)."""
     import difflib
     import re
 
+    option = re.search(r"Could not find '([\w/]+)/([^'/]+)'", str(exc))
+    if option:  # a config group option: Hydra lists the options, one per tab-indented line
+        options = re.findall(r"^\t(\w+)$", str(exc).split("Config search path:")[0], flags=re.M)
+        close = difflib.get_close_matches(option.group(2), options, n=3, cutoff=0.6)
+        return f"\ndid you mean: {', '.join(f'{option.group(1)}={o}' for o in close)}?" if close else ""
     cause = exc.__cause__ or exc.__context__
     match = re.search(r"full_key: (\S+)", str(cause or ""))
     if not match:

@@ -189,6 +189,7 @@ def test_hydra_error_is_kept_whole_with_the_valid_options(overrides, capsys):
     detail = items([*overrides, "algorithm=srpoo"])["config"].detail
     assert "Could not find 'algorithm/srpoo'" in detail
     assert "Available options in 'algorithm':" in detail and "srpo_no_dw" in detail
+    assert detail.endswith("did you mean: algorithm=srpo, algorithm=srpo_no_dw, algorithm=sdpo?")
     preflight.report(items([*overrides, "algorithm=srpoo"]).values())
     assert "\n       Available options in 'algorithm':" in capsys.readouterr().out  # indented under its item
 
