@@ -46,6 +46,11 @@ class Item:
     name: str
     ok: bool
     detail: str
+    skipped: bool = False  # not checked because an item it needs failed (that one is the failure)
+
+
+class Skipped(Exception):
+    """Raised by an item that cannot run because an earlier item failed."""
 
 
 def compose(overrides: list[str]):
@@ -310,7 +315,7 @@ def check_threshold(config, reward_ok: bool = True) -> str:
     if not srpo:
         return "no algorithm.srpo block: nothing to check"
     if not reward_ok:
-        return "not checked (the reward item failed)"
+        raise Skipped("not checked (the reward item failed)")
     from srpo_verl.tasks import gold_response
 
     threshold = float(srpo.get("success_threshold", 0.5))
@@ -400,6 +405,8 @@ def preflight(overrides: list[str], *, verbose: bool = False) -> list[Item]:
         try:
             items.append(Item(name, True, check(config, state)))
             state["ok"][name] = True
+        except Skipped as skip:
+            items.append(Item(name, True, str(skip), skipped=True))
         except Exception as exc:  # noqa: BLE001 - reported as the failing item
             if verbose:
                 traceback.print_exc()
@@ -412,7 +419,8 @@ def report(items: list[Item]) -> int:
     for item in items:
         # Continuation lines of a long message are indented under their item.
         detail = item.detail.replace("\n", "\n       ")
-        print(f"[{' OK ' if item.ok else 'FAIL'}] {item.name}: {detail}")
+        mark = "SKIP" if item.skipped else " OK " if item.ok else "FAIL"
+        print(f"[{mark}] {item.name}: {detail}")
     failed = [item.name for item in items if not item.ok]
     print(f"pre-flight FAILED: {', '.join(failed)}" if failed else "pre-flight OK")
     return 1 if failed else 0

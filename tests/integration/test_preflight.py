@@ -83,10 +83,13 @@ def test_gpus_are_counted_against_n_gpus_per_node(overrides, monkeypatch, visibl
         )
 
 
-def test_reward_function_that_is_missing_fails(overrides):
+def test_reward_function_that_is_missing_fails(overrides, capsys):
     got = failed([*overrides, "reward.custom_reward_function.name=no_such_reward"])
     assert set(got) == {"reward"}
     assert "no_such_reward" in got["reward"]
+    # The threshold item needs the reward: skipped, not a second failure.
+    assert preflight.report(items([*overrides, "reward.custom_reward_function.name=no_such_reward"]).values()) == 1
+    assert "[SKIP] threshold: not checked (the reward item failed)" in capsys.readouterr().out
 
 
 def not_a_number(data_source, solution_str, ground_truth, extra_info=None):
