@@ -18,6 +18,7 @@ from verl.base_config import BaseConfig
 from verl.trainer.config import AlgoConfig
 
 from srpo_verl import core_algos
+from srpo_verl.integration import wire
 
 METHODS = ("srpo", "sdpo", "advantage_mix")
 ENTROPY_MODES = ("full", "topk_tail")
@@ -278,7 +279,7 @@ class SRPOConfig(BaseConfig):
     @property
     def weight_entropy_field(self) -> str:
         """The teacher-pass field the entropy weights read (`entropy_mode`)."""
-        return "srpo_teacher_entropy" if self.entropy_mode == "full" else "srpo_teacher_entropy_topk"
+        return wire.TEACHER_ENTROPY.name if self.entropy_mode == "full" else wire.TEACHER_ENTROPY_TOPK.name
 
     @property
     def teacher_ema_rate(self) -> float:

@@ -8,15 +8,10 @@ verl's FSDP engine calls one function in two roles (the hook verl's own top-K di
      one-denominator SRPO objective of `core_algos.srpo_loss` and metrics.
 Nothing here holds math: every formula is a `srpo_verl.core_algos` function.
 
-Fields the trainer step puts in the batch. The teacher's fields are nested tensors with the
-response's length on rows the teacher scored and an empty row elsewhere (nothing is shipped for a
-GRPO row): their values are the response tokens of the scored rows, in order (`teacher_token_mask`).
-  srpo_route (B,) int        1 = SDPO-routed (distillation branch), 0 = GRPO branch
-  srpo_topk_ids (B, R|0, K)  student top-K token ids, from verl's old-log-prob forward
-  srpo_teacher_topk (B, R|0, K) teacher log q at those ids (full-vocabulary normalised)
-  srpo_teacher_entropy (B, R|0) teacher entropy used for the weights
-  srpo_sampled_adv (B, R|0)  log q(y_t) - log p_old(y_t) (sampled-token mode)
-and, per optimiser mini-batch, the non-tensor `srpo_log_mean_weight` (see worker.py).
+The batch fields it reads (route, top-K ids, teacher values, sampled-token advantage, the mini-batch
+normaliser) are declared in `wire.py`. The teacher's fields are nested tensors with the response's
+length on rows the teacher scored and an empty row elsewhere (nothing is shipped for a GRPO row):
+their values are the response tokens of the scored rows, in order (`teacher_token_mask`).
 """
 
 from __future__ import annotations
@@ -30,13 +25,12 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
+from srpo_verl.integration import wire
 from srpo_verl.lent_gradient import LendBook, lend_dense_gradient, topk_tail_divergence_lent
 
-DIVERGENCE_KEY = "srpo_divergence"
-DENSE_WEIGHT_KEY = "srpo_dense_weight"  # S of the divergence's gradient, lent to the token log-prob
-LABEL_LOG_PROB_KEY = "srpo_label_log_prob"  # log p(response token) as the divergence computed it
-TOPK_MATCH_KEY = "srpo_topk_match"
-LEND_KEY = "srpo_lend"  # non-tensor on the micro-batch: the processor's Lend, for the loss role's lend
+# The processor's per-token outputs (names in wire.py).
+DIVERGENCE_KEY, DENSE_WEIGHT_KEY = wire.DIVERGENCE, wire.DENSE_WEIGHT
+LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY = wire.LABEL_LOG_PROB, wire.TOPK_MATCH
 
 
 def packed_response_positions(seq_lens: torch.Tensor, response_lens: torch.Tensor) -> torch.Tensor:
@@ -71,10 +65,10 @@ def response_tokens_of(data, rows: torch.Tensor) -> torch.Tensor:
 
 def routed_response_tokens(data) -> torch.Tensor:
     """(R_total,) bool: the response tokens of SDPO-routed rows, on the micro-batch's device."""
-    return response_tokens_of(data, data["srpo_route"])
+    return response_tokens_of(data, data[wire.ROUTE.name])
 
 
-def teacher_token_mask(data, key: str = "srpo_teacher_entropy") -> torch.Tensor:
+def teacher_token_mask(data, key: str = wire.TEACHER_ENTROPY.name) -> torch.Tensor:
     """(R_total,) bool: the response tokens that have teacher values in field `key` (the tokens of
     rows the teacher scored; other rows carry an empty row). `data[key].values()[i]` belongs to the
     i-th True token. On the micro-batch's device."""
@@ -108,15 +102,15 @@ def distillation_divergence(
     nnz = logits.shape[0]
     out = {key: logits.new_zeros(nnz, dtype=torch.float32) for key in (DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY)}
     lend = None
-    if srpo.distils_logits and "srpo_topk_ids" in data:
+    if srpo.distils_logits and wire.TOPK_IDS.name in data:
         routed = routed_response_tokens(data)  # (R_total,)
         positions = response_positions(data)[routed]  # (n,)
         if positions.numel() > 0:
             # Routed rows are scored by the teacher: their tokens' places among the teacher's values.
-            taught = teacher_token_mask(data, "srpo_teacher_topk")  # (R_total,)
+            taught = teacher_token_mask(data, wire.TEACHER_TOPK.name)  # (R_total,)
             index = (taught.cumsum(0) - 1)[routed]  # (n,)
-            topk_ids = data["srpo_topk_ids"].values()[index].long()  # (n, K)
-            teacher_topk = data["srpo_teacher_topk"].values()[index].float()  # (n, K)
+            topk_ids = data[wire.TOPK_IDS.name].values()[index].long()  # (n, K)
+            teacher_topk = data[wire.TEACHER_TOPK.name].values()[index].float()  # (n, K)
             lent = topk_tail_divergence_lent(
                 logits,
                 teacher_topk,
@@ -134,7 +128,7 @@ def distillation_divergence(
                 lends.add(lend)
     # Always set (None when nothing is lent): a micro-batch object reused by a later call must not
     # carry an earlier call's Lend.
-    tu.assign_non_tensor(data, **{LEND_KEY: lend})
+    tu.assign_non_tensor(data, **{wire.LEND: lend})
     return {key: value.unsqueeze(0) for key, value in out.items()}
 
 
@@ -146,7 +140,7 @@ def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, mod
     expected = no_padding_2_padding(model_output[LABEL_LOG_PROB_KEY], data)  # (B, T)
     lens = data["responses"].offsets().diff()  # (B,)
     present = torch.arange(log_prob.shape[1], device=lens.device) < lens.unsqueeze(-1)  # (B, T)
-    routed = present & data["srpo_route"].bool().unsqueeze(-1)  # the processor's rows, row-major
+    routed = present & data[wire.ROUTE.name].bool().unsqueeze(-1)  # the processor's rows, row-major
     # verl's torch path keeps bf16 logits' log-probs in bf16 (flash-attn's and the fp32 path give fp32).
     tol = max(1e-3, torch.finfo(log_prob.dtype).eps)
     gap = ((log_prob.detach().float() - expected).abs() - tol * (1.0 + expected.abs())) * routed
@@ -156,7 +150,7 @@ def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, mod
             f"from the same logits (by {gap.max().item():.3g} beyond the tolerance): the engine's log-prob "
             "path is not the one this loss lends its gradient to (docs/verl_surfaces.md S45)"
         )
-    lend = tu.get_non_tensor_data(data, LEND_KEY, None)
+    lend = tu.get_non_tensor_data(data, wire.LEND, None)
     if lend is None:  # nothing routed in this micro-batch: the divergence is a constant 0
         return log_prob, divergence
     return lend_dense_gradient(log_prob, divergence, dense_weight, routed, lend)
@@ -169,11 +163,11 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
     if "rollout_is_weights" in data:
         fields.append("rollout_is_weights")
     padded = dict(data.select(*fields).to_padded_tensor().items())
-    for key in ("srpo_teacher_entropy", "srpo_sampled_adv"):  # empty rows outside the taught ones
+    for key in (wire.TEACHER_ENTROPY.name, wire.SAMPLED_ADV.name):  # empty rows outside the taught ones
         padded[key] = padded_teacher_field(data, key, padded["old_log_probs"].shape)
     mask = padded["response_mask"].bool()  # (B, T)
     old_log_prob, rho = padded["old_log_probs"], padded.get("rollout_is_weights", None)
-    route = data["srpo_route"].bool()  # (B,)
+    route = data[wire.ROUTE.name].bool()  # (B,)
 
     clip_kwargs = dict(
         clip_ratio_low=actor_config.clip_ratio_low,
@@ -189,19 +183,19 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
             divergence, log_prob, old_log_prob, is_clip=srpo.is_clip, rollout_is_weights=rho
         )
     else:  # sampled-token distillation (and advantage_mix, which routes nothing)
-        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["srpo_sampled_adv"], **clip_kwargs)
+        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded[wire.SAMPLED_ADV.name], **clip_kwargs)
         divergence = torch.zeros_like(log_prob)
     grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
     weights = core_algos.entropy_weights(
-        padded["srpo_teacher_entropy"],
+        padded[wire.TEACHER_ENTROPY.name],
         sdpo_tokens,
         beta=srpo.beta,
-        log_mean=data["srpo_log_mean_weight"],
+        log_mean=data[wire.LOG_MEAN_WEIGHT],
     )
     num_tokens, dp_size = data["batch_num_tokens"], data["dp_size"]
     # SRPO: one denominator, all valid tokens of the mini-batch. sdpo: the distilled tokens of the
     # mini-batch (SDPO's token mean over distilled tokens; its reference code takes it per micro-batch).
-    denominator = data["srpo_num_distilled_tokens"] if srpo.distilled_tokens_denominator else num_tokens
+    denominator = data[wire.NUM_DISTILLED_TOKENS] if srpo.distilled_tokens_denominator else num_tokens
     loss = core_algos.srpo_loss(
         grpo_loss, sdpo_loss, route, weights, mask, num_tokens=denominator, dp_size=dp_size
     )
@@ -219,11 +213,11 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         "srpo/sdpo_token_share": share(torch.ones_like(log_prob), sdpo_tokens),
         "actor/pg_clipfrac": share(clipped, grpo_tokens),
     }
-    if "srpo_num_distilled_tokens" in data:
+    if wire.NUM_DISTILLED_TOKENS in data:
         # The entropy the weights read (entropy_mode), as a token mean over the mini-batch's routed tokens.
-        distilled = max(float(data["srpo_num_distilled_tokens"]), 1.0)
+        distilled = max(float(data[wire.NUM_DISTILLED_TOKENS]), 1.0)
         metrics["srpo/weight_entropy_mean"] = Metric(
-            value=(padded["srpo_teacher_entropy"].float() * sdpo_tokens).sum().item() / distilled * dp_size,
+            value=(padded[wire.TEACHER_ENTROPY.name].float() * sdpo_tokens).sum().item() / distilled * dp_size,
             aggregation=AggregationType.SUM,
         )
     if sdpo_tokens.any():

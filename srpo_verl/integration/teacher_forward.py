@@ -11,6 +11,7 @@ import logging
 import torch
 
 from srpo_verl import core_algos
+from srpo_verl.integration import wire
 
 logger = logging.getLogger(__name__)
 _FULL_LOGITS_WARNED: set[str] = set()  # model types warned about once per process
@@ -61,8 +62,8 @@ def score_response_tokens(
     logits.div_(temperature.to(logits.dtype))
     log_q_topk, entropy, log_q_sampled = core_algos.teacher_scores(logits, topk_ids, sampled, chunk_size=chunk_size)
     return {
-        "srpo_teacher_topk": log_q_topk.float(),
-        "srpo_teacher_entropy": entropy.float(),
-        "srpo_teacher_entropy_topk": core_algos.topk_tail_entropy(core_algos.add_tail_bucket(log_q_topk)).float(),
-        "srpo_teacher_log_prob": log_q_sampled.float(),
+        wire.TEACHER_TOPK.name: log_q_topk.float(),
+        wire.TEACHER_ENTROPY.name: entropy.float(),
+        wire.TEACHER_ENTROPY_TOPK.name: core_algos.topk_tail_entropy(core_algos.add_tail_bucket(log_q_topk)).float(),
+        wire.TEACHER_LOG_PROB.name: log_q_sampled.float(),
     }

@@ -34,20 +34,13 @@ from srpo_verl import core_algos
 from srpo_verl.integration.config_checks import check_trainer_config
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
 from srpo_verl.integration.teacher_prompt import has_demonstration_content, teacher_prompt_ids, text_has_content
-from srpo_verl.integration.worker import (
-    TAUGHT_FIELD,
-    TEACHER_FIELDS,
-    TEACHER_FIELDS_FOR_DRIVER,
-    TOPK_FIELD,
-    SRPOActorRolloutRefWorker,
-)
+from srpo_verl.integration import wire
+from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
-TEACHER_INPUT_FIELD = "srpo_teacher_input_ids"
-# Fields only the driver reads (the teacher sequences exist on teacher rows only): the update does not fetch them.
-HOST_ONLY_FIELDS = (TEACHER_INPUT_FIELD, TAUGHT_FIELD, *TEACHER_FIELDS_FOR_DRIVER)
+TEACHER_OUTPUTS = [f.name for f in wire.TEACHER_OUTPUTS]
 
 
 def reward_extra(extra_fields, key: str) -> str:
@@ -142,7 +135,7 @@ class SRPOStepMixin:
             self._srpo_routing = self._srpo_route(batch, metrics)
             if self._srpo_routing.taught.any():
                 # 3. verl's old-log-prob forward also returns the student's top-K ids of these rows.
-                self._srpo_put(batch, {TAUGHT_FIELD: self._srpo_routing.taught.long()})
+                self._srpo_put(batch, {wire.TAUGHT.name: self._srpo_routing.taught.long()})
         return super()._compute_old_log_prob(batch, metrics)
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -157,7 +150,7 @@ class SRPOStepMixin:
             responses = list(data["responses"].unbind())
             truncated = self._srpo_put_teacher_prompts(batch, step, list(data["raw_prompt"]), responses)  # 5
             scored = self._srpo_teacher_pass(batch, step, responses)  # 6
-            teacher = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(TEACHER_FIELDS))
+            teacher = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=TEACHER_OUTPUTS)
             self._srpo_put_loss_fields(batch, step, data, teacher)  # each row's route and advantage, for 7
             self._srpo_log_step(metrics, step, data, teacher, scored=scored, truncated=truncated)
         return batch
@@ -262,7 +255,7 @@ class SRPOStepMixin:
             truncated += int(cut > 0)
             ids.append(torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]]))
         if rows:
-            self._srpo_put(batch, {TEACHER_INPUT_FIELD: _nested(ids)}, rows=rows)
+            self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=rows)
         return truncated
 
     def _srpo_teacher_pass(self, batch, step: StepRouting, responses) -> int:
@@ -274,12 +267,12 @@ class SRPOStepMixin:
             if pad:
                 # A pad row carries no top-K ids, so the worker runs it (FSDP forwards are collective)
                 # without scoring it; one token is all its teacher sequence needs.
-                self._srpo_put(batch, {TEACHER_INPUT_FIELD: _nested([responses[i][:1] for i in pad])}, rows=pad)
+                self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested([responses[i][:1] for i in pad])}, rows=pad)
             meta = KVBatchMeta(
                 keys=[batch.keys[i] for i in rows + pad],
                 tags=[batch.tags[i] for i in rows + pad],
                 partition_id=batch.partition_id,
-                fields=[TEACHER_INPUT_FIELD, "responses", TOPK_FIELD],
+                fields=[wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
                 extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
             )
             before = sum(self.actor_rollout_wg.srpo_teacher_rows_seen())
@@ -287,10 +280,10 @@ class SRPOStepMixin:
             scored = sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - len(pad)
         others = [i for i in range(n) if not step.taught[i]]
         if others:
-            empty = {key: _nested([torch.zeros(0) for _ in others]) for key in TEACHER_FIELDS}
-            empty["srpo_teacher_topk"] = _nested([torch.zeros(0, self._srpo_k) for _ in others])
+            empty = {key: _nested([torch.zeros(0) for _ in others]) for key in TEACHER_OUTPUTS}
+            empty[wire.TEACHER_TOPK.name] = _nested([torch.zeros(0, self._srpo_k) for _ in others])
             if not rows:  # verl's old-log-prob forward ran as in GRPO: no top-K ids were stored
-                empty[TOPK_FIELD] = _nested([torch.zeros(0, self._srpo_k, dtype=torch.int32) for _ in others])
+                empty[wire.TOPK_IDS.name] = _nested([torch.zeros(0, self._srpo_k, dtype=torch.int32) for _ in others])
             self._srpo_put(batch, empty, rows=others)
         return scored
 
@@ -299,20 +292,20 @@ class SRPOStepMixin:
         advantage and the weight entropy of the teacher rows."""
         srpo, taught = self.srpo, step.taught.tolist()
         old, adv = list(data["old_log_probs"].unbind()), list(data["advantages"].unbind())
-        t_logp = list(teacher["srpo_teacher_log_prob"].unbind())
+        t_logp = list(teacher[wire.TEACHER_LOG_PROB.name].unbind())
         sampled = [
             core_algos.sampled_token_advantage(t_logp[i], old[i]) if taught[i] else old[i][:0] for i in range(len(old))
         ]
         fields = {
-            "srpo_route": step.route.long(),
-            "srpo_sampled_adv": _nested(sampled),
+            wire.ROUTE.name: step.route.long(),
+            wire.SAMPLED_ADV.name: _nested(sampled),
             "advantages": _nested([srpo.advantage(adv[i], sampled[i], taught=taught[i]) for i in range(len(old))]),
         }
-        if srpo.weight_entropy_field != "srpo_teacher_entropy":
-            fields["srpo_teacher_entropy"] = _nested(list(teacher[srpo.weight_entropy_field].unbind()))
+        if srpo.weight_entropy_field != wire.TEACHER_ENTROPY.name:
+            fields[wire.TEACHER_ENTROPY.name] = _nested(list(teacher[srpo.weight_entropy_field].unbind()))
         stored = self._srpo_put(batch, fields)
         # The update fetches the listed fields: what the driver alone reads stays behind.
-        batch.fields = [f for f in stored.fields if f not in HOST_ONLY_FIELDS]
+        batch.fields = [f for f in stored.fields if f not in wire.HOST_ONLY]
 
     def _srpo_log_step(self, metrics: dict, step: StepRouting, data, teacher, *, scored: int, truncated: int) -> None:
         """Routing shares, teacher statistics and counts (docs/spec.md §4: teacher entropy, response
@@ -345,9 +338,9 @@ class SRPOStepMixin:
             sel = lambda key: torch.cat([teacher[key].unbind()[i][mask[i].bool()] for i in rows])  # noqa: E731
             metrics.update(
                 {
-                    "srpo/teacher_entropy_full": sel("srpo_teacher_entropy").mean().item(),
-                    "srpo/teacher_entropy_topk": sel("srpo_teacher_entropy_topk").mean().item(),
-                    "srpo/teacher_tail_mass": (1 - sel("srpo_teacher_topk").double().exp().sum(-1)).clamp(min=0).mean().item(),
+                    "srpo/teacher_entropy_full": sel(wire.TEACHER_ENTROPY.name).mean().item(),
+                    "srpo/teacher_entropy_topk": sel(wire.TEACHER_ENTROPY_TOPK.name).mean().item(),
+                    "srpo/teacher_tail_mass": (1 - sel(wire.TEACHER_TOPK.name).double().exp().sum(-1)).clamp(min=0).mean().item(),
                     "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in rows])),
                 }
             )

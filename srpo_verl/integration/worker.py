@@ -34,7 +34,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker, T
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
-from srpo_verl.integration import teacher_forward
+from srpo_verl.integration import teacher_forward, wire
 from srpo_verl.lent_gradient import LendBook
 from srpo_verl.integration.loss import (
     packed_response_positions,
@@ -48,13 +48,9 @@ from srpo_verl.integration.loss import (
 logger = logging.getLogger(__name__)
 
 TEACHER_DIR = "srpo_ema_teacher"
-# What the teacher pass returns per teacher row (response-aligned): what the update reads (the top-K
-# log q and the weight entropy), and what only the trainer reads (metrics, sampled-token advantage).
-TEACHER_FIELDS_FOR_UPDATE = ("srpo_teacher_topk", "srpo_teacher_entropy")
-TEACHER_FIELDS_FOR_DRIVER = ("srpo_teacher_entropy_topk", "srpo_teacher_log_prob")
-TEACHER_FIELDS = TEACHER_FIELDS_FOR_UPDATE + TEACHER_FIELDS_FOR_DRIVER
-TOPK_FIELD = "srpo_topk_ids"  # the student's top-K ids, from the old-log-prob forward
-TAUGHT_FIELD = "srpo_taught"  # (B,) 1 for the rows the teacher will score
+# Field names (wire.py) under the names the tests and benchmarks import them by.
+TEACHER_FIELDS = tuple(f.name for f in wire.TEACHER_OUTPUTS)
+TOPK_FIELD, TAUGHT_FIELD = wire.TOPK_IDS.name, wire.TAUGHT.name
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -68,7 +64,7 @@ def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
 
 class _StudentTopK:
     """Logits processor for verl's old-log-prob forward: the student's top-K ids at the response
-    tokens of the rows marked `srpo_taught` (the rows the teacher will score), keyed by `srpo_row`
+    tokens of the rows marked `wire.TAUGHT` (the rows the teacher will score), keyed by `wire.ROW`
     so verl's micro-batch reordering cannot misalign them. The loss role returns nothing to optimise."""
 
     def __init__(self, k: int, chunk_size: int):
@@ -85,7 +81,7 @@ class _StudentTopK:
             logits, k=min(self.k, logits.shape[-1]), rows=response_positions(data)[tokens], chunk_size=self.chunk_size
         )  # (n, K)
         lens = (data["responses"].offsets().diff() * taught).tolist()
-        for row, piece in zip(data["srpo_row"].tolist(), ids.to(torch.int32).cpu().split(lens)):
+        for row, piece in zip(data[wire.ROW].tolist(), ids.to(torch.int32).cpu().split(lens)):
             self.rows[row] = piece
         return {}
 
@@ -238,7 +234,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         if self.srpo is None or TAUGHT_FIELD not in data.keys():
             return super().compute_log_prob(data)
         n = data.batch_size[0]
-        data["srpo_row"] = torch.arange(n)  # host: the batch arrives from TransferQueue on the host
+        data[wire.ROW] = torch.arange(n)  # host: the batch arrives from TransferQueue on the host
         tu.assign_non_tensor(data, compute_loss=True, distillation_use_topk=True)
         collector = _StudentTopK(self.srpo_k, self.srpo.chunk_size)
         saved, self.actor.loss_fn = self.actor.loss_fn, collector
@@ -256,16 +252,16 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_srpo_teacher(self, data):
         """Teacher pass over the rows the trainer sent (only rows that need a teacher).
 
-        data: srpo_teacher_input_ids (the teacher sequences [teacher prompt | response]), responses,
+        data: wire.TEACHER_INPUT_IDS (the teacher sequences [teacher prompt | response]), responses,
         srpo_topk_ids; the non-tensor `temperature`. Returns TEACHER_FIELDS per row."""
         n = data.batch_size[0]
         engine_config = self.actor.engine_config
         batch = tu.get_tensordict(
             {
-                "input_ids": data["srpo_teacher_input_ids"],  # verl balances micro-batches by this length
+                "input_ids": data[wire.TEACHER_INPUT_IDS.name],  # verl balances micro-batches by this length
                 "responses": data["responses"],
                 TOPK_FIELD: data[TOPK_FIELD],
-                "srpo_row": torch.arange(n),  # host: TransferQueue hands the batch over on the host
+                wire.ROW: torch.arange(n),  # host: TransferQueue hands the batch over on the host
             }
         )
         budget = engine_config.infer_max_token_len_per_gpu
@@ -355,7 +351,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         )
         lens = (response_lens * scored).tolist()
         pieces = zip(*(v.cpu().split(lens) for v in per_token.values()))  # host-side until the trainer stores them
-        return {row: dict(zip(per_token, p)) for row, p in zip(mb["srpo_row"].tolist(), pieces)}
+        return {row: dict(zip(per_token, p)) for row, p in zip(mb[wire.ROW].tolist(), pieces)}
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
@@ -401,16 +397,16 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         def forward_backward_batch(data, loss_function, forward_only=False):
             if not forward_only:
                 lends.clear()  # a step whose backward failed leaves nothing for this one
-            if not forward_only and "srpo_teacher_entropy" in data.keys():
+            if not forward_only and wire.TEACHER_ENTROPY.name in data.keys():
                 routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
                 # The teacher's values exist for the taught rows' tokens only (routed rows among them).
                 routed = routed[teacher_token_mask(data)]
-                entropy = data["srpo_teacher_entropy"].values()
+                entropy = data[wire.TEACHER_ENTROPY.name].values()
                 log_mean = core_algos.entropy_weight_log_mean(entropy, routed, beta=beta, all_reduce=all_reduce)
                 # The distilled tokens of the whole mini-batch: sdpo's denominator (SRPOConfig).
                 distilled = all_reduce(routed.sum().double(), "sum")
                 tu.assign_non_tensor(
-                    data, srpo_log_mean_weight=float(log_mean), srpo_num_distilled_tokens=float(distilled)
+                    data, **{wire.LOG_MEAN_WEIGHT: float(log_mean), wire.NUM_DISTILLED_TOKENS: float(distilled)}
                 )
             return inner(data, loss_function, forward_only)
 

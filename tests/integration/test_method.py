@@ -142,8 +142,11 @@ def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
     from types import SimpleNamespace
 
     from srpo_verl.integration import trainer as trainer_module
-    from srpo_verl.integration.trainer import TEACHER_INPUT_FIELD, SRPOStepMixin, StepRouting
+    from srpo_verl.integration import wire
+    from srpo_verl.integration.trainer import SRPOStepMixin, StepRouting
     from srpo_verl.integration.worker import TEACHER_FIELDS
+
+    TEACHER_INPUT_FIELD = wire.TEACHER_INPUT_IDS.name
 
     n, teacher_idx = 6, [1, 2, 4]
     responses = [torch.arange(2 + i % 2) + 100 * i for i in range(n)]
