@@ -13,6 +13,10 @@ from setuptools import find_packages, setup
 # the package before its dependencies are installed would fail.
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "srpo_verl", "__init__.py")) as f:
     SUPPORTED_VERL = re.search(r'^SUPPORTED_VERL = "([^"]+)"$', f.read(), re.M).group(1)
+# Builds of that release: itself, its post-releases and local builds (0.9.1.post1, 0.9.1+patched), so
+# pip keeps a source or patched verl of the release instead of replacing it.
+_major, _minor, _patch = SUPPORTED_VERL.split(".")
+VERL_REQUIREMENT = f"verl[verl-core]>={SUPPORTED_VERL},<{_major}.{_minor}.{int(_patch) + 1}"
 
 setup(
     name="srpo_verl",
@@ -24,7 +28,9 @@ setup(
     install_requires=[
         # The engine-worker API (0.8+) and the private rollout registry we extend changed in every
         # minor release; SUPPORTED_VERL is what the CPU backend and the SRPO step are tested against.
-        f"verl[verl-core]=={SUPPORTED_VERL}",
+        # Installing into a patched verl without touching it: `pip install --no-deps -e .`.
+        VERL_REQUIREMENT,
+        "packaging>=21",  # the version gate (srpo_verl/verl_compat.py)
         # Any torch the verl deployment already has; CPU machines install torch==2.13.0 first.
         "torch>=2.6",
         "hydra-core>=1.3.2,<1.4",

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import OmegaConf, open_dict
 
 from srpo_verl import cpu
-from srpo_verl.integration.config_checks import check_trainer_config
+from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_trainer_config
 from srpo_verl.integration.data_checks import check_data_files
 
 # Driver environment that Ray workers need. A local Ray started by this driver inherits the
@@ -67,6 +67,8 @@ def prepare(config, *, check_data: bool = True) -> None:
     check_trainer_config(config)  # raises naming the bad key or value
     if check_data:
         check_data_files(config)  # raises naming the file, the field and the rows
+        with open_dict(config):  # the SRPO trainer need not read them again
+            OmegaConf.update(config, DRIVER_CHECKED_KEY, True, force_add=True)
     if config.get("srpo_verl", {}).get("platform", None) == "cpu":
         os.environ[cpu.ENV_VAR] = "cpu"
         cpu.activate_if_requested()

@@ -38,16 +38,13 @@ def check_verl_version() -> None:
     """Refuse any verl but the one the patches were written against (they hook private API)."""
     import verl
 
-    from srpo_verl import SUPPORTED_VERL
+    from srpo_verl.verl_compat import verl_version_problem
 
-    installed = getattr(verl, "__version__", "unknown")
-    if installed != SUPPORTED_VERL:
-        raise RuntimeError(
-            f"srpo_verl's CPU backend ({ENV_VAR}=cpu) supports verl {SUPPORTED_VERL} only, but verl {installed} "
-            f"is installed. It patches verl internals (platform singleton, process-group init, engine and "
-            f"rollout registries, ReplayBuffer) that change between releases. Install verl=={SUPPORTED_VERL}, "
-            f"or unset {ENV_VAR} to run verl's own GPU path."
-        )
+    # It patches verl internals: platform singleton, process-group init, engine and rollout registries,
+    # ReplayBuffer. Unset ENV_VAR to run verl's own GPU path.
+    problem = verl_version_problem(getattr(verl, "__version__", "unknown"), f"srpo_verl's CPU backend ({ENV_VAR}=cpu)")
+    if problem:
+        raise RuntimeError(problem)
 
 
 def activate() -> None:
@@ -102,6 +99,7 @@ def activate_if_requested() -> bool:
 def status() -> dict[str, Any]:
     """What the CPU backend did in this process, and why not if it did nothing."""
     from srpo_verl import SUPPORTED_VERL
+    from srpo_verl.verl_compat import is_build_of
 
     try:
         import verl
@@ -119,8 +117,8 @@ def status() -> dict[str, Any]:
     }
     if not info["requested"]:
         info["reason"] = f"not requested: set {ENV_VAR}=cpu (or pass platform=cpu to srpo_verl.main_ppo)"
-    elif installed != SUPPORTED_VERL:
-        info["reason"] = f"verl {installed} is not the supported {SUPPORTED_VERL}"
+    elif not is_build_of(installed, SUPPORTED_VERL):
+        info["reason"] = f"verl {installed} is not a build of the supported {SUPPORTED_VERL}"
     elif not _state["active"]:
         info["reason"] = _state["error"] or "requested but activate() has not run in this process"
     if _state["active"]:

@@ -15,11 +15,16 @@ import math
 import os
 from typing import Optional
 
+from omegaconf import OmegaConf
+
 from srpo_verl.algo_config import SRPOConfig, srpo_config_of
+from srpo_verl.verl_compat import verl_version_problem
 
 logger = logging.getLogger(__name__)
 
 SRPO_TRAINER_MODES = ("srpo", "srpo_colocate_async")
+# Set by srpo_verl.main_ppo.prepare once the driver has checked the data files (the trainer then skips them).
+DRIVER_CHECKED_KEY = "srpo_verl.driver_checked"
 
 
 def _int_setting(node, key: str, name: str, default=None):
@@ -38,17 +43,6 @@ def _bool_setting(node, key: str, name: str, default: bool) -> bool:
     if not isinstance(value, bool):  # the string "False" is truthy: it would silently mean True
         raise ValueError(f"{name}={value!r}: must be true or false, not a {type(value).__name__}")
     return value
-
-
-def verl_version_problem(installed: str, supported: str) -> Optional[str]:
-    """Why `installed` verl cannot run the SRPO trainer, or None. The trainer and worker subclass
-    verl's v1 trainer and engine worker and override private hooks that change between releases."""
-    if installed == supported:
-        return None
-    return (
-        f"srpo_verl's SRPO trainer supports verl {supported} only, but verl {installed} is installed: it "
-        f"overrides private hooks of verl's v1 trainer and engine worker. Install verl=={supported}."
-    )
 
 
 def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optional[SRPOConfig]:
@@ -82,11 +76,26 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
         import verl
 
         verl_version = getattr(verl, "__version__", "unknown")
-    from srpo_verl import SUPPORTED_VERL
-
-    problem = verl_version_problem(str(verl_version), SUPPORTED_VERL)
+    problem = verl_version_problem(str(verl_version), "srpo_verl's SRPO trainer")
     if problem:
         raise RuntimeError(problem)
+    from srpo_verl.integration.registrations import registration_error
+
+    if registration_error() is not None:
+        raise RuntimeError(f"srpo_verl is not registered with verl in this process: {registration_error()}")
+    algo = config.algorithm
+    if algo.get("adv_estimator", None) != "srpo":
+        # verl's estimator runs on every row before the SRPO step adds its branch (gae even builds a critic).
+        raise ValueError(
+            f"algorithm.adv_estimator={algo.get('adv_estimator', None)} under an SRPO method: the GRPO branch's "
+            "advantage is the srpo estimator's (group mean baseline); set algorithm.adv_estimator=srpo"
+        )
+    loss_mode = OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.loss_mode", default="srpo")
+    if loss_mode != "srpo":
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode} under an SRPO method: the SRPO trainer "
+            "installs its own loss, so this one would be silently ignored; set it to srpo"
+        )
 
     arr = config.actor_rollout_ref
     n = _int_setting(arr.rollout, "n", "actor_rollout_ref.rollout.n")

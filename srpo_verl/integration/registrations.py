@@ -1,8 +1,10 @@
-"""verl registrations: the `srpo` advantage estimator and the `srpo` policy loss.
+"""verl registrations: the `srpo` advantage estimator, the `srpo` policy loss and the SRPO trainers.
 
-Both call the pure functions of `srpo_verl.core_algos`; nothing here holds math. verl's
-`register_adv_est` refuses a name bound to a different function object, so registration reuses
-the module-level functions below and is idempotent.
+The estimator calls the pure functions of `srpo_verl.core_algos`; nothing here holds math. Both refuse
+to run outside an SRPO setup (they would silently train GRPO). verl's `register_adv_est` refuses a name
+bound to a different function object, so registration reuses the module-level functions below and is
+idempotent. A registration that fails (a verl upgrade moving a private name) logs one WARNING and
+leaves plain verl working; only an SRPO launch then fails, naming the cause (`registration_error`).
 
 Each registration happens when its registry's module is imported (`srpo_verl.import_hooks`), so a
 Ray worker that never looks at a registry (TransferQueue, the rollout server, its load balancer,
@@ -20,6 +22,12 @@ import torch
 from srpo_verl import core_algos, import_hooks
 
 NAME = "srpo"
+OUTSIDE_SRPO = (
+    "{what} outside an SRPO setup: the routing, the teacher pass and the EMA teacher live in the SRPO "
+    "trainer, which this launch does not run (it would train plain GRPO, with rollout.n=1 nothing at "
+    "all). Launch with algorithm=srpo: `python -m srpo_verl.main_ppo algorithm=srpo ...`, or verl's entry "
+    "point with `--config-path=$(python -m srpo_verl config-dir) --config-name=srpo_trainer algorithm=srpo`"
+)
 
 
 def srpo_advantage(
@@ -33,8 +41,11 @@ def srpo_advantage(
 
     verl's estimator signature sees only rewards, mask, uid and the `algorithm` node, so this is
     the GRPO branch's advantage for every sample; the routing and the SDPO branch are added by the
-    SRPO trainer step, which has the whole batch.
+    SRPO trainer step, which has the whole batch. Without that step (verl's stock config with
+    `adv_estimator=srpo`: no `algorithm.srpo` block) it would silently train GRPO, so it refuses.
     """
+    if config is None or config.get("srpo", None) is None:
+        raise ValueError(OUTSIDE_SRPO.format(what="algorithm.adv_estimator=srpo"))
     norm_by_std = bool(config.get("norm_adv_by_std_in_grpo", False)) if config is not None else False
     rewards = token_level_rewards.sum(dim=-1)  # (B,)
     adv = core_algos.grpo_advantage(rewards, index, norm_by_std=norm_by_std)  # (B,)
@@ -51,31 +62,11 @@ def srpo_policy_loss(
     config: Optional[Any] = None,
     rollout_is_weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The GRPO branch's clipped surrogate with asymmetric clipping and rollout IS weights.
-
-    verl's policy-loss signature cannot receive teacher tensors, so under `algorithm=srpo` the
-    trainer installs the full SRPO loss with `set_loss_fn`; this registered loss is what runs
-    when that loss is not installed (e.g. `policy_loss.loss_mode=srpo` with verl's sync trainer),
-    i.e. plain GRPO with the paper's clipping.
-    """
-    from verl.trainer.ppo import core_algos as verl_core_algos
-
-    clip = config.clip_ratio
-    loss_mat, clipped = core_algos.ppo_clip_token_loss(
-        log_prob,
-        old_log_prob,
-        advantages,
-        clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else clip,
-        clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else clip,
-        clip_ratio_c=config.get("clip_ratio_c", None),
-        rollout_is_weights=rollout_is_weights,
-    )
-    loss = verl_core_algos.agg_loss(
-        loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
-    )
-    mask = response_mask.bool()
-    clipfrac = (clipped & mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"actor/pg_clipfrac": clipfrac.item()}
+    """Refuses: under `algorithm=srpo` the SRPO trainer installs the whole SRPO loss with `set_loss_fn`, so
+    verl calls this registered loss only outside an SRPO setup (`policy_loss.loss_mode=srpo` with another
+    trainer), where it would silently train without routing or teacher. Registered so that verl's config
+    validation knows the name `algorithm=srpo` sets."""
+    raise ValueError(OUTSIDE_SRPO.format(what="actor_rollout_ref.actor.policy_loss.loss_mode=srpo"))
 
 
 def register() -> None:
@@ -87,8 +78,11 @@ def register() -> None:
 
 
 def _register_functions(verl_core_algos) -> None:
-    verl_core_algos.register_adv_est(NAME)(srpo_advantage)
-    verl_core_algos.register_policy_loss(NAME)(srpo_policy_loss)
+    try:
+        verl_core_algos.register_adv_est(NAME)(srpo_advantage)
+        verl_core_algos.register_policy_loss(NAME)(srpo_policy_loss)
+    except Exception as exc:  # noqa: BLE001 - plain verl must keep working; an SRPO launch reports it
+        _failed("adv_estimator/policy_loss", exc)
 
 
 def _register_trainers(_v1=None) -> None:
@@ -100,13 +94,34 @@ def _register_trainers(_v1=None) -> None:
         # so the trainer module cannot import it yet. Nothing is lost: `registered()` (the
         # self-check and pre-flight) and any later import of the trainer module register the trainers.
         if not _half_imported():
-            raise
+            _failed("trainers", exc)
+            return
         global _DEFERRED
         _DEFERRED = True
         logging.getLogger(__name__).debug("SRPO trainers registered later: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - as above
+        _failed("trainers", exc)
 
 
 _DEFERRED = False  # _register_trainers() ran while one of our modules was half-imported (see register)
+_ERRORS: dict[str, str] = {}  # what failed to register in this process, and why
+
+
+def _failed(what: str, exc: BaseException) -> None:
+    _ERRORS[what] = f"{type(exc).__name__}: {exc}"
+    logging.getLogger(__name__).warning(
+        "srpo_verl could not register its %s with verl (%s); plain verl runs are unaffected, SRPO launches "
+        "will fail. Is the installed verl the supported release? `python -m srpo_verl check` reports it.",
+        what,
+        _ERRORS[what],
+    )
+
+
+def registration_error() -> str | None:
+    """Why SRPO is not (fully) registered with verl in this process, or None."""
+    if not _ERRORS:
+        return None
+    return "; ".join(f"{what}: {why}" for what, why in _ERRORS.items())
 
 
 def _half_imported() -> bool:

@@ -7,7 +7,10 @@ the comments below are that list's):
   _compute_advantage     verl's GRPO advantage -> teacher prompts -> teacher pass (teacher rows only)
                          -> each row's route and advantage for the loss;
   _update_actor          verl's update with the SRPO loss (installed by `srpo_setup`), then the EMA step;
-  _load_checkpoint       builds the EMA teacher before verl restores a checkpoint (so it is restored too).
+  _load_checkpoint       builds the EMA teacher before verl restores a checkpoint (so it is restored too);
+                         not for a validation-only run.
+The constructor runs the driver's config and data checks before any worker starts (verl's own entry
+point skips srpo_verl.main_ppo, which runs them in the driver).
 """
 
 # device: host-side module (the trainer runs in the driver on TransferQueue's host tensors); see tests/gpu/test_device_discipline.py
@@ -31,7 +34,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 
 from srpo_verl import core_algos
-from srpo_verl.integration.config_checks import check_trainer_config
+from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_trainer_config
+from srpo_verl.integration.data_checks import check_data_files
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
 from srpo_verl.integration.teacher_prompt import has_demonstration_content, teacher_prompt_ids, text_has_content
 from srpo_verl.integration import wire
@@ -97,6 +101,14 @@ class SRPOStepMixin:
     """SRPO's additions to a verl v1 trainer (see the module docstring)."""
 
     # -------------------------------------------------------------- setup
+    def __init__(self, config, *args, **kwargs):
+        # Before any worker starts, also on verl's own entry point (which skips srpo_verl.main_ppo's
+        # driver checks): the config and, unless the driver already read them, the data files.
+        self.srpo = check_trainer_config(config)
+        if not OmegaConf.select(config, DRIVER_CHECKED_KEY, default=False):
+            check_data_files(config)
+        super().__init__(config, *args, **kwargs)
+
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         for role in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor):
@@ -104,8 +116,10 @@ class SRPOStepMixin:
                 self.role_worker_mapping[role] = ray.remote(SRPOActorRolloutRefWorker)
 
     def _load_checkpoint(self):
-        # Again here: launches through verl's own entry point skip srpo_verl.main_ppo.prepare.
-        self.srpo = check_trainer_config(self.config)
+        trainer = self.config.trainer
+        if trainer.get("val_only", False) and trainer.get("val_before_train", True):
+            # verl validates and returns before any update: no loss to install, no EMA teacher to build.
+            return super()._load_checkpoint()
         k = self.srpo.support_size(len(self.tokenizer))
         node = OmegaConf.to_container(self.config.algorithm.srpo, resolve=True)
         self.actor_rollout_wg.srpo_setup(node, k)

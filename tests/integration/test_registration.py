@@ -70,9 +70,22 @@ def test_self_check_fails_when_plugins_are_disabled():
         env={**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": "none"},
     )
     # `check` re-imports the plugin loudly, which registers it: the report must still show the
-    # missing registration from `import verl` and exit non-zero.
+    # missing registration from `import verl` and exit non-zero, naming the variable.
     assert proc.returncode == 1
     assert "MISSING" in proc.stdout
+    assert "VERL_USE_EXTERNAL_PLUGINS='none' excludes the srpo_verl plugin" in proc.stderr
+
+
+def test_self_check_names_a_plugin_list_without_srpo_verl():
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_verl", "check"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": "someone_else"},
+    )
+    assert proc.returncode == 1
+    assert "VERL_USE_EXTERNAL_PLUGINS='someone_else' excludes the srpo_verl plugin" in proc.stderr
 
 
 def test_srpo_estimator_matches_verl_grpo_without_std():
@@ -92,7 +105,7 @@ def test_srpo_estimator_matches_verl_grpo_without_std():
     uid = np.array([f"p{i // 4}" for i in range(12)], dtype=object)
     ref, _ = ca.compute_grpo_outcome_advantage(tlr, mask, uid, norm_adv_by_std_in_grpo=False)
     ours, _ = ca.get_adv_estimator_fn("srpo")(
-        token_level_rewards=tlr, response_mask=mask, index=uid, config=OmegaConf.create({"norm_adv_by_std_in_grpo": False})
+        token_level_rewards=tlr, response_mask=mask, index=uid, config=OmegaConf.create({"norm_adv_by_std_in_grpo": False, "srpo": {}})
     )
     torch.testing.assert_close(ours, ref)
 
@@ -113,26 +126,55 @@ def test_importing_our_checks_before_verl_still_registers_the_trainers():
     assert "after True True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
-def test_registered_srpo_policy_loss_is_the_clipped_surrogate_over_the_global_batch():
-    """verl's `policy_loss.loss_mode=srpo` (what runs without the SRPO trainer): the asymmetric clipped
-    surrogate, aggregated by verl's agg_loss over the global token count (`global_batch_info`)."""
+def test_registered_loss_and_estimator_refuse_to_run_outside_an_srpo_setup():
+    """verl's stock config with `adv_estimator=srpo` or `loss_mode=srpo` has no SRPO trainer and no
+    `algorithm.srpo` block: the registered functions would silently train GRPO (with verl's default
+    rollout.n=1, nothing at all). Before: accepted silently."""
+    import numpy as np
+    import pytest
     import torch
     import verl  # noqa: F401
+    from omegaconf import OmegaConf
     from verl.trainer.ppo import core_algos as ca
 
-    class Cfg(dict):  # the attributes verl's ActorConfig gives a policy loss
-        clip_ratio, clip_ratio_low, clip_ratio_high = 0.2, 0.2, 0.28
-        global_batch_info = {"dp_size": 2, "batch_num_tokens": 16, "global_batch_size": 4}
+    stock = OmegaConf.create({"adv_estimator": "srpo", "norm_adv_by_std_in_grpo": True})
+    args = dict(token_level_rewards=torch.ones(2, 3), response_mask=torch.ones(2, 3), index=np.array(["a", "a"]))
+    with pytest.raises(ValueError, match="algorithm.adv_estimator=srpo outside an SRPO setup.*algorithm=srpo"):
+        ca.get_adv_estimator_fn("srpo")(**args, config=stock)
+    with pytest.raises(ValueError, match="loss_mode=srpo outside an SRPO setup.*algorithm=srpo"):
+        ca.get_policy_loss_fn("srpo")(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3), torch.ones(2, 3))
+    # Under algorithm=srpo (a block present) the estimator runs.
+    adv, _ = ca.get_adv_estimator_fn("srpo")(**args, config=OmegaConf.create({"srpo": {"beta": 1.0}}))
+    assert torch.equal(adv, torch.zeros(2, 3))
 
-    old = torch.zeros(2, 3)
-    log_prob = torch.log(torch.tensor([[1.5, 0.5, 1.0], [1.1, 2.0, 0.7]]))  # ratios
-    adv = torch.tensor([[1.0, 1.0, -1.0], [-1.0, 1.0, 1.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    loss, metrics = ca.get_policy_loss_fn("srpo")(old, log_prob, adv, mask, "token-mean", Cfg(clip_ratio_c=3.0))
-    # Per token -min(r A, clip(r, 0.8, 1.28) A) (dual clip at 3 does not bind here):
-    # (1.5, +1) -> -1.28 clipped; (0.5, +1) -> -0.5; (1.0, -1) -> 1.0; (1.1, -1) -> 1.1; (2.0, +1) -> -1.28
-    # clipped; the masked token counts nowhere. token-mean over the global batch: sum * dp_size / 16
-    # (a mean over this micro-batch's 5 tokens would be sum / 5).
-    expected = (-1.28 - 0.5 + 1.0 + 1.1 - 1.28) * 2 / 16
-    torch.testing.assert_close(loss, torch.tensor(expected), rtol=1e-6, atol=1e-7)
-    assert abs(metrics["actor/pg_clipfrac"] - 2 / 5) < 1e-7  # the two clipped of five valid tokens
+
+def test_a_registration_that_fails_leaves_plain_verl_working_and_names_the_cause():
+    # A verl upgrade that moves a private name our trainer module imports: importing verl's v1 trainer
+    # package must still work (a plain GRPO run), with one WARNING; the cause is kept for SRPO launches.
+    code = (
+        "import sys, types, logging\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "broken = types.ModuleType('srpo_verl.integration.trainer')\n"
+        "def boom(name):\n"
+        "    raise ImportError('cannot import name PPOTrainerSync (moved in a new verl)')\n"
+        "broken.__getattr__ = boom\n"
+        "import builtins\n"
+        "real_import = builtins.__import__\n"
+        "def fake_import(name, *a, **k):\n"
+        "    if name == 'srpo_verl.integration.trainer':\n"
+        "        raise ImportError('cannot import name PPOTrainerSync (moved in a new verl)')\n"
+        "    return real_import(name, *a, **k)\n"
+        "builtins.__import__ = fake_import\n"
+        "import verl\n"
+        "import verl.trainer.ppo.v1.trainer_base as tb\n"
+        "builtins.__import__ = real_import\n"
+        "from srpo_verl.integration import registrations\n"
+        "print('grpo' in tb.TRAINER_REGISTRY or len(tb.TRAINER_REGISTRY) > 0, 'srpo' in tb.TRAINER_REGISTRY)\n"
+        "print('ERROR', registrations.registration_error())\n"
+    )
+    proc = _fresh_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2] == "True False"
+    assert "trainers: ImportError: cannot import name PPOTrainerSync" in lines[-1]
+    assert proc.stderr.count("could not register its trainers") == 1

@@ -99,11 +99,25 @@ def test_config_error_names_the_key(overrides, error, text):
         _check(*overrides)
 
 
-@pytest.mark.parametrize("installed", ["0.9.2", "0.10.0"], ids=["patch", "minor"])
+@pytest.mark.parametrize("installed", ["0.9.2", "0.10.0", "0.9.1rc1"], ids=["patch", "minor", "pre_release"])
 def test_unsupported_verl_version_is_refused_naming_both(installed):
     with pytest.raises(RuntimeError) as err:
         _check(verl_version=installed)
     assert f"verl {installed} is installed" in str(err.value) and f"verl {SUPPORTED_VERL} only" in str(err.value)
+    assert "SRPO_VERL_ALLOW_ANY_VERL=1" in str(err.value)
+
+
+@pytest.mark.parametrize("installed", [f"{SUPPORTED_VERL}.post1", f"{SUPPORTED_VERL}+cluster.patch"])
+def test_builds_of_the_supported_verl_are_accepted(installed):
+    # Before: an exact string compare refused post-releases and local (patched) builds.
+    assert _check(verl_version=installed).method == "srpo"
+
+
+def test_the_override_runs_an_unsupported_verl_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("SRPO_VERL_ALLOW_ANY_VERL", "1")
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.verl_compat"):
+        assert _check(verl_version="0.10.0").method == "srpo"
+    assert "unsupported verl" in caplog.text and "0.10.0" in caplog.text
 
 
 def test_several_optimiser_steps_per_batch_is_logged(caplog):
