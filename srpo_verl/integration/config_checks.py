@@ -229,7 +229,7 @@ def check_gpu_path_config(config) -> None:
     arr = config.actor_rollout_ref
     model, actor, ref = arr.model, arr.actor, arr.ref
     for key, node in (("actor_rollout_ref.model", model), ("actor_rollout_ref.actor", actor)):
-        if node.get("use_fused_kernels", False):
+        if _bool_setting(node, "use_fused_kernels", f"{key}.use_fused_kernels", False):
             raise ValueError(
                 f"{key}.use_fused_kernels=True: verl's fused kernels compute token log-probs without the "
                 "logits, which the SRPO distillation reads (logits processor); set it to False"
@@ -246,7 +246,9 @@ def check_gpu_path_config(config) -> None:
             f"actor_rollout_ref.ref.strategy={ref.strategy} != actor_rollout_ref.actor.strategy={actor.strategy}: "
             "the EMA teacher is built from the ref config and paired with the student shard by shard"
         )
-    if (model.get("lora_rank", 0) or 0) > 0 or ((model.get("lora", {}) or {}).get("rank", 0) or 0) > 0:
+    lora_rank = _int_setting(model, "lora_rank", "actor_rollout_ref.model.lora_rank", 0) or 0
+    lora_block_rank = _int_setting(model.get("lora", {}) or {}, "rank", "actor_rollout_ref.model.lora.rank", 0) or 0
+    if lora_rank > 0 or lora_block_rank > 0:
         raise NotImplementedError(
             "actor_rollout_ref.model.lora_rank > 0: an EMA teacher of a LoRA student is not implemented "
             "(the teacher would average base weights that never change); set lora_rank=0"
@@ -273,7 +275,7 @@ def check_gpu_path_config(config) -> None:
             "config) would keep unsharded parameters between forwards, which the EMA step, writing the "
             "shards, does not update; set it to True"
         )
-    qat = (actor_fsdp.get("qat", None) or {}).get("enable", False)
+    qat = _bool_setting(actor_fsdp.get("qat", None) or {}, "enable", "actor_rollout_ref.actor.fsdp_config.qat.enable", False)
     if qat:
         raise NotImplementedError(
             "actor_rollout_ref.actor.fsdp_config.qat.enable=True: verl applies QAT to training engines only, so "
@@ -294,17 +296,21 @@ def check_gpu_path_config(config) -> None:
             "fp32 (a bf16 teacher rounds most updates of size rate * (theta - theta') away at rate 0.05)"
         )
     correction = config.algorithm.get("rollout_correction", None) or {}
-    if correction.get("bypass_mode", False):
+    if _bool_setting(correction, "bypass_mode", "algorithm.rollout_correction.bypass_mode", False):
         raise ValueError(
             "algorithm.rollout_correction.bypass_mode=True: verl then skips its old-log-prob forward, in which "
             "SRPO takes the student's top-K ids of the teacher rows (no second student forward); set it to False"
         )
-    if actor.get("use_kl_loss", False):
+    if _bool_setting(actor, "use_kl_loss", "actor_rollout_ref.actor.use_kl_loss", False):
         raise ValueError(
             "actor_rollout_ref.actor.use_kl_loss=True: the SRPO loss replaces verl's policy loss and has no "
             "KL term (the paper uses none); it would be silently ignored. Set it to False"
         )
     entropy_coeff = actor.get("entropy_coeff", 0) or 0
+    if isinstance(entropy_coeff, bool) or not isinstance(entropy_coeff, (int, float)):
+        raise ValueError(
+            f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff!r}: must be a number, not a {type(entropy_coeff).__name__}"
+        )
     if entropy_coeff != 0:
         raise ValueError(
             f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff}: the SRPO loss has no entropy bonus; it "
@@ -321,7 +327,7 @@ def check_gpu_path_config(config) -> None:
             f"actor_rollout_ref.actor.loss_scale_factor={actor.loss_scale_factor}: not applied by the SRPO loss "
             "(it would be silently ignored); leave it null"
         )
-    if config.trainer.get("del_local_ckpt_after_load", False):
+    if _bool_setting(config.trainer, "del_local_ckpt_after_load", "trainer.del_local_ckpt_after_load", False):
         raise ValueError(
             "trainer.del_local_ckpt_after_load=True: verl deletes the checkpoint directory after loading the "
             "actor, before the EMA teacher's shards in it are read; set it to False"

@@ -60,3 +60,21 @@ def test_a_vision_language_model_is_refused_naming_its_type(tmp_path):
         _check(f"actor_rollout_ref.model.path={tmp_path}")
     (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
     assert _check(f"actor_rollout_ref.model.path={tmp_path}").method == "srpo"
+
+
+@pytest.mark.parametrize(
+    "override, text",
+    [
+        # A string "False" is truthy: before, these were refused with messages saying the key was True.
+        ("actor_rollout_ref.actor.use_kl_loss='False'", "actor_rollout_ref.actor.use_kl_loss='False': must be true or false"),
+        ("actor_rollout_ref.model.use_fused_kernels='False'", "use_fused_kernels='False': must be true or false"),
+        ("trainer.del_local_ckpt_after_load='no'", "trainer.del_local_ckpt_after_load='no': must be true or false"),
+        ("algorithm.rollout_correction.bypass_mode='False'", "bypass_mode='False': must be true or false"),
+        ("actor_rollout_ref.model.lora_rank='8'", "actor_rollout_ref.model.lora_rank='8': must be an integer"),
+        ("actor_rollout_ref.actor.entropy_coeff='0.01'", "actor_rollout_ref.actor.entropy_coeff='0.01': must be a number"),
+    ],
+)
+def test_string_typed_gpu_keys_are_refused_by_type_not_by_a_value_they_do_not_have(override, text):
+    with pytest.raises(ValueError) as err:
+        _check(override)
+    assert text in str(err.value)
