@@ -177,6 +177,9 @@ def rg_correct(response: str, answer: str) -> bool:
     return _rg_score()(response.strip(), {"answer": str(answer).strip(), "metadata": {}}) == 1.0
 
 
+FEEDBACK_ECHO_CHARS = 64  # of the response quoted in its feedback
+
+
 def feedback(answer: str, correct: bool) -> str:
     """Why the stripped response `answer` is not the sum ("" when correct): the `feedback` a reward
     function returns, read by SRPO only with algorithm.srpo.use_feedback=True."""
@@ -184,9 +187,12 @@ def feedback(answer: str, correct: bool) -> str:
         return ""
     if not answer:
         return "The response is empty; it should be the sum as a number."
+    # The echo is capped: the feedback goes into the teacher prompt, and a runaway response would
+    # otherwise be copied there whole (8 MB of output made 8 MB of feedback).
+    shown = answer if len(answer) <= FEEDBACK_ECHO_CHARS else answer[:FEEDBACK_ECHO_CHARS] + "..."
     if not answer.isdigit():
-        return f"The response {answer!r} is not a number; it should be the sum as digits only."
-    return f"{answer} is not the sum."
+        return f"The response {shown!r} is not a number; it should be the sum as digits only."
+    return f"{shown} is not the sum."
 
 
 def compute_score(data_source, solution_str: str, ground_truth: str, extra_info=None, **kwargs) -> dict:

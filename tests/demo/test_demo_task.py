@@ -71,3 +71,12 @@ def test_reward_is_reasoning_gym_full_credit_only(response, expected):
 def test_both_problem_sources_explain_a_failure_alike(response, text):
     assert addition.compute_score(addition.RG_DATA_SOURCE, response, "47")["feedback"] == text
     assert addition.compute_score(addition.DATA_SOURCE, response, "47")["feedback"] == text
+
+
+def test_feedback_quotes_a_runaway_response_only_in_part():
+    # Before: an 8 MB response made 8 MB of feedback, all of it copied into the teacher prompt.
+    huge = "x" * (8 << 20)
+    text = addition.compute_score(addition.DATA_SOURCE, huge, "47")["feedback"]
+    assert len(text) < 200 and text.startswith("The response 'xxx") and "...'" in text
+    digits = "9" * 1000
+    assert addition.compute_score(addition.DATA_SOURCE, digits, "47")["feedback"] == "9" * 64 + "... is not the sum."
