@@ -60,6 +60,8 @@ def download(name: str, revision: str) -> str:
 
 
 def load_json(path: str) -> list[dict[str, Any]]:
+    # The json module, not datasets' JSON loader: upstream's files are one JSON list of nested,
+    # irregular API records that an Arrow table cannot hold as is, and a parse error names the line.
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     if not isinstance(data, list):

@@ -4,6 +4,11 @@
 `srpo_verl/config/algorithm/srpo.yaml` restates the defaults for Hydra; a test keeps the two and
 `docs/configuration.md` in agreement. `SRPOAlgoConfig` extends verl's `AlgoConfig` with the `srpo`
 field so `omega_conf_to_dataclass(config.algorithm)` keeps working with the extra block.
+
+Why not a structured OmegaConf schema (Hydra's ConfigStore), which would refuse a wrong type while
+composing: `SRPOConfig.from_node` already refuses unknown keys, wrong types and out-of-range values
+naming the key, on both launch routes before any worker starts (srpo_verl.main_ppo's driver and the
+SRPO trainer's constructor), and it checks relations a schema cannot (ranges, templates, modes).
 """
 
 from __future__ import annotations
