@@ -13,6 +13,7 @@ SRPO trainer's constructor), and it checks relations a schema cannot (ranges, te
 
 from __future__ import annotations
 
+import collections.abc
 import math
 import string
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,103 @@ def _check_template(template: str, key: str, slot: str) -> None:
     _check(count == 1, key, template, f"must contain {{{slot}}} exactly once, not {count} times")
 
 
+GUARD_ACTIONS = ("warn", "stop")
+
+
+@dataclass(eq=False)
+class GuardConfig(BaseConfig):
+    """`algorithm.srpo.guard`: the collapse guard (srpo_verl/guard.py; docs/tracking.md, "Collapse guard").
+
+    A relative signal compares the mean of the last `smooth` steps with the `window` steps before
+    them, once at least `min_history` of those are known; a degenerate signal fires when its
+    condition has held for `degenerate_steps` consecutive steps. A threshold set to null turns its
+    signal off.
+
+    Args:
+        action: "warn" logs a WARNING and sets `srpo/guard/<signal>` = 1; "stop" also ends the run
+            after the breaching step is logged, without saving that step's checkpoint.
+        window, smooth, min_history: the reference window, the smoothing of the current value, the
+            history needed before a relative signal is judged.
+        format_error_rise: the share of rollouts the reward marks `format_error` rises above the
+            window's median by more than this.
+        length_collapse, length_explosion: the mean response length falls below / rises above this
+            multiple of the window's median.
+        routed_share_rise: the share of rollouts routed to distillation rises above the window's
+            median by more than this.
+        teacher_entropy_ratio: the teacher entropy on routed tokens exceeds this multiple of the
+            window's median.
+        correct_share_drop: the share of correct rollouts falls more than this below the best
+            `smooth`-step mean of the window.
+        degenerate_steps: N for no correct rollout, nothing routed, distillation inactive, flat rewards.
+    """
+
+    _target_: str = "srpo_verl.algo_config.GuardConfig"
+    action: str = "warn"
+    window: int = 20
+    smooth: int = 3
+    min_history: int = 5
+    format_error_rise: Optional[float] = 0.2
+    length_collapse: Optional[float] = 0.5
+    length_explosion: Optional[float] = 2.0
+    routed_share_rise: Optional[float] = 0.3
+    teacher_entropy_ratio: Optional[float] = 2.0
+    correct_share_drop: Optional[float] = 0.25
+    degenerate_steps: Optional[int] = 10
+
+    # Mapping equality (same keys and values), so the YAML block, a plain dict, compares equal to the
+    # defaults it restates, as a flat key of SRPOConfig does.
+    def __eq__(self, other):
+        if isinstance(other, collections.abc.Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None
+
+    def __post_init__(self):
+        _check(self.action in GUARD_ACTIONS, "guard.action", self.action, f"must be one of {GUARD_ACTIONS}")
+        for key in ("window", "smooth", "min_history", "degenerate_steps"):
+            value = getattr(self, key)
+            if key == "degenerate_steps" and value is None:
+                continue
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"guard.{key}",
+                value,
+                "must be an integer >= 1" + (" or null" if key == "degenerate_steps" else ""),
+            )
+        _check(self.min_history <= self.window, "guard.min_history", self.min_history, "must be <= guard.window")
+        for key in ("format_error_rise", "routed_share_rise", "correct_share_drop", "length_collapse",
+                    "length_explosion", "teacher_entropy_ratio"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
+                f"guard.{key}",
+                value,
+                "must be a finite number > 0, or null to turn the signal off",
+            )
+        _check(
+            self.length_collapse is None or self.length_collapse < 1,
+            "guard.length_collapse", self.length_collapse, "must be < 1 (a fraction of the recent median)",
+        )
+        for key in ("length_explosion", "teacher_entropy_ratio"):
+            value = getattr(self, key)
+            _check(value is None or value > 1, f"guard.{key}", value, "must be > 1 (a multiple of the recent median)")
+
+    @classmethod
+    def from_node(cls, node) -> "GuardConfig":
+        if isinstance(node, GuardConfig):
+            return node
+        data = dict(node.items()) if node is not None else {}
+        data.pop("_target_", None)
+        known = {f.name for f in fields(cls)} - {"_target_"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown key(s) under algorithm.srpo.guard: {unknown}. Valid keys: {sorted(known)}")
+        return cls(**data)
+
+
 @dataclass
 class SRPOConfig(BaseConfig):
     """SRPO / SDPO switches (docs/spec.md §1-2; paper defaults from SRPO Table 3).
@@ -137,6 +235,7 @@ class SRPOConfig(BaseConfig):
         teacher_prompt_overflow: "truncate" cuts the demonstration from its left so the question,
             instruction and generation prompt survive; "error" raises.
         chunk_size: rows per chunk in vocabulary-wide reductions; memory only, not numerics.
+        guard: the collapse guard (`GuardConfig`).
     """
 
     method: str = "srpo"
@@ -162,9 +261,12 @@ class SRPOConfig(BaseConfig):
     max_teacher_prompt_length: Optional[int] = None
     teacher_prompt_overflow: str = "truncate"
     chunk_size: int = core_algos.DEFAULT_CHUNK_SIZE
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self):
         _check_types(self)
+        # A plain dict arrives from the workers' `from_node` and from Hydra without instantiation.
+        object.__setattr__(self, "guard", GuardConfig.from_node(self.guard))
         _check(self.method in METHODS, "method", self.method, f"must be one of {METHODS}")
         _check(math.isfinite(self.success_threshold), "success_threshold", self.success_threshold, "must be finite")
         _check(
