@@ -16,7 +16,7 @@
 #   DATA_DIR        parquet root written by recipes/prepare_data.sh       (default: ~/data/srpo)
 #   MODEL_PATH      HF id or local path                                    (default: Qwen/Qwen3-8B or -4B)
 #   INFER_BACKEND   sglang (the paper's) | vllm                            (default: sglang)
-#                   (verl's environment holds one; `python -m srpo_verl check $(DRY_RUN=1 bash <cell>)` tests its import)
+#                   (verl's environment holds one; `python -m srpo_verl check --recipe <cell>` tests its import)
 #   NNODES, NGPUS_PER_NODE   one node of 8 GPUs by default; for several nodes start a Ray cluster
 #                   first (ray start --head / ray start --address=HEAD:6379) and launch on the head
 #   PROJECT_NAME, EXPERIMENT_NAME   trainer.project_name / experiment_name: the W&B project and run

@@ -25,6 +25,7 @@ unreadable goes to stderr, one line per cell.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -33,8 +34,19 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import best_within_budget as bwb  # noqa: E402 - a sibling script, not a package
+
+def _sibling(name: str):
+    """A script beside this one, loaded by path (scripts/ is not a package; loaded so under pytest too)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the body runs
+    spec.loader.exec_module(module)
+    return module
+
+
+bwb = _sibling("best_within_budget")
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_DIRS = ("table1", "ablation")

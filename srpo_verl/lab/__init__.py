@@ -6,6 +6,7 @@ import it (tests/integration/test_import_graph.py holds both rules). Nothing her
 * `engine_update` — one micro-batch's SRPO update on packed logits as verl's engine computes it.
 * `loss_case` — a hand-built no-padding micro-batch, the engine's call sequence, a float64 reference.
 * `peak_memory` — peak device or process memory of a block of code.
+* `ranks` — a probe script run as several gloo ranks on this host.
 * `srpo_update` — one SRPO update through verl's worker and engine, and its float64 reference.
 * `virtual_cuda` — CUDA device semantics and flash-attn's in-place cross-entropy on a CPU torch.
 """

@@ -8,22 +8,15 @@ applied to the whole batch at once.
 """
 
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from srpo_verl.lab.ranks import run_ranks
+
 pytestmark = pytest.mark.slow
 
 PROBE = os.path.join(os.path.dirname(__file__), "srpo_update_probe.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_probe(
@@ -36,30 +29,14 @@ def run_probe(
     teacher="ema",
     inplace_ce: bool = False,
 ):
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM",)}
-        env.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        env.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-        if reference:
-            env["SRPO_PROBE_REFERENCE"] = "1"
-        if inplace_ce:
-            env["SRPO_PROBE_INPLACE_CE"] = "1"
-        out = os.path.join(out_dir, f"{name}.pt")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, PROBE, model_path, out, str(micro_batch), teacher],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-5000:]
-    return torch.load(os.path.join(out_dir, f"{name}.pt"), weights_only=False)
+    env = {}
+    if reference:
+        env["SRPO_PROBE_REFERENCE"] = "1"
+    if inplace_ce:
+        env["SRPO_PROBE_INPLACE_CE"] = "1"
+    out = os.path.join(out_dir, f"{name}.pt")
+    run_ranks([PROBE, model_path, out, str(micro_batch), teacher], world, env, timeout=600)
+    return torch.load(out, weights_only=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,11 @@ q_norm/k_norm leave the last two ranks empty shards (FSDP2, and FSDP1 with use_o
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from srpo_verl.cpu.local import free_port
+from srpo_verl.lab.ranks import run_ranks
 from srpo_verl.lab.srpo_update import ROUTED, fixed_batch, reference_update
 
 pytestmark = pytest.mark.slow
@@ -70,24 +68,9 @@ def small_model_path(srpo_cache) -> str:
 
 def run_probe(model_path: str, out_dir: str, name: str) -> dict:
     strategy, world, micro_batch, _, extra = RUNS[name]
-    port, out, procs = free_port(), os.path.join(out_dir, f"{name}.pt"), []
-    for rank in range(world):
-        env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-        env.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        env.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-        env["SRPO_PROBE_CKPT"] = os.path.join(out_dir, f"{name}_ckpt")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, PROBE, model_path, out, strategy, str(micro_batch), *extra],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = [p.communicate(timeout=900)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-6000:]
+    out = os.path.join(out_dir, f"{name}.pt")
+    env = {"SRPO_PROBE_CKPT": os.path.join(out_dir, f"{name}_ckpt")}
+    run_ranks([PROBE, model_path, out, strategy, str(micro_batch), *extra], world, env)
     return torch.load(out, weights_only=False)
 
 

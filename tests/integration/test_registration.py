@@ -61,14 +61,13 @@ def test_self_check_passes_and_reports():
     assert proc.stdout.strip().endswith("OK")
 
 
+def _check_with_plugins(policy: str) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": policy}
+    return subprocess.run([sys.executable, "-m", "srpo_verl", "check"], capture_output=True, text=True, timeout=180, env=env)
+
+
 def test_self_check_fails_when_plugins_are_disabled():
-    proc = subprocess.run(
-        [sys.executable, "-m", "srpo_verl", "check"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": "none"},
-    )
+    proc = _check_with_plugins("none")
     # `check` re-imports the plugin loudly, which registers it: the report must still show the
     # missing registration from `import verl` and exit non-zero, naming the variable.
     assert proc.returncode == 1
@@ -77,13 +76,7 @@ def test_self_check_fails_when_plugins_are_disabled():
 
 
 def test_self_check_names_a_plugin_list_without_srpo_verl():
-    proc = subprocess.run(
-        [sys.executable, "-m", "srpo_verl", "check"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": "someone_else"},
-    )
+    proc = _check_with_plugins("someone_else")
     assert proc.returncode == 1
     assert "VERL_USE_EXTERNAL_PLUGINS='someone_else' excludes the srpo_verl plugin" in proc.stderr
 
