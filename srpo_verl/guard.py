@@ -206,7 +206,10 @@ class Guard:
                     continue  # no value this step: the signal keeps its last verdict
                 shown = max(cfg.smooth, 5)
                 verdict = relative_breach(
-                    self.history[metric], self.rules[signal], window=cfg.window, smooth=cfg.smooth,
+                    self.history[metric],
+                    self.rules[signal],
+                    window=cfg.window,
+                    smooth=cfg.smooth,
                     min_history=cfg.min_history,
                 )
             else:
@@ -251,19 +254,24 @@ class Guard:
 
     def best_checkpoint(self) -> Optional[tuple[int, float]]:
         """(step, validation score) of the saved checkpoint validated best, or None when no saved
-        checkpoint was validated at its step."""
-        scored = [(self.validation[s], s) for s in self.checkpoints if s in self.validation]
+        checkpoint was validated at its step. Of equal scores the earliest wins: it is the furthest
+        from the collapse."""
+        scored = [(self.validation[s], -s) for s in self.checkpoints if s in self.validation]
         if not scored:
             return None
         score, step = max(scored)
-        return step, score
+        return -step, score
 
     def stop_report(self) -> str:
         """What a stopped run leaves: the breach, the last checkpoint saved before it, the best by validation."""
         first = self.breaches[0] if self.breaches else None
         before = [s for s in self.checkpoints if first is None or s < first.step]
         parts = [f"SRPO collapse guard stopped the run ({first.signal} at step {first.step})" if first else "stop"]
-        parts.append(f"last checkpoint saved before the breach: global_step_{before[-1]}" if before else "no checkpoint was saved before the breach")
+        parts.append(
+            f"last checkpoint saved before the breach: global_step_{before[-1]}"
+            if before
+            else "no checkpoint was saved before the breach"
+        )
         best = self.best_checkpoint()
         parts.append(
             f"best checkpoint by validation: global_step_{best[0]} (score {best[1]:.4g})"
@@ -278,7 +286,8 @@ def validation_score(metrics: Mapping) -> Optional[float]:
     avg@N), or of `val-core/<source>/reward/mean@N` when the reward reports no `acc`."""
     for var in ("acc", "reward"):
         values = [
-            float(v) for k, v in metrics.items()
+            float(v)
+            for k, v in metrics.items()
             if k.startswith("val-core/") and f"/{var}/mean@" in k and v is not None and math.isfinite(float(v))
         ]
         if values:

@@ -34,6 +34,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 
 from srpo_verl import core_algos
+from srpo_verl import guard as collapse_guard
 from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_trainer_config
 from srpo_verl.integration.data_checks import check_data_files
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
@@ -105,6 +106,7 @@ class SRPOStepMixin:
         # Before any worker starts, also on verl's own entry point (which skips srpo_verl.main_ppo's
         # driver checks): the config and, unless the driver already read them, the data files.
         self.srpo = check_trainer_config(config)
+        self._srpo_guard = collapse_guard.Guard(self.srpo.guard, routes=self.srpo.method != "advantage_mix")
         if not OmegaConf.select(config, DRIVER_CHECKED_KEY, default=False):
             check_data_files(config)
         super().__init__(config, *args, **kwargs)
@@ -358,6 +360,68 @@ class SRPOStepMixin:
                     "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in rows])),
                 }
             )
+
+    # -------------------------------------------------------------- the collapse guard (srpo_verl/guard.py)
+    # verl's loop per step: step() -> save -> validate -> metrics -> log. The guard judges the step's
+    # metrics at the end of step(), so with action=stop the breaching step's checkpoint is not saved
+    # and the run ends at the next step's start, once verl has logged the breaching step.
+    def fit(self, *args, **kwargs):
+        try:
+            result = super().fit(*args, **kwargs)
+        except collapse_guard.GuardStop:
+            self._shutdown_dump_executor()
+            result = None
+        if self._srpo_guard.stop_requested:
+            logger.warning(self._srpo_guard.stop_report())
+        return result
+
+    def on_train_begin(self):
+        super().on_train_begin()
+        if self.global_steps > 1:  # resumed: fit has already moved past the restored checkpoint's step
+            self._srpo_guard.note_checkpoint(self.global_steps - 1)
+
+    def on_step_begin(self):
+        if self._srpo_guard.stop_requested:
+            raise collapse_guard.GuardStop()
+        super().on_step_begin()
+
+    def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
+        batch = super().step(metrics, timing_raw)
+        metrics.update(self._srpo_guard_inputs(batch))
+        self._srpo_guard.observe(self.global_steps, metrics)
+        metrics.update(self._srpo_guard.metrics())
+        return batch
+
+    def _save_checkpoint(self):
+        if self._srpo_guard.stop_requested:
+            logger.warning("SRPO collapse guard: step %d's checkpoint not saved (action=stop)", self.global_steps)
+            return
+        super()._save_checkpoint()
+        self._srpo_guard.note_checkpoint(self.global_steps)
+
+    def _validate(self, *args, **kwargs):
+        result = super()._validate(*args, **kwargs)
+        self._srpo_guard.note_validation(self.global_steps, result)
+        return result
+
+    def _srpo_guard_inputs(self, batch: KVBatchMeta) -> dict:
+        """What the guard reads that verl computes only after the save: the mean response length, the
+        range of the rewards and, where the reward reports `format_error`, the share of format errors."""
+        fields = ["response_mask", "rm_scores", "extra_fields"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        real = [not tag.get("is_padding", False) for tag in batch.tags]
+        pick = lambda rows: [row for row, keep in zip(rows, real) if keep]  # noqa: E731
+        lengths = [float(m.sum()) for m in pick(data["response_mask"].unbind())]
+        scores = [float(r.sum()) for r in pick(data["rm_scores"].unbind())]
+        out = {
+            collapse_guard.RESPONSE_LENGTH: float(np.mean(lengths)),
+            collapse_guard.REWARD_RANGE: max(scores) - min(scores),
+        }
+        flags = [reward_extra(row, "format_error") for row in pick(list(data["extra_fields"]))]
+        known = [f for f in flags if f]  # "": the reward does not report it
+        if known:
+            out[collapse_guard.FORMAT_ERROR] = sum(f in ("True", "1", "1.0") for f in known) / len(known)
+        return out
 
     # -------------------------------------------------------------- TransferQueue and dispatch
     def _srpo_put(self, batch: KVBatchMeta, fields: dict, rows: list[int] | None = None) -> KVBatchMeta:

@@ -47,7 +47,7 @@ def run(steps, **overrides):
     guard, held = G.Guard(cfg(**overrides)), []
     for i, metrics in enumerate(steps, start=1):
         guard.observe(i, metrics)
-        held.append({k[len(G.METRIC_PREFIX):] for k, v in guard.metrics().items() if v})
+        held.append({k[len(G.METRIC_PREFIX) :] for k, v in guard.metrics().items() if v})
     return guard, held
 
 
@@ -57,9 +57,17 @@ def first(guard):
 
 def test_shipped_defaults_are_the_documented_ones():
     assert DEFAULTS == {
-        "action": "warn", "window": 20, "smooth": 3, "min_history": 5, "format_error_rise": 0.2,
-        "length_collapse": 0.5, "length_explosion": 2.0, "routed_share_rise": 0.3,
-        "teacher_entropy_ratio": 2.0, "correct_share_drop": 0.25, "degenerate_steps": 10,
+        "action": "warn",
+        "window": 20,
+        "smooth": 3,
+        "min_history": 5,
+        "format_error_rise": 0.2,
+        "length_collapse": 0.5,
+        "length_explosion": 2.0,
+        "routed_share_rise": 0.3,
+        "teacher_entropy_ratio": 2.0,
+        "correct_share_drop": 0.25,
+        "degenerate_steps": 10,
     }
 
 
@@ -235,10 +243,24 @@ def test_stop_report_names_the_last_checkpoint_before_the_breach_and_the_best():
 
 
 def test_validation_score_prefers_acc_and_averages_sources():
-    assert G.validation_score({"val-core/a/acc/mean@16": 0.5, "val-core/b/acc/mean@16": 0.7,
-                               "val-core/a/reward/mean@16": 0.1, "val-aux/a/acc/mean@16": 0.0}) == pytest.approx(0.6)
+    assert G.validation_score(
+        {
+            "val-core/a/acc/mean@16": 0.5,
+            "val-core/b/acc/mean@16": 0.7,
+            "val-core/a/reward/mean@16": 0.1,
+            "val-aux/a/acc/mean@16": 0.0,
+        }
+    ) == pytest.approx(0.6)
     assert G.validation_score({"val-core/a/reward/mean@16": 0.25}) == 0.25
     assert G.validation_score({"critic/score/mean": 0.3}) is None
+
+
+def test_of_equal_validation_scores_the_earliest_checkpoint_is_best():
+    guard = G.Guard(cfg(action="stop"))
+    for step in (1, 2, 3):
+        guard.note_checkpoint(step)
+        guard.note_validation(step, {"val-core/a/acc/mean@4": 0.0})
+    assert guard.best_checkpoint() == (1, 0.0)
 
 
 def test_best_checkpoint_unknown_without_a_validated_checkpoint():
@@ -247,3 +269,36 @@ def test_best_checkpoint_unknown_without_a_validated_checkpoint():
     guard.note_checkpoint(5)
     assert guard.best_checkpoint() is None
     assert "unknown" in guard.stop_report()
+
+
+# ------------------------------------------------------------------ configuration
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ({"action": "halt"}, "guard.action"),
+        ({"window": 0}, "guard.window"),
+        ({"min_history": 30}, "guard.min_history"),
+        ({"length_collapse": 1.5}, "guard.length_collapse"),
+        ({"teacher_entropy_ratio": 0.5}, "guard.teacher_entropy_ratio"),
+        ({"correct_share_drop": float("nan")}, "guard.correct_share_drop"),
+        ({"degenerate_steps": True}, "guard.degenerate_steps"),
+        ({"actoin": "stop"}, "guard"),
+    ],
+    ids=[
+        "action",
+        "window_0",
+        "min_history_over_window",
+        "length_collapse_over_1",
+        "entropy_ratio_under_1",
+        "drop_nan",
+        "steps_bool",
+        "unknown_key",
+    ],
+)
+def test_bad_guard_settings_are_refused_naming_the_key(override, key):
+    # The only verl import of this file (GuardConfig is a verl BaseConfig), kept local to this test.
+    from srpo_verl.algo_config import SRPOConfig
+
+    with pytest.raises(ValueError, match=f"algorithm.srpo.{key}"):
+        SRPOConfig.from_node({"guard": override})
+    assert SRPOConfig.from_node({"guard": {"action": "stop", "teacher_entropy_ratio": None}}).guard.action == "stop"

@@ -1,0 +1,72 @@
+"""The collapse guard inside verl's real trainer on CPU: a run forced into collapse is stopped.
+
+One launch (~1.5 min on 2 cores): the tiny model with the digit-fraction reward of test_cpu_srpo.py
+and a learning rate of 1.0 (1,000x the other CPU runs'). By step 3 every rollout runs to the 8-token
+limit without a digit: the correct share falls from 0.5 to 0 and the rewards go flat.
+`algorithm.srpo.guard.action=stop` with a short history (the run is 10 steps long) must then warn,
+log `srpo/guard/correct_share` = 1 at step 3, not save step 3's checkpoint, end the run cleanly
+(exit 0, no step 4) and report the last checkpoint saved before the breach (step 2) and the best
+checkpoint by validation.
+"""
+
+import os
+import re
+
+import pytest
+
+from srpo_verl.demo.harness import latest_checkpoint, launch, tiny_cpu_overrides
+
+pytestmark = pytest.mark.slow
+
+FORCED = [
+    "reward.custom_reward_function.name=compute_digit_score",
+    "algorithm.srpo.success_threshold=0.15",
+    "algorithm.srpo.guard.action=stop",
+    "algorithm.srpo.guard.min_history=2",
+    "algorithm.srpo.guard.smooth=1",
+    "trainer.test_freq=1",
+    "actor_rollout_ref.rollout.val_kwargs.n=2",  # validation at every step, kept cheap
+]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, tiny_model_path, addition_data):
+    work = str(tmp_path_factory.mktemp("cpu_guard"))
+    ckpt = os.path.join(work, "ckpt")
+    args = tiny_cpu_overrides(
+        tiny_model_path, addition_data, ckpt, total_steps=10, save_freq=1, lr=1.0, experiment="guard_stop"
+    )
+    result = launch(work, "guard_stop", [*args, *FORCED], timeout_s=480)
+    assert result.returncode == 0, result.log[-6000:]
+    return result, ckpt
+
+
+def test_the_guard_fires_at_the_collapse(stopped):
+    result, _ = stopped
+    steps = result.steps
+    assert sorted(steps) == [1, 2, 3], "the run went on past the breach"
+    assert steps[2]["srpo/correct_share"] > 0 and steps[3]["srpo/correct_share"] == 0  # the forced collapse
+    assert [steps[s]["srpo/guard/correct_share"] for s in (1, 2, 3)] == [0, 0, 1]
+    warning = [line for line in result.log.splitlines() if "collapse guard: correct_share at step 3" in line]
+    assert warning and "srpo/correct_share recent values" in warning[0] and "threshold" in warning[0]
+
+
+def test_stop_keeps_the_last_checkpoint_before_the_breach(stopped):
+    result, ckpt = stopped
+    assert latest_checkpoint(ckpt) == 2
+    assert os.path.isdir(os.path.join(ckpt, "global_step_2", "actor"))
+    assert not os.path.exists(os.path.join(ckpt, "global_step_3"))
+    assert "step 3's checkpoint not saved" in result.log
+
+
+def test_stop_reports_the_checkpoints(stopped):
+    result, _ = stopped
+    report = [line for line in result.log.splitlines() if "collapse guard stopped the run" in line]
+    assert report, result.log[-4000:]
+    assert "last checkpoint saved before the breach: global_step_2" in report[0]
+    # The best of the validated checkpoints (steps 1 and 2) by verl's val-core accuracy, the earliest
+    # of equals (the untrained tiny model scores 0 on exact addition at both).
+    val = {s: [v for k, v in result.steps[s].items() if re.match(r"val-core/.*/acc/mean@\d+$", k)] for s in (1, 2)}
+    assert all(val.values()), sorted(result.steps[1])
+    best = max((1, 2), key=lambda s: (sum(val[s]) / len(val[s]), -s))
+    assert f"best checkpoint by validation: global_step_{best} " in report[0]
