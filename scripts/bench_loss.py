@@ -92,7 +92,9 @@ def distilled_update(student, teacher, sampled, old_log_prob, advantages, lent=T
     teacher_lp = ca.teacher_topk_log_probs(teacher, index, chunk_size=args.chunk_size)  # (N, K)
     rows = torch.arange(n)
     if lent:
-        out = topk_tail_divergence_lent(student, teacher_lp, index, sampled[:, 0], rows=rows, chunk_size=args.chunk_size)
+        out = topk_tail_divergence_lent(
+            student, teacher_lp, index, sampled[:, 0], rows=rows, chunk_size=args.chunk_size
+        )
         log_prob = ca.gather_log_softmax(student, sampled, chunk_size=args.chunk_size)[:, 0]  # (N,), after, as in verl
         log_prob, div = lend_dense_gradient(
             log_prob, out.divergence, out.dense_weight, torch.ones(n, dtype=torch.bool), out.lend

@@ -39,11 +39,11 @@ FAMILIES: dict[str, Callable[[int], str]] = {
     "open <answer>": lambda n: _fill("<answer>", n),
     "think+answer": lambda n: _fill("<think> x <answer> B ", n),
     "cue phrases": lambda n: _fill("The answer is (B), not A. ", n, tail="<answer>B</answer>"),
-    "Action lines": lambda n: _fill("Action: search\nAction Input: {\"q\": ", n),
-    "call lines": lambda n: _fill("Action: search\nAction Input: {\"q\": 1}\n", n),
-    "bad inputs": lambda n: _fill("Action Input: {\"q\": x}\n", n, head="Action: search\n"),
+    "Action lines": lambda n: _fill('Action: search\nAction Input: {"q": ', n),
+    "call lines": lambda n: _fill('Action: search\nAction Input: {"q": 1}\n', n),
+    "bad inputs": lambda n: _fill('Action Input: {"q": x}\n', n, head="Action: search\n"),
     "nested [[[": lambda n: _fill("[", n, head="Action: search\nAction Input: "),
-    "nested {\"a\":": lambda n: _fill("{\"a\":", n, head="Action: search\nAction Input: "),
+    'nested {"a":': lambda n: _fill('{"a":', n, head="Action: search\nAction Input: "),
 }
 
 

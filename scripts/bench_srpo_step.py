@@ -60,7 +60,13 @@ def parse_args():
 def model_dir(args) -> str:
     """The tiny Qwen3; with --vocab, the same with its vocabulary padded to that size (as Qwen3's
     151,936 pads its tokenizer's ~151.7k), written once into the cache."""
-    from srpo_verl.demo.tiny_model import build_config, build_tiny_model, build_tokenizer, cache_root, write_dir_atomically
+    from srpo_verl.demo.tiny_model import (
+        build_config,
+        build_tiny_model,
+        build_tokenizer,
+        cache_root,
+        write_dir_atomically,
+    )
 
     if args.vocab is None:
         return build_tiny_model(hidden_size=args.hidden, num_layers=args.layers)
@@ -123,7 +129,9 @@ def main():
     rows, T = args.rows, args.response_len
     tokens = min(vocab, 100)  # the tokenizer's ids (a padded vocabulary's extra ids are never sampled)
     prompts = [torch.randint(4, tokens, (args.prompt_len,), generator=gen).tolist() for _ in range(rows // args.group)]
-    sequences = [(prompts[i // args.group], torch.randint(4, tokens, (T,), generator=gen).tolist()) for i in range(rows)]
+    sequences = [
+        (prompts[i // args.group], torch.randint(4, tokens, (T,), generator=gen).tolist()) for i in range(rows)
+    ]
     teacher_ids = [
         torch.tensor(p + torch.randint(4, tokens, (args.teacher_extra_len,), generator=gen).tolist() + r)
         for p, r in sequences
@@ -224,7 +232,11 @@ def main():
     )
     print("teacher rows: " + ", ".join(f"{m} {len(taught_rows[m])}" for m in methods) + "\n")
     cols = ["old_log_prob", "teacher", "teacher_forward", "update", "ema", "step"]
-    print(f"{'method':<11}" + "".join(f"{c + ' s':>17}" for c in cols) + (f"{'update peak GiB':>17}" if args.memory else ""))
+    print(
+        f"{'method':<11}"
+        + "".join(f"{c + ' s':>17}" for c in cols)
+        + (f"{'update peak GiB':>17}" if args.memory else "")
+    )
     for m in methods:
         t = med[m]
         row = f"{m:<11}" + "".join(f"{t[c]:>17.3f}" for c in cols)
@@ -233,8 +245,10 @@ def main():
     if {"srpo", "sdpo"} <= set(methods):
         share = len(taught_rows["srpo"]) / max(len(taught_rows["sdpo"]), 1)
         ratio = med["srpo"]["teacher"] / med["sdpo"]["teacher"]
-        print(f"teacher pass SRPO/SDPO = {ratio:.3f}  vs routed share {share:.3f}  (target ratio <= share + 0.05: "
-              f"{'met' if ratio <= share + 0.05 else 'NOT met'})")
+        print(
+            f"teacher pass SRPO/SDPO = {ratio:.3f}  vs routed share {share:.3f}  (target ratio <= share + 0.05: "
+            f"{'met' if ratio <= share + 0.05 else 'NOT met'})"
+        )
         print(f"step SRPO/SDPO = {med['srpo']['step'] / med['sdpo']['step']:.3f}")
     if "grpo" in methods:
         grpo = med["grpo"]["step"]
@@ -247,7 +261,8 @@ def main():
             if m in methods:
                 extra, bound = med[m]["step"] - grpo, med[m]["teacher_forward"] + 0.05 * grpo
                 print(
-                    f"{m}: step - GRPO step = {extra:.3f} s vs teacher forward {med[m]['teacher_forward']:.3f} s + 5% GRPO "
+                    f"{m}: step - GRPO step = {extra:.3f} s vs teacher forward {med[m]['teacher_forward']:.3f} s + "
+                    "5% GRPO "
                     f"step {0.05 * grpo:.3f} s = {bound:.3f} s ({'met' if extra <= bound else 'NOT met'})"
                 )
     for m in ("srpo", "srpo_50"):
@@ -255,12 +270,17 @@ def main():
             print(f"EMA step / {m} step = {med[m]['ema'] / med[m]['step']:.4f}  ({med[m]['ema'] * 1000:.1f} ms)")
     if args.memory and "grpo" in methods:
         logits_gb = args.micro_batch * (args.prompt_len + T) * vocab * 4 / GB
-        print(f"one micro-batch's logits: {logits_gb:.3f} GiB ({args.micro_batch} x {args.prompt_len + T} tokens x {vocab}, fp32)")
+        print(
+            f"one micro-batch's logits: {logits_gb:.3f} GiB ({args.micro_batch} x {args.prompt_len + T} tokens x "
+            f"{vocab}, fp32)"
+        )
         for m in methods:
             if m != "grpo":
                 extra = med[m]["update_peak_gb"] - med["grpo"]["update_peak_gb"]
-                print(f"update peak {m} - grpo = {extra:.3f} GiB = {extra / logits_gb:.2f}x logits (target <= 0.5x: "
-                      f"{'met' if extra <= 0.5 * logits_gb else 'NOT met'})")
+                print(
+                    f"update peak {m} - grpo = {extra:.3f} GiB = {extra / logits_gb:.2f}x logits (target <= 0.5x: "
+                    f"{'met' if extra <= 0.5 * logits_gb else 'NOT met'})"
+                )
     torch.distributed.destroy_process_group()
 
 

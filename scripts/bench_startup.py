@@ -139,7 +139,15 @@ class _ProcessSampler(threading.Thread):
 def _short_name(cmd: str) -> str:
     if cmd.startswith("ray::"):
         return cmd.split()[0]
-    for key in ("srpo_verl.main_ppo", "gcs_server", "raylet", "dashboard.py", "log_monitor", "monitor.py", "runtime_env"):
+    for key in (
+        "srpo_verl.main_ppo",
+        "gcs_server",
+        "raylet",
+        "dashboard.py",
+        "log_monitor",
+        "monitor.py",
+        "runtime_env",
+    ):
         if key in cmd:
             return key
     if "ray-dashboard-" in cmd:
@@ -242,7 +250,10 @@ def main(argv=None) -> int:
         return statistics.median(values) if values else float("nan")
 
     names = [n for n, _ in MILESTONES] + ["exit"]
-    print(f"\nStart-up of one SRPO step on CPU, seconds from launch (median of {args.repeat}; load {os.getloadavg()[0]:.2f})")
+    print(
+        f"\nStart-up of one SRPO step on CPU, seconds from launch (median of {args.repeat}; load "
+        f"{os.getloadavg()[0]:.2f})"
+    )
     print(f"{'milestone':<18}" + "".join(f"{v:>12}" for v in variants))
     for n in names:
         print(f"{n:<18}" + "".join(f"{med([r['marks'].get(n) for r in runs[v]]):>12.1f}" for v in variants))

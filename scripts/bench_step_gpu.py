@@ -85,10 +85,15 @@ def build_model():
 
     heads = args.heads or max(args.hidden // 128, 1)
     cfg = Qwen3Config(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate or 3 * args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=args.kv_heads or max(heads // 2, 1),
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate or 3 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=args.kv_heads or max(heads // 2, 1),
         head_dim=args.hidden // heads,
-        max_position_embeddings=8192, tie_word_embeddings=False,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     with torch.device(DEV):
@@ -145,7 +150,11 @@ def teacher_pass(routed: list[int], topk: dict) -> tuple[dict, float]:
             flat = logits.reshape(-1, args.vocab)  # (m R, V)
             ids_k = torch.cat([topk[i] for i in rows])  # (m R, K)
             scores = score_response_tokens(
-                flat, torch.ones(flat.shape[0], 1, device=DEV), ids_k, response[rows].flatten().to(DEV), chunk_size=CHUNK
+                flat,
+                torch.ones(flat.shape[0], 1, device=DEV),
+                ids_k,
+                response[rows].flatten().to(DEV),
+                chunk_size=CHUNK,
             )
         for j, i in enumerate(rows):
             out[i] = scores["srpo_teacher_topk"][j * R : (j + 1) * R]
@@ -162,7 +171,11 @@ def update(routed: list[int], topk: dict, teacher_topk: dict):
         if here:
             rows = torch.cat([(i - mb.start) * (P + R) + response_pos for i in here])  # packed rows
             token, div = update_terms(
-                logits, lab, rows, torch.cat([topk[i] for i in here]), torch.cat([teacher_topk[i] for i in here]),
+                logits,
+                lab,
+                rows,
+                torch.cat([topk[i] for i in here]),
+                torch.cat([teacher_topk[i] for i in here]),
                 chunk_size=CHUNK,
             )
         else:

@@ -97,7 +97,9 @@ def main() -> int:
             "srpo_teacher_entropy": core_algos.teacher_entropy(full, rows=positions, chunk_size=c).float(),
             "srpo_teacher_log_prob": core_algos.teacher_topk_log_probs(
                 full, sampled.unsqueeze(-1), rows=positions, chunk_size=c
-            ).squeeze(-1).float(),
+            )
+            .squeeze(-1)
+            .float(),
         }
 
     def after():
@@ -105,7 +107,8 @@ def main() -> int:
         return teacher_forward.score_response_tokens(logits, temperature, topk_ids, sampled, chunk_size=args.chunk_size)
 
     print(
-        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), torch {torch.__version__}, "
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), torch "
+        f"{torch.__version__}, "
         f"{dtype}; V = {args.vocab}; {args.rows} rows x (prompt {args.prompt} + demonstration {args.demonstration} "
         f"+ response {args.response}) = {nnz} tokens, {R} response tokens; model hidden {args.hidden} x {args.layers}"
     )
@@ -121,7 +124,7 @@ def main() -> int:
                 seconds = time.perf_counter() - t0
             results[name] = (m.extra, seconds, out)
             del out
-    (b_mem, b_s, b_out), (a_mem, a_s, a_out) = results["before"], results["after"]
+    (b_mem, _, b_out), (a_mem, _, a_out) = results["before"], results["after"]
     for key in b_out:
         err = float((a_out[key] - b_out[key]).abs().max())
         scale = float(b_out[key].abs().max()) + 1e-30

@@ -118,7 +118,9 @@ def elapsed_seconds(
         elif any(wall_key in m for m in records.values()):
             clock = "wall"
         else:
-            raise SystemExit(f"error: the log has neither {step_time_key!r} nor {wall_key!r}; pass --step-time-key or --wall-key")
+            raise SystemExit(
+                f"error: the log has neither {step_time_key!r} nor {wall_key!r}; pass --step-time-key or --wall-key"
+            )
     elapsed: dict[int, float] = {}
     if clock == "step_time":
         total = 0.0
@@ -161,7 +163,9 @@ def best_within(
     """
     points = [(elapsed[s], s, float(m[metric])) for s, m in records.items() if metric in m and s in elapsed]
     if not points:
-        raise SystemExit(f"error: no record has {metric!r} (and a time); metrics with 'val-core': {find_metrics(records)}")
+        raise SystemExit(
+            f"error: no record has {metric!r} (and a time); metrics with 'val-core': {find_metrics(records)}"
+        )
     run_seconds = max(elapsed.values())
     out = []
     for budget in budgets_h:
@@ -190,7 +194,9 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def report(paths: Sequence[str], metrics: Sequence[str], budgets_h: Sequence[float], **clock_kwargs: Any) -> list[dict[str, Any]]:
+def report(
+    paths: Sequence[str], metrics: Sequence[str], budgets_h: Sequence[float], **clock_kwargs: Any
+) -> list[dict[str, Any]]:
     records = load_records(paths, step_time_key=clock_kwargs.get("step_time_key", STEP_TIME_KEY))
     elapsed, clock = elapsed_seconds(records, **clock_kwargs)
     metrics = list(metrics) or find_metrics(records)
@@ -198,28 +204,43 @@ def report(paths: Sequence[str], metrics: Sequence[str], budgets_h: Sequence[flo
         raise SystemExit("error: no val-core/<source>/acc/mean@<n> metric in the log; pass --metric")
     step_key = clock_kwargs.get("step_time_key", STEP_TIME_KEY)
     return [
-        {"metric": metric, "clock": clock, "run_hours": max(elapsed.values()) / 3600.0, "last_step": max(records),
-         "budgets": best_within(records, elapsed, metric, budgets_h, step_time_key=step_key)}
+        {
+            "metric": metric,
+            "clock": clock,
+            "run_hours": max(elapsed.values()) / 3600.0,
+            "last_step": max(records),
+            "budgets": best_within(records, elapsed, metric, budgets_h, step_time_key=step_key),
+        }
         for metric in metrics
     ]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("logs", nargs="+", help="JSONL files or folders of them (merged by step, later files win)")
-    parser.add_argument("--metric", action="append", default=[], help="metric key (repeatable); default: every val-core avg@n")
+    parser.add_argument(
+        "--metric", action="append", default=[], help="metric key (repeatable); default: every val-core avg@n"
+    )
     parser.add_argument("--budgets-hours", type=float, nargs="+", default=list(DEFAULT_BUDGETS_H))
     parser.add_argument("--clock", choices=["auto", "step_time", "wall"], default="auto")
     parser.add_argument("--step-time-key", default=STEP_TIME_KEY)
     parser.add_argument("--wall-key", default=WALL_KEY)
-    parser.add_argument("--include-validation-time", action="store_true",
-                        help=f"add {VALIDATION_TIME_KEY} to the step-time clock")
+    parser.add_argument(
+        "--include-validation-time", action="store_true", help=f"add {VALIDATION_TIME_KEY} to the step-time clock"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
     results = report(
-        args.logs, args.metric, args.budgets_hours, clock=args.clock, step_time_key=args.step_time_key,
-        wall_key=args.wall_key, include_validation=args.include_validation_time,
+        args.logs,
+        args.metric,
+        args.budgets_hours,
+        clock=args.clock,
+        step_time_key=args.step_time_key,
+        wall_key=args.wall_key,
+        include_validation=args.include_validation_time,
     )
     if args.json:
         print(json.dumps(results, indent=2))
@@ -235,8 +256,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for b in result["budgets"]:
             pct = None if b["best"] is None else 100 * b["best"]
             note = "" if b["complete"] else "  (run shorter than budget)"
-            print(f"  {b['budget_h']:>6g}h  {_fmt(b['best'], '.4f'):>7}  {_fmt(pct, '.1f'):>5}  {_fmt(b['step'], 'd'):>5}  "
-                  f"{_fmt(b['hours'], '.2f'):>6}  {_fmt(b['s_per_step'], '.1f'):>6}{note}")
+            print(
+                f"  {b['budget_h']:>6g}h  {_fmt(b['best'], '.4f'):>7}  {_fmt(pct, '.1f'):>5}  "
+                f"{_fmt(b['step'], 'd'):>5}  "
+                f"{_fmt(b['hours'], '.2f'):>6}  {_fmt(b['s_per_step'], '.1f'):>6}{note}"
+            )
     return 0
 
 

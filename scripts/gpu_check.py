@@ -88,8 +88,19 @@ def check_math(device: str, vocab: int, n: int, k: int) -> None:
         report(f"topk_tail_divergence grad  [{tag}] vs float64 of the same input", rel(x.grad, ref_x.grad), 2 * bound)
         assert x.grad.device.type == torch.device(device).type and x.grad.dtype == dtype
         t = teacher.to(device, dtype)
-        report(f"teacher_entropy            [{tag}]", rel(ca.teacher_entropy(t, rows=r), ca.teacher_entropy(teacher.to(dtype).double(), rows=rows)), bound)
-        report(f"teacher_topk_log_probs     [{tag}]", rel(ca.teacher_topk_log_probs(t, idx.to(device), rows=r), ca.teacher_topk_log_probs(teacher.to(dtype).double(), idx, rows=rows)), bound)
+        report(
+            f"teacher_entropy            [{tag}]",
+            rel(ca.teacher_entropy(t, rows=r), ca.teacher_entropy(teacher.to(dtype).double(), rows=rows)),
+            bound,
+        )
+        report(
+            f"teacher_topk_log_probs     [{tag}]",
+            rel(
+                ca.teacher_topk_log_probs(t, idx.to(device), rows=r),
+                ca.teacher_topk_log_probs(teacher.to(dtype).double(), idx, rows=rows),
+            ),
+            bound,
+        )
     # Weights and the one-denominator loss on (B, T) tensors.
     g = torch.Generator().manual_seed(1)
     ent, mask = 5 * torch.rand(6, 9, generator=g, dtype=torch.float64), torch.rand(6, 9, generator=g) > 0.3
@@ -98,7 +109,9 @@ def check_math(device: str, vocab: int, n: int, k: int) -> None:
     w64 = ca.entropy_weights(ent, mask & route[:, None])
     l64 = ca.srpo_loss(lg, ls, route, w64, mask, num_tokens=int(mask.sum()))
     w = ca.entropy_weights(ent.float().to(device), (mask & route[:, None]).to(device))
-    loss = ca.srpo_loss(lg.float().to(device), ls.float().to(device), route.to(device), w, mask.to(device), num_tokens=int(mask.sum()))
+    loss = ca.srpo_loss(
+        lg.float().to(device), ls.float().to(device), route.to(device), w, mask.to(device), num_tokens=int(mask.sum())
+    )
     report("entropy_weights [fp32]", rel(w, w64), 1e-5)
     report("srpo_loss       [fp32]", rel(loss, l64), 1e-5)
 
@@ -153,13 +166,17 @@ def check_inplace(device: str, vocab: int, n: int, k: int) -> None:
         leaf = x16.clone().requires_grad_()
         logits = leaf * 1.0
         if lent:
-            token, div = update_terms(logits, labels.to(device), rows.to(device), idx.to(device), log_q.to(device), logprobs=logprobs)
+            token, div = update_terms(
+                logits, labels.to(device), rows.to(device), idx.to(device), log_q.to(device), logprobs=logprobs
+            )
         else:
             div = ca.topk_tail_divergence(logits, log_q.to(device), idx.to(device), rows=rows.to(device))
             token = logprobs(logits, labels.to(device))
         (div.sum() + token.sum()).backward()
         errs.append(rel(leaf.grad, ref16.grad))
-    report(f"bf16 lent gradient error / private copy's ({errs[1]:.1e} / {errs[0]:.1e})", errs[1] / max(errs[0], 1e-12), 1.5)
+    report(
+        f"bf16 lent gradient error / private copy's ({errs[1]:.1e} / {errs[0]:.1e})", errs[1] / max(errs[0], 1e-12), 1.5
+    )
 
 
 def check_loss_hook(device: str) -> None:
@@ -179,8 +196,14 @@ def check_loss_hook(device: str) -> None:
     _, logprobs = inplace_logprobs()
     x = batch["student_logits"].clone().to(device).requires_grad_()
     loss, _ = engine_like_call(
-        fn, batch, range(5), x * 1.0, logprobs=lambda lg, lb, inplace_backward=True: logprobs(lg.float(), lb),
-        move=lambda d: d.to(device), num_tokens=sum(RESPONSE_LENS), log_mean=log_mean,
+        fn,
+        batch,
+        range(5),
+        x * 1.0,
+        logprobs=lambda lg, lb, inplace_backward=True: logprobs(lg.float(), lb),
+        move=lambda d: d.to(device),
+        num_tokens=sum(RESPONSE_LENS),
+        log_mean=log_mean,
     )
     loss.backward()
     ref_x = batch["student_logits"].clone().requires_grad_()
@@ -281,15 +304,31 @@ def install_ray_shim() -> None:
         return mod
 
     kind = lambda name: type(name, (), {"__module__": "ray"})  # noqa: E731  (isinstance is always False)
-    module("ray", __version__="0+srpo-shim", remote=remote, ObjectRef=kind("ObjectRef"), is_initialized=lambda: False,
-           init=unavailable("init"), get=unavailable("get"), put=unavailable("put"), kill=unavailable("kill"),
-           get_actor=unavailable("get_actor"))
+    module(
+        "ray",
+        __version__="0+srpo-shim",
+        remote=remote,
+        ObjectRef=kind("ObjectRef"),
+        is_initialized=lambda: False,
+        init=unavailable("init"),
+        get=unavailable("get"),
+        put=unavailable("put"),
+        kill=unavailable("kill"),
+        get_actor=unavailable("get_actor"),
+    )
     module("ray.actor", ActorHandle=kind("ActorHandle"), ActorClass=kind("ActorClass"))
     module("ray.util", get_node_ip_address=lambda: "127.0.0.1")
     module("ray.util.collective")
-    module("ray.util.placement_group", PlacementGroup=kind("PlacementGroup"), placement_group=unavailable("placement_group"))
-    module("ray.util.scheduling_strategies", NodeAffinitySchedulingStrategy=kind("NodeAffinitySchedulingStrategy"),
-           PlacementGroupSchedulingStrategy=kind("PlacementGroupSchedulingStrategy"))
+    module(
+        "ray.util.placement_group",
+        PlacementGroup=kind("PlacementGroup"),
+        placement_group=unavailable("placement_group"),
+    )
+    module(
+        "ray.util.scheduling_strategies",
+        NodeAffinitySchedulingStrategy=kind("NodeAffinitySchedulingStrategy"),
+        PlacementGroupSchedulingStrategy=kind("PlacementGroupSchedulingStrategy"),
+    )
     module("ray.experimental")
     module("ray.experimental.state")
     module("ray.experimental.state.api", get_actor=unavailable("experimental.state.api.get_actor"))
@@ -421,12 +460,20 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
 
     # bf16 keeps 8 significant bits (relative rounding 2^-9 = 2e-3): a log-prob near -12 is off by
     # ~2e-2 per rounded logit, and gradients norm-wise by a few 1e-3 of their norm.
-    line(max_abs(log_probs, ref["log_probs"]) < 0.1, "old-log-prob forward: log-probs vs float64",
-         f"max abs err {max_abs(log_probs, ref['log_probs']):.2e} (bound 1e-1)")
-    shapes = all(topk[i].shape == (len(responses[i]), k) for i in routed) and all(len(topk[i]) == 0 for i in range(probe.ROWS) if i not in routed)
+    line(
+        max_abs(log_probs, ref["log_probs"]) < 0.1,
+        "old-log-prob forward: log-probs vs float64",
+        f"max abs err {max_abs(log_probs, ref['log_probs']):.2e} (bound 1e-1)",
+    )
+    shapes = all(topk[i].shape == (len(responses[i]), k) for i in routed) and all(
+        len(topk[i]) == 0 for i in range(probe.ROWS) if i not in routed
+    )
     shortfall = max_abs(ref["topk_logits"], ref["true_topk_logits"])
-    line(shapes and shortfall < 0.1, f"top-K hook: K={k} ids on the routed rows",
-         f"float64 logits at its ids vs the true top-K: max abs {shortfall:.2e} (bound 1e-1)")
+    line(
+        shapes and shortfall < 0.1,
+        f"top-K hook: K={k} ids on the routed rows",
+        f"float64 logits at its ids vs the true top-K: max abs {shortfall:.2e} (bound 1e-1)",
+    )
     err_q = max_abs(taught["srpo_teacher_topk"], ref["teacher_topk"])
     line(err_q < 0.1, "teacher pass (teacher = student): top-K log-probs", f"max abs err {err_q:.2e} (bound 1e-1)")
     # bf16 errors are of the order of the distillation's own share: each figure comes with the
@@ -435,12 +482,18 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
     grpo = probe.reference_update(model_path, {"old": old}, topk=k, high=vocab, distil=False)
     loss = float(probe.update_loss(output))
     loss_err, loss_gap = abs(loss - ref["loss"]) / abs(ref["loss"]), abs(grpo["loss"] - ref["loss"]) / abs(ref["loss"])
-    line(loss_err < 5e-2 and loss_err < 0.2 * loss_gap, "SRPO update: loss vs float64",
-         f"{loss:.6f} vs {ref['loss']:.6f}: rel err {loss_err:.2e} (bound 5e-2 and 0.2x GRPO's {loss_gap:.2e})")
+    line(
+        loss_err < 5e-2 and loss_err < 0.2 * loss_gap,
+        "SRPO update: loss vs float64",
+        f"{loss:.6f} vs {ref['loss']:.6f}: rel err {loss_err:.2e} (bound 5e-2 and 0.2x GRPO's {loss_gap:.2e})",
+    )
     grad = {name: theta0[name] - theta1[name] for name in theta0}  # SGD, lr 1: the step is the gradient
     grad_err, grad_gap = norm_rel(grad, ref["grad"]), norm_rel(grpo["grad"], ref["grad"])
-    line(grad_err < 5e-2 and grad_err < 0.2 * grad_gap, "SRPO update: gradient vs float64",
-         f"norm-wise rel err {grad_err:.2e} over {len(ref['grad'])} tensors (bound 5e-2 and 0.2x GRPO's {grad_gap:.2e})")
+    line(
+        grad_err < 5e-2 and grad_err < 0.2 * grad_gap,
+        "SRPO update: gradient vs float64",
+        f"norm-wise rel err {grad_err:.2e} over {len(ref['grad'])} tensors (bound 5e-2 and 0.2x GRPO's {grad_gap:.2e})",
+    )
 
     # The EMA step: theta' = (1 - rate) theta_0 + rate theta_1, and its gap metric.
     metrics = worker.srpo_ema_update()
@@ -449,8 +502,11 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
     ema_err = max(float((teacher[n].double() - expected[n]).abs().max()) for n in expected)
     gap = (1 - rate) * sum(float((theta1[n] - theta0[n]).pow(2).sum()) for n in theta0) ** 0.5
     gap_err = abs(metrics["srpo/teacher_student_l2"] - gap) / max(gap, 1e-30)
-    line(ema_err < 1e-6 and gap_err < 1e-3, f"EMA step (rate {rate})",
-         f"teacher vs lerp(theta_0, theta_1): max abs {ema_err:.1e}; gap metric rel err {gap_err:.1e}")
+    line(
+        ema_err < 1e-6 and gap_err < 1e-3,
+        f"EMA step (rate {rate})",
+        f"teacher vs lerp(theta_0, theta_1): max abs {ema_err:.1e}; gap metric rel err {gap_err:.1e}",
+    )
 
     # The teacher pass now runs the EMA teacher, which differs from the student.
     _, topk1 = probe.old_log_prob_pass(worker, sequences)
@@ -458,8 +514,11 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
     ids1 = [topk1[i] for i in routed]
     ref_q, ref_h = teacher_reference(model_path, teacher, ids1, routed, teacher_prompts, responses)
     err_q, err_h = max_abs(taught1["srpo_teacher_topk"], ref_q), max_abs(taught1["srpo_teacher_entropy"], ref_h)
-    line(err_q < 0.1 and err_h < 0.1, "teacher pass with the EMA teacher vs float64",
-         f"top-K log-probs max abs err {err_q:.2e}, entropy {err_h:.2e} (bound 1e-1)")
+    line(
+        err_q < 0.1 and err_h < 0.1,
+        "teacher pass with the EMA teacher vs float64",
+        f"top-K log-probs max abs err {err_q:.2e}, entropy {err_h:.2e} (bound 1e-1)",
+    )
 
     # Save, overwrite the teacher, load: the teacher comes back exactly.
     ckpt = os.path.join(workdir, "ckpt")
@@ -486,9 +545,12 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
         tokens = sum(len(p) + len(r) for p, r in sequences)
         logits_bytes = tokens * vocab * 2
         extra = (srpo_peak - grpo_peak) / logits_bytes
-        line(extra < 1.0, "update peak memory, SRPO over GRPO",
-             f"{(srpo_peak - grpo_peak) / 2**20:.1f} MiB = {extra:.2f}x the bf16 logits of {tokens} tokens "
-             f"(SRPO {srpo_peak / 2**20:.0f} MiB, GRPO {grpo_peak / 2**20:.0f} MiB; bound 1.0x)")
+        line(
+            extra < 1.0,
+            "update peak memory, SRPO over GRPO",
+            f"{(srpo_peak - grpo_peak) / 2**20:.1f} MiB = {extra:.2f}x the bf16 logits of {tokens} tokens "
+            f"(SRPO {srpo_peak / 2**20:.0f} MiB, GRPO {grpo_peak / 2**20:.0f} MiB; bound 1.0x)",
+        )
     else:
         print("SKIP  update peak memory: CUDA only (no allocator statistics on the CPU)", flush=True)
     print(f"engine: {engine_s:.0f} s for the first passes and update; {probe.ROWS} rows, V={vocab}, K={k}", flush=True)
@@ -505,6 +567,7 @@ def engine_main(args) -> int:
     local_env(cpu=not cuda)
     try:
         import ray  # noqa: F401
+
         ray_note = "ray " + ray.__version__
     except ImportError:
         install_ray_shim()
@@ -531,8 +594,12 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--tokens", default="4096,16384", help="token counts for the memory check")
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--engine", action="store_true", help="verl's FSDP2 engine check instead (needs verl: docs/gpu.md)")
-    parser.add_argument("--workdir", help="--engine: where the model and checkpoint go (default: a new temporary folder)")
+    parser.add_argument(
+        "--engine", action="store_true", help="verl's FSDP2 engine check instead (needs verl: docs/gpu.md)"
+    )
+    parser.add_argument(
+        "--workdir", help="--engine: where the model and checkpoint go (default: a new temporary folder)"
+    )
     args = parser.parse_args()
     if args.engine:
         return engine_main(args)

@@ -97,8 +97,18 @@ def build(dest: str, python_version: str) -> float:
         # declared requirements) and the image's packages again. Newer manylinux tags first.
         platforms = ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64", "linux_x86_64"]
         pip(
-            sys.executable, "download", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
-            "--implementation", "cp", *[arg for p in platforms for arg in ("--platform", p)], "-d", staging, *binary,
+            sys.executable,
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            *[arg for p in platforms for arg in ("--platform", p)],
+            "-d",
+            staging,
+            *binary,
         )
         for name in SOURCE_ONLY:  # pure Python: a py3-none-any wheel serves every version
             pip(sys.executable, "wheel", "--no-deps", "-w", staging, f"{name}=={KIT[name]}")
@@ -148,14 +158,38 @@ def install(dest: str, target: str | None) -> None:
         print("every package of the kit is installed already")
         return
     where = ["--target", target] if target else []
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *where, "--find-links", dest, *wanted]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        *where,
+        "--find-links",
+        dest,
+        *wanted,
+    ]
     print(" ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
 
 
 # The lent image's packages (docs/gpu.md), at the versions this environment has; torch is the CPU build.
-IMAGE = ["transformers", "numpy", "pandas", "pyarrow", "safetensors", "tokenizers", "peft", "accelerate",
-         "psutil", "msgpack", "aiohttp", "grpcio"]
+IMAGE = [
+    "transformers",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "safetensors",
+    "tokenizers",
+    "peft",
+    "accelerate",
+    "psutil",
+    "msgpack",
+    "aiohttp",
+    "grpcio",
+]
 
 
 def image_venv(path: str, torch_spec: str) -> str:
@@ -179,8 +213,10 @@ def image_venv(path: str, torch_spec: str) -> str:
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     local = sorted(
         os.path.join(d, f)
-        for d in os.environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(d)
-        for f in os.listdir(d) if f.startswith(f"torch-{version}+cpu-{tag}-") and f.endswith(".whl")
+        for d in os.environ.get("PIP_FIND_LINKS", "").split()
+        if os.path.isdir(d)
+        for f in os.listdir(d)
+        if f.startswith(f"torch-{version}+cpu-{tag}-") and f.endswith(".whl")
     )
     if os.path.exists(uv) and local:
         run(local[0])
@@ -188,8 +224,9 @@ def image_venv(path: str, torch_spec: str) -> str:
         pip(python, "install", torch_spec)
     run("--constraint", constraint, *pins)
     os.remove(constraint)
-    version = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    version = subprocess.run(
+        [python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     if not version.endswith("+cpu"):
         raise SystemExit(f"the proof venv got torch {version}, not the CPU build")
     return python
@@ -215,12 +252,16 @@ def prove(kit_dir: str, venv_dir: str | None, torch_spec: str) -> int:
     site = os.path.join(venv_dir, "kit_site")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PIP_FIND_LINKS")}
     # The kit alone: no pip configuration (this machine's adds a local wheel folder and indexes).
-    subprocess.run([python, __file__, "install", "--dest", kit_dir, "--target", site], check=True,
-                   env={**env, "PIP_CONFIG_FILE": os.devnull})
+    subprocess.run(
+        [python, __file__, "install", "--dest", kit_dir, "--target", site],
+        check=True,
+        env={**env, "PIP_CONFIG_FILE": os.devnull},
+    )
     env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = site
-    check = subprocess.run([python, os.path.join(ROOT, "scripts", "gpu_check.py"), "--engine", "--device", "cpu"],
-                           env=env, cwd=ROOT)
+    check = subprocess.run(
+        [python, os.path.join(ROOT, "scripts", "gpu_check.py"), "--engine", "--device", "cpu"], env=env, cwd=ROOT
+    )
     return check.returncode
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -83,7 +82,10 @@ def refused(fn: Callable, *names: str) -> tuple[bool, str]:
     except (ValueError, TypeError, NotImplementedError) as err:
         text = str(err)
         missing = [n for n in names if n not in text]
-        return (not missing, f"{type(err).__name__}: {text[:160]}" + (f"  [does not name {missing}]" if missing else ""))
+        return (
+            not missing,
+            f"{type(err).__name__}: {text[:160]}" + (f"  [does not name {missing}]" if missing else ""),
+        )
     except Exception as err:  # noqa: BLE001 - an unexpected kind of error is itself the finding
         return False, f"unexpected {type(err).__name__}: {str(err)[:160]}"
     return False, "accepted"
@@ -115,14 +117,21 @@ def teacher_spec(limit=None, feedback=False):
 
 def mcq_row(gold="A", labels=("A", "B", "C", "D"), **extra):
     info = {"split": "train", "index": 0, "labels": list(labels), **extra}
-    return {"data_source": "sciknoweval", "prompt": [{"role": "user", "content": "Q?"}],
-            "reward_model": {"ground_truth": gold}, "extra_info": info}
+    return {
+        "data_source": "sciknoweval",
+        "prompt": [{"role": "user", "content": "Q?"}],
+        "reward_model": {"ground_truth": gold},
+        "extra_info": info,
+    }
 
 
 def tool_row(calls, index=0):
-    return {"data_source": "tooluse", "prompt": [{"role": "user", "content": "Q?"}],
-            "reward_model": {"ground_truth": calls if isinstance(calls, str) else json.dumps(calls)},
-            "extra_info": {"split": "test", "index": index}}
+    return {
+        "data_source": "tooluse",
+        "prompt": [{"role": "user", "content": "Q?"}],
+        "reward_model": {"ground_truth": calls if isinstance(calls, str) else json.dumps(calls)},
+        "extra_info": {"split": "test", "index": index},
+    }
 
 
 # The reference rules, restated (docs/reproduction.md): MCQ reads the text after the last `<answer>`
@@ -177,17 +186,23 @@ def tokenizer():
 
 @probe("config")
 def temperature_infinite():
-    return refused(lambda: check_config(config_with(actor_rollout_ref__rollout__temperature=float("inf"))), "rollout.temperature")
+    return refused(
+        lambda: check_config(config_with(actor_rollout_ref__rollout__temperature=float("inf"))), "rollout.temperature"
+    )
 
 
 @probe("config")
 def temperature_bool():
-    return refused(lambda: check_config(config_with(actor_rollout_ref__rollout__temperature=True)), "rollout.temperature")
+    return refused(
+        lambda: check_config(config_with(actor_rollout_ref__rollout__temperature=True)), "rollout.temperature"
+    )
 
 
 @probe("config")
 def success_threshold_infinite():
-    return refused(lambda: check_config(config_with(algorithm__srpo__success_threshold=float("inf"))), "success_threshold")
+    return refused(
+        lambda: check_config(config_with(algorithm__srpo__success_threshold=float("inf"))), "success_threshold"
+    )
 
 
 @probe("config")
@@ -210,7 +225,9 @@ def topk_negative():
 
 @probe("config")
 def trust_region_mix_nan():
-    return refused(lambda: check_config(config_with(algorithm__srpo__trust_region_mix=float("nan"))), "trust_region_mix")
+    return refused(
+        lambda: check_config(config_with(algorithm__srpo__trust_region_mix=float("nan"))), "trust_region_mix"
+    )
 
 
 @probe("config")
@@ -225,7 +242,9 @@ def is_clip_nan():
 
 @probe("config")
 def teacher_limit_bool():
-    return refused(lambda: check_config(config_with(algorithm__srpo__max_teacher_prompt_length=True)), "max_teacher_prompt_length")
+    return refused(
+        lambda: check_config(config_with(algorithm__srpo__max_teacher_prompt_length=True)), "max_teacher_prompt_length"
+    )
 
 
 @probe("config")
@@ -259,7 +278,9 @@ def max_response_length_string():
 
 @probe("config")
 def reprompt_template_without_solution():
-    return refused(lambda: check_config(config_with(algorithm__srpo__reprompt_template="{question}")), "reprompt_template")
+    return refused(
+        lambda: check_config(config_with(algorithm__srpo__reprompt_template="{question}")), "reprompt_template"
+    )
 
 
 # ----------------------------------------------------------------------------- data rows
@@ -391,7 +412,9 @@ def teacher_budget_for_feedback_template():
     tok = tokenizer()
     rows = [mcq_row()]
     solo = check_rows(rows, tokenizer=tok, max_prompt_length=64, teacher=teacher_spec(10_000)).teacher_overhead
-    both = check_rows(rows, tokenizer=tok, max_prompt_length=64, teacher=teacher_spec(10_000, feedback=True)).teacher_overhead
+    both = check_rows(
+        rows, tokenizer=tok, max_prompt_length=64, teacher=teacher_spec(10_000, feedback=True)
+    ).teacher_overhead
     return both > solo, f"overhead {solo} (reprompt) vs {both} (with the feedback template)"
 
 
@@ -401,8 +424,11 @@ def teacher_budget_with_system_prompt():
     rows = [mcq_row()]
     rows[0]["prompt"] = [{"role": "system", "content": "S" * 40}, {"role": "user", "content": "Q?"}]
     longest = check_rows(rows, tokenizer=tok, max_prompt_length=500).max_prompt_tokens
-    return refused(lambda: check_rows(rows, tokenizer=tok, max_prompt_length=longest, teacher=teacher_spec(longest)),
-                   "max_teacher_prompt_length", "data.max_prompt_length")
+    return refused(
+        lambda: check_rows(rows, tokenizer=tok, max_prompt_length=longest, teacher=teacher_spec(longest)),
+        "max_teacher_prompt_length",
+        "data.max_prompt_length",
+    )
 
 
 # ----------------------------------------------------------------------------- model outputs
@@ -526,9 +552,17 @@ def huge_feedback_is_cut_to_the_budget():
 
     tok, cfg = tokenizer(), SRPOConfig()
     start = time.perf_counter()
-    ids, cut = teacher_prompt_ids(tok, [{"role": "user", "content": "1+2="}], solution=None, feedback="9" * 200_000,
-                                  reprompt_template=cfg.reprompt_template, feedback_template=cfg.feedback_template,
-                                  strip_think=True, max_length=256, overflow="truncate")
+    ids, cut = teacher_prompt_ids(
+        tok,
+        [{"role": "user", "content": "1+2="}],
+        solution=None,
+        feedback="9" * 200_000,
+        reprompt_template=cfg.reprompt_template,
+        feedback_template=cfg.feedback_template,
+        strip_think=True,
+        max_length=256,
+        overflow="truncate",
+    )
     took = time.perf_counter() - start
     return len(ids) == 256 and cut > 0 and took < 5, f"{len(ids)} tokens, {cut} cut, {took:.2f} s"
 
@@ -539,9 +573,17 @@ def question_with_format_braces():
     from srpo_verl.integration.teacher_prompt import teacher_prompt_ids
 
     tok, cfg = tokenizer(), SRPOConfig()
-    ids, _ = teacher_prompt_ids(tok, [{"role": "user", "content": "{solution} {0} {question}"}], solution="7",
-                                feedback=None, reprompt_template=cfg.reprompt_template,
-                                feedback_template=cfg.feedback_template, strip_think=True, max_length=512, overflow="error")
+    ids, _ = teacher_prompt_ids(
+        tok,
+        [{"role": "user", "content": "{solution} {0} {question}"}],
+        solution="7",
+        feedback=None,
+        reprompt_template=cfg.reprompt_template,
+        feedback_template=cfg.feedback_template,
+        strip_think=True,
+        max_length=512,
+        overflow="error",
+    )
     text = tok.decode(ids)
     return "{solution} {0} {question}" in text and "Correct solution:\n7" in text, text[-80:].replace("\n", "\\n")
 

@@ -99,6 +99,7 @@ def compare_metrics(reference: dict[int, dict], other: dict[int, dict]) -> tuple
 
 def first_difference(mismatches: list[str]) -> str | None:
     """The mismatch of the lowest step (metrics of one step are compared in key order)."""
+
     def step(text: str) -> int:
         match = re.search(r"step (\d+)", text)
         return int(match.group(1)) if match else -1
@@ -293,8 +294,11 @@ def main(argv=None) -> int:
             f"(last logged step {r.last_logged_step_at_kill}), resumed from {r.resumed_from}: "
             f"{'IDENTICAL' if r.identical else 'DIFFERENT'}; max abs diff metrics {r.metrics_max_abs_diff:g}, "
             f"student {r.student_max_abs_diff:g}, teacher {r.teacher_max_abs_diff:g}; {r.wall_s:.0f}s"
-            + (f"; metrics of step(s) {r.lost_metric_steps} lost (checkpointed, then killed before logged)"
-               if r.lost_metric_steps else "")
+            + (
+                f"; metrics of step(s) {r.lost_metric_steps} lost (checkpointed, then killed before logged)"
+                if r.lost_metric_steps
+                else ""
+            )
             + (f"; error: {r.error}" if r.error else ""),
             flush=True,
         )

@@ -53,10 +53,21 @@ RECIPE_DIRS = ("table1", "ablation")
 TASKS = ("chemistry", "physics", "biology", "materials", "toolalpaca")
 TASK_HEADERS = {"chemistry": "Chem", "physics": "Phys", "biology": "Bio", "materials": "Mat", "toolalpaca": "Tool"}
 # data_source of each task's rows (srpo_verl.tasks): the avg@16 key is val-core/<source>/acc/mean@16.
-SOURCES = {"chemistry": "sciknoweval", "physics": "sciknoweval", "biology": "sciknoweval", "materials": "sciknoweval",
-           "toolalpaca": "tooluse"}
+SOURCES = {
+    "chemistry": "sciknoweval",
+    "physics": "sciknoweval",
+    "biology": "sciknoweval",
+    "materials": "sciknoweval",
+    "toolalpaca": "tooluse",
+}
 MODELS = {"qwen3_8b": "Qwen3-8B", "qwen3_4b": "Qwen3-4B"}
-METHODS = {"grpo": "GRPO", "sdpo": "SDPO", "srpo": "SRPO", "srpo_no_dw": "SRPO w/o DW", "advantage_mix": "advantage mix"}
+METHODS = {
+    "grpo": "GRPO",
+    "sdpo": "SDPO",
+    "srpo": "SRPO",
+    "srpo_no_dw": "SRPO w/o DW",
+    "advantage_mix": "advantage mix",
+}
 TABLE1_METHODS = ("grpo", "sdpo", "srpo")
 ABLATION = ("qwen3_8b", ("srpo", "srpo_no_dw", "advantage_mix"))
 N_SAMPLES = 16
@@ -119,8 +130,15 @@ def read_cell(folder: str, task: str, budgets_h: Sequence[float], *, include_val
     return CellResult(None if base is None else float(base), {entry["budget_h"]: entry for entry in result})
 
 
-def read_all(cells: Sequence[Cell], ckpt_root: str, project: str, budgets_h: Sequence[float], *,
-             include_validation: bool = False, warn=print) -> dict[Cell, CellResult]:
+def read_all(
+    cells: Sequence[Cell],
+    ckpt_root: str,
+    project: str,
+    budgets_h: Sequence[float],
+    *,
+    include_validation: bool = False,
+    warn=print,
+) -> dict[Cell, CellResult]:
     """{cell: result} for every cell whose log could be read; the others are reported through `warn`."""
     results = {}
     for cell in cells:
@@ -175,8 +193,9 @@ def _base_row(results, cells: Sequence[Cell], model: str) -> list[str]:
     return [MODELS.get(model, model), "base", *(_pct(v) for v in values), _pct(_avg(values))]
 
 
-def render(cells: Sequence[Cell], results: dict[Cell, CellResult], budgets_h: Sequence[float],
-           budget_h: float = 10.0) -> str:
+def render(
+    cells: Sequence[Cell], results: dict[Cell, CellResult], budgets_h: Sequence[float], budget_h: float = 10.0
+) -> str:
     """The three tables as Markdown. `budget_h` (one of `budgets_h`) is the budget of Table 1 and
     the ablation."""
     index = {(c.model, c.method, c.task): c for c in cells}
@@ -185,7 +204,9 @@ def render(cells: Sequence[Cell], results: dict[Cell, CellResult], budgets_h: Se
     table1 = []
     for model in models:
         table1.append(_base_row(results, cells, model))
-        table1 += [_task_row(results, index, model, m, budget_h) for m in TABLE1_METHODS if (model, m, TASKS[0]) in index]
+        table1 += [
+            _task_row(results, index, model, m, budget_h) for m in TABLE1_METHODS if (model, m, TASKS[0]) in index
+        ]
     model, methods = ABLATION
     ablation = [_task_row(results, index, model, m, budget_h) for m in methods]
 
@@ -205,35 +226,57 @@ def render(cells: Sequence[Cell], results: dict[Cell, CellResult], budgets_h: Se
     hours = [f"{b:g} h" for b in budgets_h]
     budget_header = ["model", "method", *(f"Avg {h}" for h in hours), *(f"s/step {h}" for h in hours)]
 
-    return "\n\n".join([
-        f"## Table 1: best avg@16 (%) within {budget_h:g} h",
-        _table(header, table1),
-        f"## Ablation (Qwen3-8B): best avg@16 (%) within {budget_h:g} h",
-        _table(header, ablation),
-        "## Budgets: Avg of the five tasks' best avg@16 (%) within each budget; mean seconds per step in it",
-        _table(budget_header, budget_rows),
-        "`-`: no log, or no validation in the budget (an Avg over a `-` is `-`). "
-        "`*`: the run ended before the budget.",
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"## Table 1: best avg@16 (%) within {budget_h:g} h",
+                _table(header, table1),
+                f"## Ablation (Qwen3-8B): best avg@16 (%) within {budget_h:g} h",
+                _table(header, ablation),
+                "## Budgets: Avg of the five tasks' best avg@16 (%) within each budget; mean seconds per step in it",
+                _table(budget_header, budget_rows),
+                "`-`: no log, or no validation in the budget (an Avg over a `-` is `-`). "
+                "`*`: the run ended before the budget.",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ckpt-root", default="checkpoints", help="CKPT_ROOT of the recipes (default: ./checkpoints)")
     parser.add_argument("--project", default="srpo_paper", help="PROJECT_NAME of the recipes")
-    parser.add_argument("--budgets-hours", type=float, nargs="+", default=list(bwb.DEFAULT_BUDGETS_H),
-                        help="windows of the Budgets table (default: 1 5 10)")
-    parser.add_argument("--budget-hours", type=float, default=10.0, help="budget of Table 1 and the ablation (default: 10)")
+    parser.add_argument(
+        "--budgets-hours",
+        type=float,
+        nargs="+",
+        default=list(bwb.DEFAULT_BUDGETS_H),
+        help="windows of the Budgets table (default: 1 5 10)",
+    )
+    parser.add_argument(
+        "--budget-hours", type=float, default=10.0, help="budget of Table 1 and the ablation (default: 10)"
+    )
     parser.add_argument("--include-validation-time", action="store_true", help="count validation time in the clock")
     parser.add_argument("--recipes", default=str(REPO / "recipes"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     budgets = sorted(set(args.budgets_hours) | {args.budget_hours})
     cells = recipe_cells(Path(args.recipes))
-    results = read_all(cells, args.ckpt_root, args.project, budgets, include_validation=args.include_validation_time,
-                       warn=lambda line: print(line, file=sys.stderr))
+    results = read_all(
+        cells,
+        args.ckpt_root,
+        args.project,
+        budgets,
+        include_validation=args.include_validation_time,
+        warn=lambda line: print(line, file=sys.stderr),
+    )
     print(f"{len(results)} of {len(cells)} cells have a readable log", file=sys.stderr)
-    sys.stdout.write(render(cells, results, [b for b in budgets if b in args.budgets_hours] or budgets, args.budget_hours))
+    sys.stdout.write(
+        render(cells, results, [b for b in budgets if b in args.budgets_hours] or budgets, args.budget_hours)
+    )
     return 0
 
 

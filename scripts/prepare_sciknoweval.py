@@ -89,8 +89,10 @@ def sort_sources(files: list[tuple[str, list[dict[str, Any]]]]) -> tuple[list[di
         if records and all(ske.is_fork_record(r) for r in records):
             domain = ske.fork_domain(file)
             if domain is None:
-                raise SystemExit(f"error: {file} holds SDPO fork rows, but its path names no domain "
-                                 f"(expected .../<domain>/{{train,test}}.json or .../<domain>.json)")
+                raise SystemExit(
+                    f"error: {file} holds SDPO fork rows, but its path names no domain "
+                    f"(expected .../<domain>/{{train,test}}.json or .../<domain>.json)"
+                )
             stem = os.path.basename(file).rsplit(".", 1)[0]
             fork.setdefault(domain, {})[stem if stem in ("train", "test") else None] = records
         else:
@@ -98,12 +100,16 @@ def sort_sources(files: list[tuple[str, list[dict[str, Any]]]]) -> tuple[list[di
     return upstream, fork
 
 
-def domain_splits(domain: str, upstream: list[dict], fork: dict[str, dict], args: argparse.Namespace) -> dict[str, list]:
+def domain_splits(
+    domain: str, upstream: list[dict], fork: dict[str, dict], args: argparse.Namespace
+) -> dict[str, list]:
     """The train/test rows of one domain, from the fork's files when given, else upstream records."""
     parts = fork.get(domain, {})
     if "train" in parts or "test" in parts:
         if not ("train" in parts and "test" in parts):
-            raise SystemExit(f"error: {domain}: give both train.json and test.json of the SDPO fork (or its {domain}.json)")
+            raise SystemExit(
+                f"error: {domain}: give both train.json and test.json of the SDPO fork (or its {domain}.json)"
+            )
         return {**ske.fork_rows(parts["train"], domain, "train"), **ske.fork_rows(parts["test"], domain, "test")}
     if None in parts:
         return ske.fork_rows(parts[None], domain, seed=args.seed, test_fraction=args.test_fraction)
@@ -143,13 +149,27 @@ def write_parquet(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)")
-    parser.add_argument("--domains", nargs="+", default=None, choices=list(ske.DOMAINS),
-                        help="default: all four (with only SDPO fork files: the domains they hold)")
-    parser.add_argument("--local-file", action="append", default=None, metavar="PATH",
-                        help="upstream JSONL/JSON/parquet file or folder, or the SDPO fork's datasets/sciknoweval "
-                             "files, instead of the hub (repeatable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        default=None,
+        choices=list(ske.DOMAINS),
+        help="default: all four (with only SDPO fork files: the domains they hold)",
+    )
+    parser.add_argument(
+        "--local-file",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="upstream JSONL/JSON/parquet file or folder, or the SDPO fork's datasets/sciknoweval "
+        "files, instead of the hub (repeatable)",
+    )
     parser.add_argument("--revision", default=None, help="hub revision (commit) to pin, default: main")
     parser.add_argument("--seed", type=int, default=ske.SEED, help="split seed (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=ske.TEST_FRACTION, help="default: %(default)s")

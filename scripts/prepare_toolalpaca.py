@@ -83,13 +83,17 @@ def fork_splits(paths: list[str]) -> dict[str, list[dict[str, Any]]]:
                 raise SystemExit(f"error: --local-file {file}: expected the SDPO fork's train.json or test.json")
     missing = [s for s in ("train", "test") if s not in files]
     if missing:
-        raise SystemExit(f"error: --local-file: no SDPO fork {' or '.join(m + '.json' for m in missing)} in {', '.join(paths)}")
+        raise SystemExit(
+            f"error: --local-file: no SDPO fork {' or '.join(m + '.json' for m in missing)} in {', '.join(paths)}"
+        )
     splits = {}
     for split, file in files.items():
         with open(file, encoding="utf-8") as fh:
             records = [json.loads(line) for line in fh if line.strip()]
         if not all(ta.is_fork_record(r) for r in records):
-            raise SystemExit(f"error: {file} is not the SDPO fork's tooluse format (JSON lines with prompt, answer, dataset=tooluse)")
+            raise SystemExit(
+                f"error: {file} is not the SDPO fork's tooluse format (JSON lines with prompt, answer, dataset=tooluse)"
+            )
         splits[split] = [ta.from_fork_record(r, split=split, index=i) for i, r in enumerate(records)]
     return splits
 
@@ -103,14 +107,28 @@ def write_parquet(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)")
-    parser.add_argument("--local-dir", default=None, metavar="DIR",
-                        help="a ToolAlpaca clone (or its data/ folder) instead of downloading")
-    parser.add_argument("--local-file", action="append", default=None, metavar="PATH",
-                        help="the SDPO fork's datasets/tooluse/{train,test}.json, or their folder (repeatable)")
-    parser.add_argument("--revision", default="main",
-                        help="git revision of tangqiaoyu/ToolAlpaca to download (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", default="~/data/srpo", help="root folder of the parquet files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--local-dir",
+        default=None,
+        metavar="DIR",
+        help="a ToolAlpaca clone (or its data/ folder) instead of downloading",
+    )
+    parser.add_argument(
+        "--local-file",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="the SDPO fork's datasets/tooluse/{train,test}.json, or their folder (repeatable)",
+    )
+    parser.add_argument(
+        "--revision", default="main", help="git revision of tangqiaoyu/ToolAlpaca to download (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     if args.local_file:
@@ -137,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         # The reference rule reads `Action: <one word>`: these rows score 0 under it whatever the response.
         unreadable = [r for r in rows if ta.unreadable_actions(r["reward_model"]["ground_truth"], r["extra_info"])]
         if unreadable:
-            print(f"           {split:5s}: {len(unreadable)} row(s) with a gold tool name that is not one word "
-                  "(score 0 under the reference rule; docs/reproduction.md)")
+            print(
+                f"           {split:5s}: {len(unreadable)} row(s) with a gold tool name that is not one word "
+                "(score 0 under the reference rule; docs/reproduction.md)"
+            )
     return 0
 
 

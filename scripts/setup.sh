@@ -25,7 +25,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q torch==2.13.0
 fi
 
-if ! $PY -c "import srpo_verl, verl, hypothesis, reasoning_gym, matplotlib, tensorboard" 2>/dev/null; then
+if ! $PY -c "import srpo_verl, verl, hypothesis, reasoning_gym, matplotlib, tensorboard" 2>/dev/null \
+    || ! $PY -m ruff --version >/dev/null 2>&1; then
   echo "[setup] installing verl 0.9.1 and srpo_verl (editable) with test/demo extras"
   # uv (a PyPI wheel, installed into the environment first) resolves, downloads and installs the
   # ~150 packages in parallel where pip takes them one at a time: the same versions in a fraction

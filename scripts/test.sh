@@ -4,4 +4,7 @@
 set -euo pipefail
 # shellcheck source=scripts/preamble.sh
 source "$(dirname "$0")/preamble.sh"
+# The linter first (ruff.toml: pycodestyle, pyflakes, 120 columns, one layout): seconds, and it names the line.
+python -m ruff check srpo_verl tests scripts
+python -m ruff format --check srpo_verl tests scripts
 python -m pytest tests -p no:cacheprovider "$@"

@@ -33,7 +33,9 @@ def check(*, cpu_lines: bool = False) -> int:
     from srpo_verl.verl_compat import ALLOW_ENV, is_build_of
 
     if not is_build_of(verl.__version__, SUPPORTED_VERL):
-        problems.append(f"verl {verl.__version__} is not a build of the supported {SUPPORTED_VERL} ({ALLOW_ENV}=1 overrides)")
+        problems.append(
+            f"verl {verl.__version__} is not a build of the supported {SUPPORTED_VERL} ({ALLOW_ENV}=1 overrides)"
+        )
     from importlib.metadata import entry_points
 
     eps = [ep for ep in entry_points(group="verl.plugins") if ep.value.startswith("srpo_verl")]
@@ -80,9 +82,13 @@ def main(argv=None) -> int:
     check_cmd = commands.add_parser("check", help="self-check; with a run's overrides also its pre-flight")
     check_cmd.add_argument("overrides", nargs="*", help="the Hydra overrides of the run (as for srpo_verl.main_ppo)")
     check_cmd.add_argument("--verbose", action="store_true", help="print the traceback of each failed item")
-    check_cmd.add_argument("--overrides-file", metavar="FILE", help="overrides one per line (spaces kept), before OVERRIDES")
     check_cmd.add_argument(
-        "--recipe", metavar="SCRIPT", help="a recipe cell script: its DRY_RUN=1 overrides, before OVERRIDES (env knobs apply)"
+        "--overrides-file", metavar="FILE", help="overrides one per line (spaces kept), before OVERRIDES"
+    )
+    check_cmd.add_argument(
+        "--recipe",
+        metavar="SCRIPT",
+        help="a recipe cell script: its DRY_RUN=1 overrides, before OVERRIDES (env knobs apply)",
     )
     commands.add_parser("config-dir", help="print the Hydra config folder")
     export = commands.add_parser("export-teacher", help="write a checkpoint's EMA teacher as a Hugging Face model")
@@ -90,7 +96,9 @@ def main(argv=None) -> int:
     export.add_argument("out_dir")
     export.add_argument("--step", type=int, default=None, help="global step (default: the latest checkpoint)")
     export.add_argument("--dtype", default=None, help="cast the weights, e.g. bfloat16 (default: as trained)")
-    export.add_argument("--allow-nonfinite", action="store_true", help="export a teacher holding NaN/inf (refused by default)")
+    export.add_argument(
+        "--allow-nonfinite", action="store_true", help="export a teacher holding NaN/inf (refused by default)"
+    )
     evaluate = commands.add_parser("evaluate", help="avg@n of saved models on each task's test split")
     from srpo_verl.evaluate import add_arguments
 
@@ -104,7 +112,11 @@ def main(argv=None) -> int:
 
         try:
             out = export_teacher(
-                args.checkpoint_dir, args.out_dir, step=args.step, dtype=args.dtype, allow_nonfinite=args.allow_nonfinite
+                args.checkpoint_dir,
+                args.out_dir,
+                step=args.step,
+                dtype=args.dtype,
+                allow_nonfinite=args.allow_nonfinite,
             )
         except (OSError, ValueError) as exc:  # each names the flag or the file; a traceback would add nothing
             print(f"export-teacher: {type(exc).__name__}: {exc}", file=sys.stderr)

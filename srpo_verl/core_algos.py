@@ -292,9 +292,7 @@ def routing_mask(
 # ----------------------------------------------------------------------------------------------
 
 
-def grpo_advantage(
-    rewards: torch.Tensor, index: Any, *, norm_by_std: bool = False, eps: float = 1e-6
-) -> torch.Tensor:
+def grpo_advantage(rewards: torch.Tensor, index: Any, *, norm_by_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """A_i = r_i - mean_{j in group(i)} r_j, optionally / (std_group + eps)  (SRPO Sec. 2; spec step 4).
 
     Default without std (Dr. GRPO / the SDPO code's `norm_adv_by_std_in_grpo: False`). The std is the
@@ -541,7 +539,11 @@ def student_topk(
 
 
 def topk_unchanged(
-    logits: torch.Tensor, topk_index: torch.Tensor, *, rows: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    logits: torch.Tensor,
+    topk_index: torch.Tensor,
+    *,
+    rows: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """bool: are the stored ids still the K largest logits? (the student's support drifting during the
     update). True when fewer than K logits exceed the smallest stored one: one compare pass per row,
@@ -718,7 +720,11 @@ def teacher_entropy(
 
 
 def teacher_scores(
-    teacher_logits: torch.Tensor, topk_index: torch.Tensor, sampled: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    teacher_logits: torch.Tensor,
+    topk_index: torch.Tensor,
+    sampled: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Everything the teacher pass needs per token, in one pass over the logits (each chunk read and
     upcast once): `teacher_topk_log_probs` at topk_index, `teacher_entropy`, and log q of the sampled
@@ -754,9 +760,7 @@ def topk_tail_entropy(teacher_log_probs_with_tail: torch.Tensor) -> torch.Tensor
         return -_sum_p_log_ratio(log_q, torch.zeros_like(log_q))
 
 
-def trust_region_teacher_logits_(
-    ref_logits: torch.Tensor, teacher_logits: torch.Tensor, *, mix: float
-) -> torch.Tensor:
+def trust_region_teacher_logits_(ref_logits: torch.Tensor, teacher_logits: torch.Tensor, *, mix: float) -> torch.Tensor:
     """Trust-region teacher logits, written into `ref_logits`: (1 - mix) ref + mix teacher  (SDPO Sec. 3).
 
     These are unnormalised logits of q proportional to exp((1 - mix) log q_ref + mix log q_theta): log_softmax

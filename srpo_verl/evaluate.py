@@ -41,7 +41,15 @@ import torch
 
 PAPER_N, PAPER_TEMPERATURE, PAPER_TOP_P = 16, 0.6, 0.95
 # --dtype: torch's names, and the short ones verl's configs use.
-DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPES = {
+    "auto": "auto",
+    "float32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+}
 SPLIT_COLUMNS = ("prompt", "data_source", "reward_model")
 
 
@@ -82,7 +90,11 @@ def check_args(args) -> None:
     except ValueError as exc:
         bad("--chat-template-kwargs", args.chat_template_kwargs, f"not JSON ({exc})")
     if not isinstance(kwargs, dict):
-        bad("--chat-template-kwargs", args.chat_template_kwargs, "must be a JSON object, e.g. '{\"enable_thinking\": false}'")
+        bad(
+            "--chat-template-kwargs",
+            args.chat_template_kwargs,
+            "must be a JSON object, e.g. '{\"enable_thinking\": false}'",
+        )
 
 
 def check_model_path(label: str, path: str) -> None:
@@ -110,8 +122,12 @@ def check_outputs(out: str, overwrite: bool) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH", help="HF dir/id or verl checkpoint")
-    parser.add_argument("--task", action="append", required=True, metavar="NAME=PARQUET", help="a test split, one table column")
+    parser.add_argument(
+        "--model", action="append", required=True, metavar="LABEL=PATH", help="HF dir/id or verl checkpoint"
+    )
+    parser.add_argument(
+        "--task", action="append", required=True, metavar="NAME=PARQUET", help="a test split, one table column"
+    )
     parser.add_argument("--out", required=True, help="folder for results.md, results.json and merged models")
     parser.add_argument("--n", type=int, default=PAPER_N, help="samples per prompt (avg@n); the paper: 16")
     parser.add_argument("--temperature", type=float, default=PAPER_TEMPERATURE)
@@ -124,7 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     parser.add_argument("--seed", type=int, default=1234, help="the same draws for every model")
     parser.add_argument(
-        "--dtype", default="auto", help=f"load the models in this dtype: {', '.join(DTYPES)} (auto: as saved; CPUs prefer float32)"
+        "--dtype",
+        default="auto",
+        help=f"load the models in this dtype: {', '.join(DTYPES)} (auto: as saved; CPUs prefer float32)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/results.json")
 
@@ -224,7 +242,9 @@ def generate(
     torch.manual_seed(seed)  # the same draws for every policy evaluated with this seed
     for start in range(0, len(rows), batch_size):
         ids, mask = left_pad(rows[start : start + batch_size], pad_id)
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
+        sampling = (
+            dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
+        )
         seqs = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -366,7 +386,9 @@ def run_from_args(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     names = [name for name, _ in tasks]
     try:
-        results = evaluate_models(models, tasks, args, on_result=lambda r: write_results(args.out, r, names, args, complete=False))
+        results = evaluate_models(
+            models, tasks, args, on_result=lambda r: write_results(args.out, r, names, args, complete=False)
+        )
     except BaseException:
         if os.path.exists(os.path.join(args.out, "results.json")):
             print(f"evaluation stopped; the results measured so far are in {args.out}/results.json", file=sys.stderr)

@@ -31,7 +31,14 @@ _HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".safetensors.index.json",
 TRACKER = "latest_checkpointed_iteration.txt"  # verl's record of the latest saved step
 _STEP_FOLDER = re.compile(r"global_step_(\d+)")
 # --dtype: torch's names, and the short ones verl's configs use.
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPES = {
+    "float32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+}
 
 
 class NotACheckpoint(FileNotFoundError):
@@ -83,7 +90,9 @@ def actor_dir(checkpoint_dir: str, step: int | None = None) -> str:
         _check_step_folder(step, path)
         return os.path.join(path, "actor")
     tracker = os.path.join(path, TRACKER)
-    steps = sorted(s for s in (_step_of(name) for name in (os.listdir(path) if os.path.isdir(path) else [])) if s is not None)
+    steps = sorted(
+        s for s in (_step_of(name) for name in (os.listdir(path) if os.path.isdir(path) else [])) if s is not None
+    )
     if not os.path.exists(tracker) and not steps:
         raise NotACheckpoint(
             f"{checkpoint_dir} is not a verl checkpoint: expected an actor/ folder, a global_step_N/ folder or "
@@ -92,11 +101,15 @@ def actor_dir(checkpoint_dir: str, step: int | None = None) -> str:
     source = "--step"
     if step is None:
         if not os.path.exists(tracker):
-            raise FileNotFoundError(f"{checkpoint_dir}: no {TRACKER} to name the latest step (steps there: {steps}); pass --step")
+            raise FileNotFoundError(
+                f"{checkpoint_dir}: no {TRACKER} to name the latest step (steps there: {steps}); pass --step"
+            )
         step, source = read_tracker(tracker), tracker
     actor = os.path.join(path, f"global_step_{step}", "actor")
     if not os.path.isdir(actor):
-        raise FileNotFoundError(f"{checkpoint_dir}: no global_step_{step}/actor (step {step} from {source}); steps there: {steps}")
+        raise FileNotFoundError(
+            f"{checkpoint_dir}: no global_step_{step}/actor (step {step} from {source}); steps there: {steps}"
+        )
     return actor
 
 
@@ -125,7 +138,9 @@ def teacher_shard_paths(actor: str) -> list[str]:
         except (ValueError, AttributeError) as exc:
             raise ValueError(f"{fsdp_config}: not verl's FSDP record, a JSON object with world_size ({exc})") from None
         if recorded is not None and recorded != world:
-            raise ValueError(f"{folder} holds {world} teacher shards but the actor checkpoint was saved by {recorded} ranks")
+            raise ValueError(
+                f"{folder} holds {world} teacher shards but the actor checkpoint was saved by {recorded} ranks"
+            )
     return [by_rank[r] for r in range(world)]
 
 
@@ -134,7 +149,9 @@ def merge_shards(shards: list[dict[str, torch.Tensor]], full_shapes: dict[str, t
     names = set(shards[0])
     for rank, shard in enumerate(shards[1:], start=1):
         if set(shard) != names:
-            raise ValueError(f"teacher shard of rank {rank} has different parameters than rank 0: {sorted(names ^ set(shard))[:5]}")
+            raise ValueError(
+                f"teacher shard of rank {rank} has different parameters than rank 0: {sorted(names ^ set(shard))[:5]}"
+            )
     unknown = names - set(full_shapes)
     if unknown:
         raise ValueError(f"teacher parameters not in the student's architecture: {sorted(unknown)[:5]}")
@@ -152,7 +169,8 @@ def merge_shards(shards: list[dict[str, torch.Tensor]], full_shapes: dict[str, t
         full = torch.cat(pieces, dim=0) if pieces[0].dim() else pieces[0]
         if full.shape != shape:
             raise ValueError(
-                f"{name}: the {len(pieces)} shards {[tuple(p.shape) for p in pieces]} concatenate to {tuple(full.shape)}, "
+                f"{name}: the {len(pieces)} shards {[tuple(p.shape) for p in pieces]} concatenate to "
+                f"{tuple(full.shape)}, "
                 f"not the model's {tuple(shape)}"
             )
         merged[name] = full.contiguous()
@@ -172,7 +190,9 @@ def load_shard(path: str) -> dict[str, torch.Tensor]:
     try:
         shard = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several kinds (RuntimeError, EOFError, pickle errors)
-        raise ValueError(f"{path}: not a readable teacher shard, truncated or corrupt? ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{path}: not a readable teacher shard, truncated or corrupt? ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(shard, dict) or not all(isinstance(t, torch.Tensor) for t in shard.values()):
         raise ValueError(f"{path}: expected a dict of parameter name -> tensor, found {type(shard).__name__}")
     return shard

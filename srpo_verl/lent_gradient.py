@@ -210,7 +210,11 @@ def topk_tail_divergence_lent(
     ca._check_range("alpha", alpha, 0.0, 1.0)
     ca._check_positive_int("chunk_size", chunk_size)
     ca._check_same_shape(teacher_log_probs_topk=teacher_log_probs_topk, topk_index=topk_index)
-    if student_logits.dim() != 2 or topk_index.dim() != 2 or not topk_index.shape[0] == rows.shape[0] == labels.shape[0]:
+    if (
+        student_logits.dim() != 2
+        or topk_index.dim() != 2
+        or not topk_index.shape[0] == rows.shape[0] == labels.shape[0]
+    ):
         raise ValueError(
             f"mismatched shapes: logits{tuple(student_logits.shape)} must be (N, V), index{tuple(topk_index.shape)} "
             f"(n, K) and labels{tuple(labels.shape)} (n,) for rows{tuple(rows.shape)}"

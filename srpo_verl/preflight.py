@@ -65,7 +65,7 @@ def compose(overrides: list[str]):
 
 
 def _nearest_keys(overrides: list[str], exc: BaseException) -> str:
-    """"did you mean" for a config group option that does not exist (the nearest of those Hydra lists)
+    """ "did you mean" for a config group option that does not exist (the nearest of those Hydra lists)
     or a key that is not in the config (the nearest keys of its parent node, composed without the
     failing override: Hydra names the key, never the keys it could have been)."""
     import difflib
@@ -112,7 +112,9 @@ def recipe_overrides(recipe: str, extra: list[str] = (), timeout_s: float = 60) 
     env = {**os.environ, "DRY_RUN": "1"}
     proc = subprocess.run(["bash", recipe, *extra], env=env, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
-        raise RuntimeError(f"--recipe {recipe}: DRY_RUN=1 bash {recipe} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"--recipe {recipe}: DRY_RUN=1 bash {recipe} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+        )
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
@@ -276,7 +278,9 @@ def check_reward(config) -> str:
     )
     score = result.get("score") if isinstance(result, dict) else result
     if not isinstance(score, (int, float)) or isinstance(score, bool):
-        raise TypeError(f"{where} returned {result!r} for the first training row: expected a number or a dict with 'score'")
+        raise TypeError(
+            f"{where} returned {result!r} for the first training row: expected a number or a dict with 'score'"
+        )
     feedback = _check_feedback_field(config, fn, row, where)
     return f"{where} scores the first training row ({row.get('data_source')}): {float(score):g}{feedback}"
 
@@ -325,7 +329,16 @@ def check_threshold(config, reward_ok: bool = True) -> str:
     for row in _train_rows(config)[:THRESHOLD_ROWS]:
         truth = (row.get("reward_model") or {}).get("ground_truth")
         source, info = row.get("data_source"), row.get("extra_info")
-        gold.append(_score(fn(data_source=source, solution_str=gold_response(source, truth, info), ground_truth=truth, extra_info=info)))
+        gold.append(
+            _score(
+                fn(
+                    data_source=source,
+                    solution_str=gold_response(source, truth, info),
+                    ground_truth=truth,
+                    extra_info=info,
+                )
+            )
+        )
         empty.append(_score(fn(data_source=source, solution_str="", ground_truth=truth, extra_info=info)))
     if all(s < threshold for s in gold):
         raise ValueError(
@@ -386,7 +399,9 @@ def _error(exc: BaseException) -> str:
         text += "\n" + str(cause).strip()
     lines = text.splitlines()
     if len(lines) > MAX_ERROR_LINES:
-        lines = lines[:MAX_ERROR_LINES] + [f"... ({len(lines) - MAX_ERROR_LINES} more lines; --verbose for the traceback)"]
+        lines = lines[:MAX_ERROR_LINES] + [
+            f"... ({len(lines) - MAX_ERROR_LINES} more lines; --verbose for the traceback)"
+        ]
     return f"{type(exc).__name__}: " + "\n".join(lines)
 
 

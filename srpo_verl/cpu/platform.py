@@ -2,8 +2,9 @@
 
 Every patch here is applied by `srpo_verl.cpu.activate()` and only when SRPO_VERL_PLATFORM=cpu;
 nothing in this module runs at import time. A patch of a module that is not imported yet waits
-for that module's import (`srpo_verl.import_hooks`); the functions take the module for that case. Each patch is idempotent and says what verl 0.9.1 does
-without it. The rollout backend (`rollout.name=hf`) lives in `hf_rollout.py`.
+for that module's import (`srpo_verl.import_hooks`); the functions take the module for that case.
+Each patch is idempotent and says what verl 0.9.1 does without it. The rollout backend
+(`rollout.name=hf`) lives in `hf_rollout.py`.
 """
 
 from __future__ import annotations
@@ -198,7 +199,11 @@ def _gloo(init_fn):
             from srpo_verl.cpu.local import free_port
 
             port = free_port()
-            logger.warning("MASTER_PORT %s was taken before this rank bound it; retrying on %s", os.environ.get("MASTER_PORT"), port)
+            logger.warning(
+                "MASTER_PORT %s was taken before this rank bound it; retrying on %s",
+                os.environ.get("MASTER_PORT"),
+                port,
+            )
             os.environ["MASTER_PORT"] = str(port)
             return init_fn(**kwargs)
 
@@ -365,4 +370,3 @@ def patches_applied() -> dict[str, bool]:
     if impl is not None:
         state["forward_only_offload_unpinned"] = getattr(impl.CPUOffloadPolicy, _PATCHED, False)
     return state
-

@@ -76,7 +76,12 @@ def evaluate(
 
     greedy = generate(model, tokenizer, plain, greedy=True, max_new_tokens=max_new_tokens, seed=seed)
     sampled = generate(
-        model, tokenizer, [p for p in plain for _ in range(samples)], greedy=False, max_new_tokens=max_new_tokens, seed=seed
+        model,
+        tokenizer,
+        [p for p in plain for _ in range(samples)],
+        greedy=False,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
     )
     result = {
         "n_prompts": len(problems),

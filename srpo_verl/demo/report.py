@@ -26,7 +26,13 @@ from collections import defaultdict
 # Order and colours used in every table and plot.
 METHOD_ORDER = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
 LABELS = {"grpo": "GRPO", "sdpo": "SDPO", "srpo": "SRPO", "srpo_no_dw": "SRPO β=0", "advantage_mix": "adv. mix"}
-COLORS = {"grpo": "tab:blue", "sdpo": "tab:orange", "srpo": "tab:green", "srpo_no_dw": "tab:olive", "advantage_mix": "tab:purple"}
+COLORS = {
+    "grpo": "tab:blue",
+    "sdpo": "tab:orange",
+    "srpo": "tab:green",
+    "srpo_no_dw": "tab:olive",
+    "advantage_mix": "tab:purple",
+}
 
 # (metric key in train.jsonl, panel title); seconds per step is derived (checkpoint time removed).
 SIGNALS = (
@@ -160,7 +166,9 @@ def plot_accuracy(runs: dict, path: str, *, x: str) -> None:
                 times = eval_table(method_runs, "train_s")
                 for run in method_runs:
                     ts = [r["train_s"] for r in run["eval"] if r.get(key) is not None]
-                    ax.plot(ts, [r[key] for r in run["eval"] if r.get(key) is not None], color=color, lw=0.6, alpha=0.45)
+                    ax.plot(
+                        ts, [r[key] for r in run["eval"] if r.get(key) is not None], color=color, lw=0.6, alpha=0.45
+                    )
                 common = [s for s in steps if s in times]
                 ax.plot(
                     [np.mean(times[s]) for s in common],
@@ -241,7 +249,8 @@ def comparisons(runs: dict) -> list[str]:
         return lines
     srpo = runs["srpo"]
     table = [
-        "| step | accuracy | SRPO | better of GRPO/SDPO | SRPO − better | verdict | per seed | verdict, paired by seed |",
+        "| step | accuracy | SRPO | better of GRPO/SDPO | SRPO − better | verdict | per seed | verdict, paired by "
+        "seed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     bullets = []
@@ -267,7 +276,9 @@ def comparisons(runs: dict) -> list[str]:
         if steps:
             last = steps[-1]
             best = max(others, key=lambda m: mean_std(others[m][last])[0])
-            bullets.append(_versus(f"final ({label}, step {last})", "SRPO", srpo_table[last], LABELS[best], others[best][last]))
+            bullets.append(
+                _versus(f"final ({label}, step {last})", "SRPO", srpo_table[last], LABELS[best], others[best][last])
+            )
         if "grpo" in others and steps and 0 in srpo_table and 0 in others["grpo"]:
             early = steps[0]
             gain_s = [a - b for a, b in zip(srpo_table[early], srpo_table[0])]
@@ -373,9 +384,7 @@ def build_report(out_dir: str, *, title: str | None = None, window: int = 5) -> 
     )
     md.append("|---|---|---|---|---|---|---|")
     for method, method_runs in runs.items():
-        later = [
-            sum(v for s, v in _per_step(r).items() if s > 1) / max(1, len(_per_step(r)) - 1) for r in method_runs
-        ]
+        later = [sum(v for s, v in _per_step(r).items() if s > 1) / max(1, len(_per_step(r)) - 1) for r in method_runs]
         first = [_per_step(r).get(1, float("nan")) for r in method_runs]
         md.append(
             f"| {LABELS.get(method, method)} | {len(method_runs)} | {fmt(*mean_std(later), len(later), 2)} | "

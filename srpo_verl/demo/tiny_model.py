@@ -98,9 +98,7 @@ def build_config(vocab_size: int, *, hidden_size: int, num_layers: int, eos_id: 
     )
 
 
-def build_tiny_model(
-    out_dir: str | None = None, *, hidden_size: int = 128, num_layers: int = 4, seed: int = 0
-) -> str:
+def build_tiny_model(out_dir: str | None = None, *, hidden_size: int = 128, num_layers: int = 4, seed: int = 0) -> str:
     """Write the tiny model and tokenizer to `out_dir` (default: under `cache_root()`); idempotent."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -88,9 +88,12 @@ def _group_grads(model, group, pad_id: int, n_targets: int) -> float:
 
     ids, mask, labels = _batch(group, pad_id)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
-    ) / n_targets
+    loss = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        / n_targets
+    )
     loss.backward()
     return loss.item()
 

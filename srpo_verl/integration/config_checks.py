@@ -105,8 +105,11 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
             "(a sample is never its own demonstration, so with n=1 no sample could ever have a teacher)"
         )
     temperature = arr.rollout.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or (
-        not math.isfinite(temperature)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not temperature > 0
+        or (not math.isfinite(temperature))
     ):
         # verl divides the logits by it for the student and the teacher pass: 0 gives non-finite
         # teacher scores, a negative value inverts the distributions.
@@ -126,7 +129,10 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
     for key in ("actor", "ref"):
         for node, name in (
             (arr[key], f"actor_rollout_ref.{key}.ulysses_sequence_parallel_size"),
-            (arr[key].get("fsdp_config", None) or {}, f"actor_rollout_ref.{key}.fsdp_config.ulysses_sequence_parallel_size"),
+            (
+                arr[key].get("fsdp_config", None) or {},
+                f"actor_rollout_ref.{key}.fsdp_config.ulysses_sequence_parallel_size",
+            ),
         ):
             sp = _int_setting(node, "ulysses_sequence_parallel_size", name)
             if sp is not None and sp > 1:
@@ -269,13 +275,17 @@ def check_gpu_path_config(config) -> None:
                 f"actor_rollout_ref.{key}.{where}pad_to_length=True: verl refuses a static pad with top-K "
                 "distillation, which SRPO uses (it would raise at the first update); set it to False"
             )
-    if not _bool_setting(ref_fsdp, "reshard_after_forward", "actor_rollout_ref.ref.fsdp_config.reshard_after_forward", True):
+    if not _bool_setting(
+        ref_fsdp, "reshard_after_forward", "actor_rollout_ref.ref.fsdp_config.reshard_after_forward", True
+    ):
         raise ValueError(
             "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=False: the EMA teacher (built from the ref "
             "config) would keep unsharded parameters between forwards, which the EMA step, writing the "
             "shards, does not update; set it to True"
         )
-    qat = _bool_setting(actor_fsdp.get("qat", None) or {}, "enable", "actor_rollout_ref.actor.fsdp_config.qat.enable", False)
+    qat = _bool_setting(
+        actor_fsdp.get("qat", None) or {}, "enable", "actor_rollout_ref.actor.fsdp_config.qat.enable", False
+    )
     if qat:
         raise NotImplementedError(
             "actor_rollout_ref.actor.fsdp_config.qat.enable=True: verl applies QAT to training engines only, so "
@@ -309,7 +319,8 @@ def check_gpu_path_config(config) -> None:
     entropy_coeff = actor.get("entropy_coeff", 0) or 0
     if isinstance(entropy_coeff, bool) or not isinstance(entropy_coeff, (int, float)):
         raise ValueError(
-            f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff!r}: must be a number, not a {type(entropy_coeff).__name__}"
+            f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff!r}: must be a number, not a "
+            f"{type(entropy_coeff).__name__}"
         )
     if entropy_coeff != 0:
         raise ValueError(

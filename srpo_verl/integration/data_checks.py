@@ -261,7 +261,9 @@ def _check_teacher_budget(
     longest, overhead, key_of_overhead = 0, None, teacher.templates[0][0]
     for i, messages in rows:
         for key, template, slot in teacher.templates:
-            n = teacher_template_length(tokenizer, messages, template=template, slot=slot, apply_chat_template_kwargs=kwargs)
+            n = teacher_template_length(
+                tokenizer, messages, template=template, slot=slot, apply_chat_template_kwargs=kwargs
+            )
             if n + 1 > limit:
                 if not too_long or too_long[-1] != i:
                     too_long.append(i)
@@ -270,7 +272,8 @@ def _check_teacher_budget(
                 overhead, key_of_overhead = n - lengths[i], key
     if overhead is not None and max_prompt_length is not None and max_prompt_length + overhead + 1 > limit:
         raise ValueError(
-            f"{source}: {teacher.limit_name}={limit} cannot hold a prompt at data.max_prompt_length={max_prompt_length}: "
+            f"{source}: {teacher.limit_name}={limit} cannot hold a prompt at "
+            f"data.max_prompt_length={max_prompt_length}: "
             f"the teacher template ({key_of_overhead}) adds up to {overhead} tokens with this tokenizer, so such a "
             f"prompt needs {max_prompt_length + overhead + 1} tokens with one demonstration token"
             + (f" (rows {format_rows(too_long)} already do not fit)" if too_long else "")
@@ -322,7 +325,9 @@ def _json_error(path: str, err: Exception) -> ValueError:
             except ValueError as exc:
                 return ValueError(f"data file {path}, line {number}: not valid JSON ({exc})")
             if not isinstance(value, dict):
-                return ValueError(f"data file {path}, line {number}: a {type(value).__name__}, not a JSON object (one row)")
+                return ValueError(
+                    f"data file {path}, line {number}: a {type(value).__name__}, not a JSON object (one row)"
+                )
     else:
         try:
             json.loads(text)
@@ -373,7 +378,9 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
 
     # verl's default scorer and srpo_verl's reward both raise on a data_source they do not know;
     # another custom function decides for itself.
-    check_sources = not fn_config.get("path", None) or is_task_reward(fn_config.get("path"), fn_config.get("name", None))
+    check_sources = not fn_config.get("path", None) or is_task_reward(
+        fn_config.get("path"), fn_config.get("name", None)
+    )
     if tokenizer == "auto":
         tokenizer = _load_tokenizer(config)
     reports = {}

@@ -100,7 +100,10 @@ def distillation_divergence(
     """
     logits = student_logits.squeeze(0)  # (nnz, V)
     nnz = logits.shape[0]
-    out = {key: logits.new_zeros(nnz, dtype=torch.float32) for key in (DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY)}
+    out = {
+        key: logits.new_zeros(nnz, dtype=torch.float32)
+        for key in (DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY)
+    }
     lend = None
     if srpo.distils_logits and wire.TOPK_IDS.name in data:
         routed = routed_response_tokens(data)  # (R_total,)
@@ -183,7 +186,9 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
             divergence, log_prob, old_log_prob, is_clip=srpo.is_clip, rollout_is_weights=rho
         )
     else:  # sampled-token distillation (and advantage_mix, which routes nothing)
-        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded[wire.SAMPLED_ADV.name], **clip_kwargs)
+        sdpo_loss, _ = core_algos.ppo_clip_token_loss(
+            log_prob, old_log_prob, padded[wire.SAMPLED_ADV.name], **clip_kwargs
+        )
         divergence = torch.zeros_like(log_prob)
     grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
     weights = core_algos.entropy_weights(
@@ -196,13 +201,13 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
     # SRPO: one denominator, all valid tokens of the mini-batch. sdpo: the distilled tokens of the
     # mini-batch (SDPO's token mean over distilled tokens; its reference code takes it per micro-batch).
     denominator = data[wire.NUM_DISTILLED_TOKENS] if srpo.distilled_tokens_denominator else num_tokens
-    loss = core_algos.srpo_loss(
-        grpo_loss, sdpo_loss, route, weights, mask, num_tokens=denominator, dp_size=dp_size
-    )
+    loss = core_algos.srpo_loss(grpo_loss, sdpo_loss, route, weights, mask, num_tokens=denominator, dp_size=dp_size)
 
     # Metrics summed over micro-batches and ranks are normalised by the global token counts.
     def share(x: torch.Tensor, sel: torch.Tensor) -> Metric:
-        return Metric(value=(x.float() * sel).sum().item() / max(num_tokens, 1) * dp_size, aggregation=AggregationType.SUM)
+        return Metric(
+            value=(x.float() * sel).sum().item() / max(num_tokens, 1) * dp_size, aggregation=AggregationType.SUM
+        )
 
     grpo_tokens = mask & ~route.unsqueeze(-1)
     metrics: dict[str, Any] = {

@@ -228,7 +228,9 @@ def check_step_inputs(
     return StepInputs(rewards=reward_t, uid=labels, real=real, usable=usable, metrics=metrics)
 
 
-def route_step(step: StepInputs, *, success_threshold: float, has_feedback=None, demonstrable=None) -> core_algos.Routing:
+def route_step(
+    step: StepInputs, *, success_threshold: float, has_feedback=None, demonstrable=None
+) -> core_algos.Routing:
     """SRPO routing of a checked step: `core_algos.routing_mask` restricted to the step's usable rows.
 
     A row without a valid response token can neither be distilled (nothing to score) nor serve as a

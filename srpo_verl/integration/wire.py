@@ -32,8 +32,12 @@ TEACHER_INPUT_IDS = Field(
 )
 TEACHER_TOPK = Field("srpo_teacher_topk", "(B, R|0, K)", "float32", "teacher pass", "loss (divergence)", True)
 TEACHER_ENTROPY = Field(
-    "srpo_teacher_entropy", "(B, R|0)", "float32", "teacher pass (or the trainer, entropy_mode=topk_tail)",
-    "loss (weights, normaliser)", True,
+    "srpo_teacher_entropy",
+    "(B, R|0)",
+    "float32",
+    "teacher pass (or the trainer, entropy_mode=topk_tail)",
+    "loss (weights, normaliser)",
+    True,
 )
 TEACHER_ENTROPY_TOPK = Field("srpo_teacher_entropy_topk", "(B, R|0)", "float32", "teacher pass", "metrics", False)
 TEACHER_LOG_PROB = Field(
@@ -43,7 +47,17 @@ TEACHER_LOG_PROB = Field(
 ROUTE = Field("srpo_route", "(B,)", "int64", "trainer._srpo_put_loss_fields", "loss, normaliser", True)
 SAMPLED_ADV = Field("srpo_sampled_adv", "(B, R|0)", "float32", "trainer._srpo_put_loss_fields", "loss", True)
 
-FIELDS = (TAUGHT, TOPK_IDS, TEACHER_INPUT_IDS, TEACHER_TOPK, TEACHER_ENTROPY, TEACHER_ENTROPY_TOPK, TEACHER_LOG_PROB, ROUTE, SAMPLED_ADV)
+FIELDS = (
+    TAUGHT,
+    TOPK_IDS,
+    TEACHER_INPUT_IDS,
+    TEACHER_TOPK,
+    TEACHER_ENTROPY,
+    TEACHER_ENTROPY_TOPK,
+    TEACHER_LOG_PROB,
+    ROUTE,
+    SAMPLED_ADV,
+)
 # What compute_srpo_teacher returns per row.
 TEACHER_OUTPUTS = (TEACHER_TOPK, TEACHER_ENTROPY, TEACHER_ENTROPY_TOPK, TEACHER_LOG_PROB)
 # Fields only the driver reads: the update does not fetch them.

@@ -155,7 +155,11 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             ref.ppo_max_token_len_per_gpu = ref.pop("log_prob_max_token_len_per_gpu", None)
             # The teacher pass batches by the actor's forward settings (teacher_micro_batches), never
             # through the teacher engine's own batching; any valid value satisfies verl's config check.
-            if ref.ppo_micro_batch_size is None and ref.ppo_micro_batch_size_per_gpu is None and not ref.use_dynamic_bsz:
+            if (
+                ref.ppo_micro_batch_size is None
+                and ref.ppo_micro_batch_size_per_gpu is None
+                and not ref.use_dynamic_bsz
+            ):
                 ref.ppo_micro_batch_size_per_gpu = 1
         ref_config = omega_conf_to_dataclass(ref)
         actor_model = self.actor.config.model_config
@@ -333,7 +337,9 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         positions = packed_response_positions(seq_lens, response_lens)[tokens]  # (R,) in the packed sequence
         autocast_dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)  # as verl's forward_step
         autocast = (
-            nullcontext() if autocast_dtype == torch.float32 else torch.autocast(get_device_name(), dtype=autocast_dtype)
+            nullcontext()
+            if autocast_dtype == torch.float32
+            else torch.autocast(get_device_name(), dtype=autocast_dtype)
         )
         with autocast:
             logits = teacher_forward.response_logits(engine.module, inputs, positions)  # (R, V)
@@ -424,6 +430,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         engine.forward_backward_batch = forward_backward_batch
         engine.optimizer_step = optimizer_step
         engine._srpo_normaliser = True
+
     # ------------------------------------------------------------------ checkpoints
     def _teacher_path(self, local_path: str) -> str:
         return os.path.join(local_path, TEACHER_DIR, f"rank_{torch.distributed.get_rank()}.pt")

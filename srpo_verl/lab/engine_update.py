@@ -16,9 +16,11 @@ from srpo_verl import lent_gradient
 
 def plain_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """verl's out-of-place token log-prob: log softmax(logits)[labels], in at least fp32."""
-    return torch.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, -1).gather(
-        -1, labels.unsqueeze(-1)
-    ).squeeze(-1)
+    return (
+        torch.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, -1)
+        .gather(-1, labels.unsqueeze(-1))
+        .squeeze(-1)
+    )
 
 
 def update_terms(

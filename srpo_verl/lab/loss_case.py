@@ -89,7 +89,9 @@ def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE
         for key in TEACHER_ROW_FIELDS:
             td[key] = nested([v if route[i] else v[:0] for i, v in zip(rows_idx, td[key].unbind())])
     data = tu.get_tensordict(td)
-    tu.assign_non_tensor(data, batch_num_tokens=num_tokens, dp_size=dp_size, srpo_log_mean_weight=log_mean, **non_tensor)
+    tu.assign_non_tensor(
+        data, batch_num_tokens=num_tokens, dp_size=dp_size, srpo_log_mean_weight=log_mean, **non_tensor
+    )
     return data
 
 
@@ -129,7 +131,12 @@ def reference_loss(batch, logits, *, beta, alpha, is_clip=2.0):
     tokens = torch.cat([s[p:] for s, p in zip(batch["seq"], PROMPT_LENS)])
     logp = logp_full.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     cat = lambda key: torch.cat(batch["rows"][key])  # noqa: E731
-    old, adv, rho, ent = cat("old_log_probs"), cat("advantages").double(), cat("rollout_is_weights"), cat("srpo_teacher_entropy")
+    old, adv, rho, ent = (
+        cat("old_log_probs"),
+        cat("advantages").double(),
+        cat("rollout_is_weights"),
+        cat("srpo_teacher_entropy"),
+    )
     route = torch.cat([torch.full((r,), z) for r, z in zip(RESPONSE_LENS, ROUTE)]).bool()
     total = torch.zeros((), dtype=torch.float64)
     w_tilde = torch.exp(-beta * ent[route])
@@ -140,10 +147,10 @@ def reference_loss(batch, logits, *, beta, alpha, is_clip=2.0):
         if not route[t]:
             a = adv[t]
             l1, l2 = -a * ratio, -a * ratio.clamp(0.8, 1.28)
-            l = torch.maximum(l1, l2)
+            token_loss = torch.maximum(l1, l2)
             if a < 0:
-                l = torch.minimum(l, -a * 3.0)
-            total = total + l * rho[t]
+                token_loss = torch.minimum(token_loss, -a * 3.0)
+            total = total + token_loss * rho[t]
         else:
             p_k = logp_full[t, batch["topk"][t]].exp()
             q_k = batch["teacher_log_q"][t].exp()
@@ -153,5 +160,3 @@ def reference_loss(batch, logits, *, beta, alpha, is_clip=2.0):
             d = (1 - alpha) * (p * (p / m).log()).sum() + alpha * (q * (q / m).log()).sum()
             total = total + d * min(ratio.item(), is_clip) * rho[t] * next(w_iter)
     return total / len(tokens), math.log(mean_w.item())
-
-

@@ -25,7 +25,9 @@ ROUTED = [1, 2, 5, 6]  # rows on the SDPO branch (failed, with a correct sibling
 TRUST_REGION_MIX = 0.3
 
 
-def srpo_config(model_path: str, micro_batch: int, teacher: str = "ema", *, topk: int = TOPK, platform="cpu", overrides=()):
+def srpo_config(
+    model_path: str, micro_batch: int, teacher: str = "ema", *, topk: int = TOPK, platform="cpu", overrides=()
+):
     """platform=None composes verl's own (GPU) defaults; `overrides` come last."""
     return compose(
         [
@@ -198,13 +200,17 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
     }
     if teacher == "trust_region":
         # After the step the trust-region teacher mixes the frozen theta_0 with the moved student.
-        result["teacher_after_step"] = teacher_pass(worker, old_log_prob_pass(worker, sequences)[1], teacher_prompts, responses)
+        result["teacher_after_step"] = teacher_pass(
+            worker, old_log_prob_pass(worker, sequences)[1], teacher_prompts, responses
+        )
         result["theta1"] = {name: p.float() for name, p in theta1.items()}
     torch.distributed.destroy_process_group()
     return result
 
 
-def reference_update(model_path: str, result: dict, *, topk: int = TOPK, high: int = 90, topk_ids=None, distil: bool = True) -> dict:
+def reference_update(
+    model_path: str, result: dict, *, topk: int = TOPK, high: int = 90, topk_ids=None, distil: bool = True
+) -> dict:
     """Loss and gradient of the whole batch from core_algos, float64, from the HF weights.
 
     topk_ids (one (R, K) tensor per routed row) replaces the float64 top-K of the routed rows: in
@@ -241,12 +247,16 @@ def reference_update(model_path: str, result: dict, *, topk: int = TOPK, high: i
     log_q = core_algos.teacher_topk_log_probs(teacher, index)  # (B, T, K)
     divergence = core_algos.topk_tail_divergence(student, log_q, index, alpha=srpo.alpha, tail=True)
     route = torch.tensor([distil and i in ROUTED for i in range(ROWS)])
-    weights = core_algos.entropy_weights(
-        core_algos.teacher_entropy(teacher), mask & route[:, None], beta=srpo.beta
-    )
+    weights = core_algos.entropy_weights(core_algos.teacher_entropy(teacher), mask & route[:, None], beta=srpo.beta)
     rho = pad(is_weights)
     grpo, _ = core_algos.ppo_clip_token_loss(
-        log_prob, old, pad(advantages), clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0, rollout_is_weights=rho
+        log_prob,
+        old,
+        pad(advantages),
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=3.0,
+        rollout_is_weights=rho,
     )
     sdpo = core_algos.sdpo_token_loss(divergence, log_prob, old, is_clip=srpo.is_clip, rollout_is_weights=rho)
     loss = core_algos.srpo_loss(grpo, sdpo, route, weights, mask, num_tokens=int(mask.sum()), dp_size=1)
@@ -260,7 +270,9 @@ def reference_update(model_path: str, result: dict, *, topk: int = TOPK, high: i
         "teacher_entropy": [core_algos.teacher_entropy(teacher[i][mask[i]]) for i in ROUTED],
         "log_probs": [log_prob[i][mask[i]].detach() for i in range(ROWS)],
         # Descending logits at the routed rows' top-K ids and the true float64 top-K.
-        "topk_logits": [student[i][mask[i]].detach().gather(-1, index[i][mask[i]]).sort(-1, descending=True).values for i in ROUTED],
+        "topk_logits": [
+            student[i][mask[i]].detach().gather(-1, index[i][mask[i]]).sort(-1, descending=True).values for i in ROUTED
+        ],
         "true_topk_logits": [student[i][mask[i]].detach().topk(topk, dim=-1).values for i in ROUTED],
     }
 
@@ -280,9 +292,10 @@ def reference_trust_region(model_path: str, result: dict) -> dict:
     out = {"entropy": [], "topk_ids": [], "teacher_topk": []}
     with torch.no_grad():
         for i in ROUTED:
-            scored = lambda model, prompt: model(torch.tensor([prompt + responses[i]])).logits[  # noqa: E731
-                0, len(prompt) - 1 : -1
-            ]
+
+            def scored(model, prompt, i=i):
+                return model(torch.tensor([prompt + responses[i]])).logits[0, len(prompt) - 1 : -1]
+
             mixed = core_algos.trust_region_teacher_log_probs(
                 torch.log_softmax(scored(ref, teacher_prompts[i]), -1),
                 torch.log_softmax(scored(student, teacher_prompts[i]), -1),

@@ -105,7 +105,13 @@ class DeviceMismatch(RuntimeError):
     pass
 
 
-_DEVICE_FREE = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.__len__, torch._has_compatible_shallow_copy_type}
+_DEVICE_FREE = {
+    torch.Tensor.dim,
+    torch.Tensor.size,
+    torch.Tensor.numel,
+    torch.Tensor.__len__,
+    torch._has_compatible_shallow_copy_type,
+}
 # Calls that may take tensors of two devices on CUDA too.
 _CROSS_DEVICE = {torch.Tensor.copy_}
 
@@ -149,7 +155,11 @@ class VirtualCuda(TorchFunctionMode):
             if func == torch.Tensor.is_cuda.__get__:
                 return on_cuda
             return CUDA if on_cuda else func(*args)
-        if func is torch.Tensor.numpy and is_virtual(args[0]) and not (self.default == "cuda" and _called_by_torch_distributed()):
+        if (
+            func is torch.Tensor.numpy
+            and is_virtual(args[0])
+            and not (self.default == "cuda" and _called_by_torch_distributed())
+        ):
             raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
         if func == torch.Tensor.data.__set__:  # nn.Module.to() swaps a parameter's data in place
             func(*args, **kwargs)
@@ -226,7 +236,11 @@ class VirtualCuda(TorchFunctionMode):
             self.host_reads.append(name)
             return out
         in_place = (name.endswith("_") and not name.startswith("__")) or name in (
-            "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__"
+            "__setitem__",
+            "__iadd__",
+            "__isub__",
+            "__imul__",
+            "__itruediv__",
         )
         if in_place:
             return out

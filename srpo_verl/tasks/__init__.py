@@ -83,7 +83,7 @@ def is_task_reward(path: Any, name: Any = "compute_score") -> bool:
         return False
     path = str(path)
     if path.startswith("pkg://"):
-        return path[len("pkg://"):].strip("/").replace("/", ".") in ("srpo_verl.tasks", "srpo_verl.tasks.__init__")
+        return path[len("pkg://") :].strip("/").replace("/", ".") in ("srpo_verl.tasks", "srpo_verl.tasks.__init__")
     here = os.path.realpath(os.path.join(os.path.dirname(__file__), "__init__.py"))
     try:
         return os.path.realpath(os.path.expanduser(path)) in (here, os.path.dirname(here))
@@ -133,7 +133,9 @@ def check_gold(data_source: Any, ground_truth: Any, extra_info: Optional[Mapping
 
 # data_source prefix -> what a row fails when its check raises (one message for all such rows).
 _GOLD_PROBLEMS = {
-    sciknoweval.DATA_SOURCE: "`reward_model.ground_truth` is not one of the row's option labels (extra_info.labels, default A-J)",
+    sciknoweval.DATA_SOURCE: (
+        "`reward_model.ground_truth` is not one of the row's option labels (extra_info.labels, default A-J)"
+    ),
     toolalpaca.DATA_SOURCE: '`reward_model.ground_truth` is not a JSON list of {"Action", "Action_Input"} tool calls',
     "toolalpaca": '`reward_model.ground_truth` is not a JSON list of {"Action", "Action_Input"} tool calls',
 }
@@ -160,7 +162,8 @@ def gold_response(data_source: Any, ground_truth: Any, extra_info: Optional[Mapp
     if source.startswith((toolalpaca.DATA_SOURCE, "toolalpaca")):
         calls = toolalpaca.parse_reference(ground_truth, extra_info)
         return "\n".join(
-            f"Action: {name}\nAction Input: {value if isinstance(value, str) else json.dumps(value)}" for name, value in calls
+            f"Action: {name}\nAction Input: {value if isinstance(value, str) else json.dumps(value)}"
+            for name, value in calls
         )
     return str(ground_truth)
 
@@ -175,8 +178,9 @@ def compute_score(
     """verl's custom reward entry point, dispatching on `data_source`.
 
     Unknown keyword arguments (a misspelt reward_kwargs key) raise TypeError naming the valid
-    ones, as does a switch that is not a bool (`check_reward_kwargs`). Other data sources fall back to verl's `default_compute_score` (gsm8k, math, …) with
-    its score wrapped into the same dict, so a mixed validation set keeps one set of keys.
+    ones, as does a switch that is not a bool (`check_reward_kwargs`). Other data sources fall back to
+    verl's `default_compute_score` (gsm8k, math, …) with its score wrapped into the same dict, so a
+    mixed validation set keeps one set of keys.
     """
     check_reward_kwargs(kwargs)
     fn = reward_fn_for(data_source)
@@ -186,7 +190,9 @@ def compute_score(
 
     result = default_compute_score(data_source, solution_str, ground_truth, extra_info)
     score = float(result["score"] if isinstance(result, Mapping) else result)
-    return reward_result(score=score, pred="", format_error=False, feedback="" if score > 0 else "The answer is incorrect.")
+    return reward_result(
+        score=score, pred="", format_error=False, feedback="" if score > 0 else "The answer is incorrect."
+    )
 
 
 __all__ = [

@@ -152,7 +152,9 @@ def reward_result(
 
 def failed_result(exc: BaseException) -> dict[str, Any]:
     """The result of a response whose scoring raised: 0, a format error, counted in `reward_error`."""
-    logger.warning("reward function failed on a response (%s: %s); scored 0", type(exc).__name__, shorten(str(exc), 200))
+    logger.warning(
+        "reward function failed on a response (%s: %s); scored 0", type(exc).__name__, shorten(str(exc), 200)
+    )
     return reward_result(
         score=0.0,
         pred="",

@@ -98,7 +98,9 @@ def _level(record: Mapping[str, Any]) -> str:
     return str(details.get("level", record.get("level", ""))).strip()
 
 
-def is_selected(record: Mapping[str, Any], domain: str, *, level: str = LEVEL, types: Sequence[str] = MCQ_TYPES) -> bool:
+def is_selected(
+    record: Mapping[str, Any], domain: str, *, level: str = LEVEL, types: Sequence[str] = MCQ_TYPES
+) -> bool:
     """Whether an upstream record belongs to the paper's task: the domain, level L3, a
     multiple-choice type (the SDPO fork's filter)."""
     if str(record.get("domain", "")).strip().lower() not in DOMAINS[domain]:
@@ -546,8 +548,11 @@ def _score(solution: str, gold: str, extra_info: Mapping[str, Any], lenient: boo
     loose = 1.0 if letter == gold else 0.0
     if lenient:
         return reward_result(
-            score=loose, pred=letter, format_error=lenient_error,
-            feedback=_lenient_feedback(solution, letter, lenient_error, labels), score_lenient=loose,
+            score=loose,
+            pred=letter,
+            format_error=lenient_error,
+            feedback=_lenient_feedback(solution, letter, lenient_error, labels),
+            score_lenient=loose,
         )
     format_error = not (answer in labels and _closed_answer_block(text))
     return reward_result(score=strict, pred=answer, format_error=format_error, feedback="", score_lenient=loose)

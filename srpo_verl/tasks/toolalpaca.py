@@ -38,7 +38,16 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from srpo_verl.tasks.common import RowProblem, as_text, chat_prompt, depth_exceeds, failed_result, reward_result, shorten, strip_thinking
+from srpo_verl.tasks.common import (
+    RowProblem,
+    as_text,
+    chat_prompt,
+    depth_exceeds,
+    failed_result,
+    reward_result,
+    shorten,
+    strip_thinking,
+)
 
 GITHUB_REPO = "tangqiaoyu/ToolAlpaca"
 RAW_BASE = "https://raw.githubusercontent.com/tangqiaoyu/ToolAlpaca/main/data"
@@ -135,8 +144,16 @@ def train_rows(apis: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if calls is None or not str(instance.get("input", "")).strip():
                 continue
             question = str(instance["input"]).rsplit("\nHint: ", 1)[0]
-            rows.append(_row(format_prompt(api, question), str(api.get("Name", "")), question, json.dumps(calls),
-                             split="train", index=len(rows)))
+            rows.append(
+                _row(
+                    format_prompt(api, question),
+                    str(api.get("Name", "")),
+                    question,
+                    json.dumps(calls),
+                    split="train",
+                    index=len(rows),
+                )
+            )
     return rows
 
 
@@ -155,14 +172,24 @@ def test_rows(apis: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for question, golden in zip(api.get("Instructions") or [], api.get("Golden_Answers") or []):
             if is_test_request(golden) and str(question).strip():
                 calls = [{"Action": c["Action"], "Action_Input": c["Action_Input"]} for c in golden]
-                rows.append(_row(format_prompt(api, question), str(api.get("Name", "")), str(question), json.dumps(calls),
-                                 split="test", index=len(rows)))
+                rows.append(
+                    _row(
+                        format_prompt(api, question),
+                        str(api.get("Name", "")),
+                        str(question),
+                        json.dumps(calls),
+                        split="test",
+                        index=len(rows),
+                    )
+                )
     return rows
 
 
 def is_fork_record(record: Any) -> bool:
     """Whether a record is one of the SDPO fork's prepared tooluse rows."""
-    return isinstance(record, Mapping) and record.get("dataset") == DATA_SOURCE and isinstance(record.get("prompt"), str)
+    return (
+        isinstance(record, Mapping) and record.get("dataset") == DATA_SOURCE and isinstance(record.get("prompt"), str)
+    )
 
 
 def from_fork_record(record: Mapping[str, Any], *, split: str, index: int) -> dict[str, Any]:
@@ -245,6 +272,8 @@ def unreadable_actions(ground_truth: Any, extra_info: Optional[Mapping[str, Any]
     or one with surrounding spaces makes the row score 0 whatever the response. The lenient reader
     (`lenient=True`) reads whole lines and can match them."""
     return [name for name, _ in parse_reference(ground_truth, extra_info) if not _ONE_WORD.fullmatch(name)]
+
+
 # The reference's `Action Input:\s*({.*?})` (DOTALL): `{`, then anything but `}`, then the first
 # `}`; possessive, and searched only up to the last `}`, so every scan stops at the next `}`.
 _INPUT_BLOCK = re.compile(r"Action Input:\s*+(\{[^}]*+\})")
@@ -332,7 +361,9 @@ def _reference_format_ok(text: str) -> bool:
 _MARK = r"\n[ \t>*]*(?:ASSISTANT[ \t]+)?"
 _ACTION_LINE = re.compile(_MARK + r"Action[ \t*]*:[ \t*]*([^\n]*)", flags=re.IGNORECASE)
 _INPUT_LINE = re.compile(_MARK + r"Action[ \t]*Input[ \t*]*:[ \t*]*", flags=re.IGNORECASE)
-_STOP_LINE = re.compile(_MARK + r"(?:Observation|Thought|Final[ \t]+Answer|Response|Question)[ \t*]*:", flags=re.IGNORECASE)
+_STOP_LINE = re.compile(
+    _MARK + r"(?:Observation|Thought|Final[ \t]+Answer|Response|Question)[ \t*]*:", flags=re.IGNORECASE
+)
 
 MALFORMED = object()  # an Action Input that is missing, not valid JSON, or nested too deep
 # A response whose number of calls already rules a match out is read only this far.
@@ -452,7 +483,9 @@ def _key(call: tuple[str, Any]) -> tuple[str, Any]:
     return call[0], _normalize(call[1])
 
 
-def calls_match(predicted: Sequence[tuple[str, Any]], reference: Sequence[tuple[str, Any]], *, ordered: bool = False) -> bool:
+def calls_match(
+    predicted: Sequence[tuple[str, Any]], reference: Sequence[tuple[str, Any]], *, ordered: bool = False
+) -> bool:
     """Whether the predicted calls are the reference calls: the same number, the same action
     names (exact), arguments equal after `normalize`. By default the calls are compared as a
     multiset (independent calls such as three searches may come in any order); `ordered=True`
@@ -500,7 +533,10 @@ def _lenient_feedback(predicted: list[tuple[str, Any]], reference: list[tuple[st
 
 def _shown(actions: list[str]) -> str:
     """repr of the action names, cut short (a looping response can name thousands)."""
-    return shorten(repr(actions[: 4 * MAX_SHOWN_CALLS]) + (f" and {len(actions) - 4 * MAX_SHOWN_CALLS} more" if len(actions) > 4 * MAX_SHOWN_CALLS else ""))
+    return shorten(
+        repr(actions[: 4 * MAX_SHOWN_CALLS])
+        + (f" and {len(actions) - 4 * MAX_SHOWN_CALLS} more" if len(actions) > 4 * MAX_SHOWN_CALLS else "")
+    )
 
 
 def _score(solution: str, reference: list[tuple[str, Any]], lenient: bool, ordered: bool) -> dict[str, Any]:
@@ -511,7 +547,8 @@ def _score(solution: str, reference: list[tuple[str, Any]], lenient: bool, order
     if lenient:
         return reward_result(
             score=loose,
-            pred=canonical(predicted) + (f"; … {n_calls - len(predicted)} more calls" if n_calls > len(predicted) else ""),
+            pred=canonical(predicted)
+            + (f"; … {n_calls - len(predicted)} more calls" if n_calls > len(predicted) else ""),
             format_error=not predicted or any(args is MALFORMED for _, args in predicted),
             feedback="" if loose else _lenient_feedback(predicted, stripped, n_calls),
             score_lenient=loose,

@@ -98,7 +98,9 @@ def test_entropy_weight_log_mean_survives_underflow_and_splits_over_ranks():
 
     maxes = [(-e).masked_fill(~m, float("-inf")).amax() for e, m in shards]
     shift = torch.stack(maxes).amax()
-    sums = [torch.stack([torch.exp((-e).masked_fill(~m, float("-inf")) - shift).sum(), m.sum().double()]) for e, m in shards]
+    sums = [
+        torch.stack([torch.exp((-e).masked_fill(~m, float("-inf")) - shift).sum(), m.sum().double()]) for e, m in shards
+    ]
     for e, m in shards:
         calls = iter([maxes, sums])
 
@@ -106,7 +108,9 @@ def test_entropy_weight_log_mean_survives_underflow_and_splits_over_ranks():
             parts = next(calls)
             return torch.stack(parts).amax(0) if op == "max" else torch.stack(parts).sum(0)
 
-        assert float(ca.entropy_weight_log_mean(e, m, beta=1.0, all_reduce=reduce)) == pytest.approx(expected, rel=1e-12)
+        assert float(ca.entropy_weight_log_mean(e, m, beta=1.0, all_reduce=reduce)) == pytest.approx(
+            expected, rel=1e-12
+        )
 
     nothing = ca.entropy_weight_log_mean(entropy, torch.zeros_like(mask), beta=1.0)
     assert nothing == float("-inf")
@@ -215,7 +219,9 @@ def test_entries_that_never_reach_the_logits_are_reported_not_lost_silently():
     other = torch.randn(x.shape, dtype=torch.float64, requires_grad=True)
     book = lent_gradient.LendBook()
     # The lent part goes to a log-prob of *other* logits: nothing reaches these logits to write into.
-    (token, div), lend = _lent_terms(x * 1.0, rows, idx, log_q, labels, logprobs=lambda _, lb: plain_logprobs(other * 1.0, lb))
+    (token, div), lend = _lent_terms(
+        x * 1.0, rows, idx, log_q, labels, logprobs=lambda _, lb: plain_logprobs(other * 1.0, lb)
+    )
     book.add(lend)
     (token.sum() + div.sum()).backward()
     assert lend.incomplete and book.incomplete() == 1
@@ -269,8 +275,14 @@ def test_lent_path_keeps_and_makes_no_tensor_of_the_logits_size():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
-            new = isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in inputs  # not a view/in-place
+            inputs = {
+                a.untyped_storage().data_ptr()
+                for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                if isinstance(a, torch.Tensor)
+            }
+            new = (
+                isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in inputs
+            )  # not a view/in-place
             if new and out.dim() == 2 and out.shape[-1] == self.vocab and out.shape[0] > 3:
                 self.count += 1  # wider than one 3-row work chunk: a copy of rows or a full gradient
             return out

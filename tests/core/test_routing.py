@@ -124,9 +124,7 @@ def test_routing_matches_reference(rows):
     rewards = [r for _, r, _ in rows]
     feedback = [f for _, _, f in rows]
     for fb in (None, feedback):
-        r = ca.routing_mask(
-            torch.tensor(rewards), uids, has_feedback=None if fb is None else torch.tensor(fb)
-        )
+        r = ca.routing_mask(torch.tensor(rewards), uids, has_feedback=None if fb is None else torch.tensor(fb))
         correct, available, sdpo = reference_routing(rewards, list(uids), has_feedback=fb)
         assert r.correct.tolist() == correct
         assert r.teacher_available.tolist() == available

@@ -93,7 +93,11 @@ def test_loss_and_gradient_unchanged_by_micro_batch_split_and_order(B, T, seed, 
     # Reference value, one token at a time.
     grpo_leaf, sdpo_leaf, weights, valid, routed = batch
     ref = reference_srpo_loss(
-        (grpo_leaf * 0.7).tolist(), (sdpo_leaf * 1.69).tolist(), routed.tolist(), weights.tolist(), valid.tolist(),
+        (grpo_leaf * 0.7).tolist(),
+        (sdpo_leaf * 1.69).tolist(),
+        routed.tolist(),
+        weights.tolist(),
+        valid.tolist(),
         max(num_tokens, 1),
     )
     assert full.item() == pytest.approx(ref, rel=1e-12, abs=1e-12)

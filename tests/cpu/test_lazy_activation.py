@@ -36,7 +36,8 @@ def test_import_verl_with_the_backend_imports_none_of_the_patched_modules_until_
         "import verl.workers.engine\n"
         "from verl.trainer.ppo import core_algos\n"
         "engine = EngineRegistry.get_engine_cls('language_model', 'fsdp2').__name__\n"
-        "print(json.dumps({'before': before, 'engine': engine, 'srpo_adv': 'srpo' in core_algos.ADV_ESTIMATOR_REGISTRY,\n"
+        "print(json.dumps({'before': before, 'engine': engine,\n"
+        "                  'srpo_adv': 'srpo' in core_algos.ADV_ESTIMATOR_REGISTRY,\n"
         "                  'trainer': 'srpo_verl.integration.trainer' in sys.modules}))\n"
     )
     state = _fresh_python(code, SRPO_VERL_PLATFORM="cpu")
@@ -49,7 +50,10 @@ def test_import_verl_with_the_backend_imports_none_of_the_patched_modules_until_
 
 def test_load_balancer_and_server_modules_import_no_verl():
     # A process holding an HFServer handle imports hf_server; verl's load balancer process held one.
-    code = "import json, sys\nimport srpo_verl.cpu.router, srpo_verl.cpu.hf_server\nprint(json.dumps({'verl': 'verl' in sys.modules}))\n"
+    code = (
+        "import json, sys\nimport srpo_verl.cpu.router, srpo_verl.cpu.hf_server\n"
+        "print(json.dumps({'verl': 'verl' in sys.modules}))\n"
+    )
     assert _fresh_python(code, SRPO_VERL_PLATFORM="cpu") == {"verl": False}
 
 

@@ -36,6 +36,8 @@ def test_platform_cpu_launch_uses_it_unless_the_config_names_another():
     use_cpu_router(own)
     assert own.actor_rollout_ref.rollout.router_config_path == "/my/router.yaml"
     # Hash routing is verl's balancer's alone: it stays.
-    hashed = OmegaConf.create({"actor_rollout_ref": {"rollout": {"router_config_path": None, "full_determinism": True}}})
+    hashed = OmegaConf.create(
+        {"actor_rollout_ref": {"rollout": {"router_config_path": None, "full_determinism": True}}}
+    )
     use_cpu_router(hashed)
     assert hashed.actor_rollout_ref.rollout.router_config_path is None

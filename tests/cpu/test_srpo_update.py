@@ -48,7 +48,9 @@ def updates(tiny_model_path, tmp_path_factory):
         "dp2": run_probe(tiny_model_path, out, "dp2", micro_batch=2, world=2),
         "trust_region": run_probe(tiny_model_path, out, "tr", micro_batch=4, world=1, teacher="trust_region"),
         # flash-attn's cross-entropy (verl's default on GPU) writes its gradient into the logits.
-        "inplace_ce": run_probe(tiny_model_path, out, "inplace", micro_batch=4, world=1, reference=True, inplace_ce=True),
+        "inplace_ce": run_probe(
+            tiny_model_path, out, "inplace", micro_batch=4, world=1, reference=True, inplace_ce=True
+        ),
     }
 
 

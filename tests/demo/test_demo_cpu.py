@@ -42,7 +42,13 @@ def demo(tmp_path_factory):
 def test_demo_exits_zero_and_shows_progress(demo):
     proc = demo["proc"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    for line in ("[warm start] step 30/30", "[srpo_s0] step 1/2", "[srpo_s0] step 2/2", "[eval] step 2", "[demo] report:"):
+    for line in (
+        "[warm start] step 30/30",
+        "[srpo_s0] step 1/2",
+        "[srpo_s0] step 2/2",
+        "[eval] step 2",
+        "[demo] report:",
+    ):
         assert line in proc.stdout, line
 
 

@@ -57,7 +57,11 @@ def test_table_cells_are_the_seed_mean_and_std(out):
 def test_trainer_time_excludes_checkpoint_saves():
     from srpo_verl.demo.run import train_seconds
 
-    metrics = {1: {"timing_s/step": 10.0}, 2: {"timing_s/step": 3.0, "timing_s/save_checkpoint": 1.0}, 3: {"timing_s/step": 2.5}}
+    metrics = {
+        1: {"timing_s/step": 10.0},
+        2: {"timing_s/step": 3.0, "timing_s/save_checkpoint": 1.0},
+        3: {"timing_s/step": 2.5},
+    }
     assert train_seconds(metrics) == {1: 10.0, 2: 12.0, 3: 14.5}
 
 

@@ -64,7 +64,10 @@ def runs(tmp_path_factory, tiny_model_path, addition_data):
     assert first.returncode == 0, first.log[-6000:]
     latest = latest_checkpoint(ckpt)
     second = launch(
-        workdir, "resumed", overrides(tiny_model_path, addition_data, ckpt, STEPS + MORE_STEPS), timeout_s=LAUNCH_TIMEOUT_S
+        workdir,
+        "resumed",
+        overrides(tiny_model_path, addition_data, ckpt, STEPS + MORE_STEPS),
+        timeout_s=LAUNCH_TIMEOUT_S,
     )
     assert second.returncode == 0, second.log[-6000:]
     return {"first": first, "second": second, "ckpt": ckpt, "latest": latest}

@@ -31,7 +31,10 @@ ROUTED = ["reward.custom_reward_function.name=compute_digit_score", "algorithm.s
 MODES = {
     "mix": ("advantage_mix", []),
     "no_dw": ("srpo_no_dw", ["algorithm.srpo.distill_mode=sampled_token"]),
-    "region": ("srpo", ["algorithm.srpo.teacher=trust_region", "algorithm.srpo.entropy_mode=topk_tail", "algorithm.srpo.topk=8"]),
+    "region": (
+        "srpo",
+        ["algorithm.srpo.teacher=trust_region", "algorithm.srpo.entropy_mode=topk_tail", "algorithm.srpo.topk=8"],
+    ),
     "full": ("srpo", ["algorithm.srpo.distill_mode=full_vocab"]),
     "dp2": ("srpo", ["trainer.n_gpus_per_node=2"]),
 }

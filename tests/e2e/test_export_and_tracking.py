@@ -58,7 +58,11 @@ def model_with(hf_dir: str, state: dict, dtype=torch.float32):
 @torch.no_grad()
 def logits(model, tokenizer) -> torch.Tensor:
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "37+45="}], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        [{"role": "user", "content": "37+45="}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )["input_ids"]
     return model(input_ids=ids).logits.float()  # (1, T, V)
 
@@ -156,7 +160,9 @@ def test_a_missing_rank_is_refused(run, tmp_path):
 
 def test_a_run_without_teacher_is_refused(run, tmp_path):
     actor = str(tmp_path / "actor")
-    shutil.copytree(os.path.join(run["ckpt"], "global_step_1", "actor", "huggingface"), os.path.join(actor, "huggingface"))
+    shutil.copytree(
+        os.path.join(run["ckpt"], "global_step_1", "actor", "huggingface"), os.path.join(actor, "huggingface")
+    )
     with pytest.raises(FileNotFoundError, match="no EMA teacher"):
         export.export_teacher(actor, str(tmp_path / "out"))
 

@@ -73,7 +73,14 @@ class TwoNodeCluster:
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
 
     def _node_args(self) -> list[str]:
-        ports = ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent", "metrics-export", "node-manager", "object-manager")
+        ports = (
+            "dashboard-agent-listen",
+            "dashboard-agent-grpc",
+            "runtime-env-agent",
+            "metrics-export",
+            "node-manager",
+            "object-manager",
+        )
         return [
             f"--num-cpus={self.cpus}",
             "--num-gpus=1",  # a fake GPU: the CPU platform's workers ask Ray for "GPU"
@@ -85,7 +92,13 @@ class TwoNodeCluster:
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(os.path.join(self.log_dir, f"ray_{name}.log"), "w")
-        proc = subprocess.Popen([RAY, "start", *args, *self._node_args()], stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(
+            [RAY, "start", *args, *self._node_args()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
         self.procs.append(proc)
 
     def nodes_alive(self) -> int:
@@ -97,7 +110,16 @@ class TwoNodeCluster:
         return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else 0
 
     def __enter__(self):
-        self._start("head", ["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"])
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--temp-dir={self.temp_dir}",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+            ],
+        )
         self._wait_for(1)
         self._start("worker", [f"--address={self.address}"])
         self._wait_for(2)
@@ -166,7 +188,12 @@ def runs(tmp_path_factory, tiny_model_path, addition_data):
             result = launch(work, name, args, timeout_s=TIMEOUT_S, env=env)
             assert result.returncode == 0, result.log[-6000:]
             out[name] = result
-    result = launch(work, "one_node", overrides(ckpt=dirs["B"], steps=3, save_freq=3, name="one_node", **common), timeout_s=TIMEOUT_S)
+    result = launch(
+        work,
+        "one_node",
+        overrides(ckpt=dirs["B"], steps=3, save_freq=3, name="one_node", **common),
+        timeout_s=TIMEOUT_S,
+    )
     assert result.returncode == 0, result.log[-6000:]
     out["one_node"] = result
     out["work"] = work
@@ -184,7 +211,12 @@ def test_two_nodes_run_the_srpo_steps_and_log_them_through_runtime_env(runs):
     steps = runs["two_nodes"].steps
     assert sorted(steps) == [1, 2]
     for m in steps.values():
-        for key in ("srpo/routed_share", "actor/srpo/sdpo_token_share", "actor/srpo/divergence_mean", "srpo/teacher_student_l2"):
+        for key in (
+            "srpo/routed_share",
+            "actor/srpo/sdpo_token_share",
+            "actor/srpo/divergence_mean",
+            "srpo/teacher_student_l2",
+        ):
             assert key in m, key
         # Top-1 rollouts make a group's samples identical, so a group is taught whole (empty answers
         # are no demonstration): a multiple of n = 4 rows, split evenly over the 2 ranks.
@@ -223,8 +255,10 @@ def test_two_nodes_match_one_node_with_the_same_ranks(runs, capsys):
             worst[key] = max(worst.get(key, 0.0), abs(float(a[key]) - float(b[key])))
     with capsys.disabled():
         differing = {k: v for k, v in worst.items() if v > 0}
-        print(f"\ntwo nodes vs one node, steps 1-3: {len(worst)} metrics, {len(differing)} differ; largest: "
-              + ", ".join(f"{k} {v:.2e}" for k, v in sorted(differing.items(), key=lambda kv: -kv[1])[:5]))
+        print(
+            f"\ntwo nodes vs one node, steps 1-3: {len(worst)} metrics, {len(differing)} differ; largest: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in sorted(differing.items(), key=lambda kv: -kv[1])[:5])
+        )
     for key, diff in worst.items():
         assert diff <= 1e-5 * max(1.0, abs(float(one[3].get(key, 0.0)))), (key, diff)
 

@@ -26,7 +26,6 @@ from srpo_verl.cpu.local import local_env
 from srpo_verl.lab.srpo_update import (
     ROWS,
     fixed_batch,
-    full_params,
     new_worker,
     old_log_prob_pass,
     srpo_config,
@@ -96,7 +95,10 @@ def gathered(worker, module) -> dict[str, torch.Tensor]:
                 name.replace("_fsdp_wrapped_module.", ""): p.detach().double().clone()
                 for name, p in module.named_parameters()
             }
-    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().clone() for name, p in module.named_parameters()}
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().clone()
+        for name, p in module.named_parameters()
+    }
 
 
 def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra: list[str]) -> None:
@@ -110,7 +112,11 @@ def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra:
     config = srpo_config(
         model_path,
         micro_batch,
-        overrides=[f"actor_rollout_ref.actor.strategy={strategy}", f"actor_rollout_ref.ref.strategy={strategy}", *extra],
+        overrides=[
+            f"actor_rollout_ref.actor.strategy={strategy}",
+            f"actor_rollout_ref.ref.strategy={strategy}",
+            *extra,
+        ],
     )
     worker = new_worker(config)
     srpo_setup(worker, config)

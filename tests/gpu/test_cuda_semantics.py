@@ -22,7 +22,16 @@ from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration import worker as worker_module
 from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
 from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
-from srpo_verl.lab.loss_case import ACTOR, K, RESPONSE_LENS, engine_like_call, make_batch, micro_batch, nested, reference_loss
+from srpo_verl.lab.loss_case import (
+    ACTOR,
+    K,
+    RESPONSE_LENS,
+    engine_like_call,
+    make_batch,
+    micro_batch,
+    nested,
+    reference_loss,
+)
 from srpo_verl.lab.virtual_cuda import CUDA, DeviceMismatch, VirtualCuda, inplace_logprobs_from_logits, is_virtual
 from srpo_verl.lent_gradient import Lend, LendBook
 
@@ -119,8 +128,14 @@ def _bf16_loss_hook(batch, logprobs):
     _, log_mean = reference_loss(batch, batch["student_logits"], beta=1.0, alpha=0.5)
     with VirtualCuda():
         loss, _ = engine_like_call(
-            fn, batch, range(5), x.to(CUDA) * 1.0, logprobs=logprobs, move=_to_cuda,
-            num_tokens=sum(RESPONSE_LENS), log_mean=log_mean,
+            fn,
+            batch,
+            range(5),
+            x.to(CUDA) * 1.0,
+            logprobs=logprobs,
+            move=_to_cuda,
+            num_tokens=sum(RESPONSE_LENS),
+            log_mean=log_mean,
         )
         loss.backward()
     ref_x = logits_bf16.double().requires_grad_(True)
@@ -146,7 +161,9 @@ def test_loss_hook_with_verls_bf16_torch_log_probs(batch):
     # that path's bf16 precision (GRPO's own gradient there has it too).
     from verl.utils.torch_functional import logprobs_from_logits_v2
 
-    loss, grad, ref, ref_grad = _bf16_loss_hook(batch, lambda lg, lb, inplace_backward=True: logprobs_from_logits_v2(lg, lb))
+    loss, grad, ref, ref_grad = _bf16_loss_hook(
+        batch, lambda lg, lb, inplace_backward=True: logprobs_from_logits_v2(lg, lb)
+    )
     assert abs(loss.item() - ref.item()) <= 2**-7 * abs(ref.item())
     assert float((grad.double() - ref_grad).norm() / ref_grad.norm()) <= 2**-6  # measured 0.7%
 
@@ -176,7 +193,9 @@ class _LinearLM(torch.nn.Module):
         self.positions_seen = 0
 
     def forward(self, input_ids, position_ids=None, use_cache=False, logits_to_keep=None):
-        hidden = self.embed.index_select(0, input_ids.reshape(-1)) + 0.1 * position_ids.reshape(-1, 1).to(self.embed.dtype)
+        hidden = self.embed.index_select(0, input_ids.reshape(-1)) + 0.1 * position_ids.reshape(-1, 1).to(
+            self.embed.dtype
+        )
         if logits_to_keep is not None:
             hidden = hidden[logits_to_keep]
         self.positions_seen += hidden.shape[0]
@@ -213,7 +232,10 @@ def _teacher_case(vocab=11, k=4, temperature=0.7):
     responses = [torch.randint(0, vocab, (n,), generator=g) for n in (4, 2)]
     teacher_prompts = [torch.randint(0, vocab, (n,), generator=g) for n in (6, 4)]
     student = _LinearLM(vocab, 0)
-    ids = [_student_logits(student, p, r, temperature).topk(k, -1).indices.to(torch.int32) for p, r in zip(prompts, responses)]
+    ids = [
+        _student_logits(student, p, r, temperature).topk(k, -1).indices.to(torch.int32)
+        for p, r in zip(prompts, responses)
+    ]
     data = tu.get_tensordict(
         {
             "responses": nested(responses),

@@ -16,8 +16,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FILES = [ROOT / "srpo_verl" / "core_algos.py", *sorted((ROOT / "srpo_verl" / "integration").glob("*.py"))]
 FACTORIES = {
-    "arange", "zeros", "ones", "empty", "full", "tensor", "as_tensor", "randint", "rand", "randn",
-    "randperm", "eye", "linspace", "logspace", "empty_strided", "scalar_tensor",
+    "arange",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "tensor",
+    "as_tensor",
+    "randint",
+    "rand",
+    "randn",
+    "randperm",
+    "eye",
+    "linspace",
+    "logspace",
+    "empty_strided",
+    "scalar_tensor",
 }
 
 

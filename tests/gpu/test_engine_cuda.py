@@ -53,7 +53,10 @@ RUNS = {
         4,
         2,
         True,
-        ["actor_rollout_ref.actor.fsdp_config.use_orig_params=True", "actor_rollout_ref.ref.fsdp_config.use_orig_params=True"],
+        [
+            "actor_rollout_ref.actor.fsdp_config.use_orig_params=True",
+            "actor_rollout_ref.ref.fsdp_config.use_orig_params=True",
+        ],
     ),
 }
 

@@ -9,8 +9,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_gpu_check_script_passes_on_the_cpu_device():
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "gpu_check.py"), "--device", "cpu", "--vocab", "2048", "--k", "50"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--vocab",
+            "2048",
+            "--k",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = out.stdout.splitlines()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -26,16 +37,39 @@ def test_step_benchmark_runs_on_the_cpu_device():
     # scripts/bench_step_gpu.py's own smoke test: every part of the step runs and the comparison prints.
     out = subprocess.run(
         [
-            sys.executable, os.path.join(ROOT, "scripts", "bench_step_gpu.py"), "--device", "cpu", "--hidden", "64",
-            "--layers", "1", "--rows", "4", "--prompt-len", "16", "--response-len", "32", "--demo-len", "16",
-            "--vocab", "2048", "--repeats", "1",
+            sys.executable,
+            os.path.join(ROOT, "scripts", "bench_step_gpu.py"),
+            "--device",
+            "cpu",
+            "--hidden",
+            "64",
+            "--layers",
+            "1",
+            "--rows",
+            "4",
+            "--prompt-len",
+            "16",
+            "--response-len",
+            "32",
+            "--demo-len",
+            "16",
+            "--vocab",
+            "2048",
+            "--repeats",
+            "1",
         ],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert [line.split(":")[0] for line in lines if "step - GRPO step" in line] == ["srpo_25", "srpo_50"]
-    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in lines if line.startswith(("grpo ", "srpo_25 ", "srpo_50 "))}
+    rows = {
+        line.split()[0]: [float(x) for x in line.split()[1:]]
+        for line in lines
+        if line.startswith(("grpo ", "srpo_25 ", "srpo_50 "))
+    }
     assert rows["grpo"][1] == 0.0 and rows["srpo_25"][2] > 0.0  # no teacher for GRPO; a teacher forward for SRPO
 
 

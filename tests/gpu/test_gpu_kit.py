@@ -50,7 +50,9 @@ def test_the_kit_lists_verl_and_what_the_image_lacks_but_no_ray():
 def test_engine_check_passes_in_a_fresh_cpu_venv_from_the_kit(tmp_path):
     out = subprocess.run(
         [sys.executable, SCRIPT, "prove", "--venv", str(tmp_path / "venv")],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-6000:]

@@ -35,7 +35,9 @@ def test_credentials_are_not_forwarded():
 
 
 def test_runtime_env_gets_them_and_the_config_wins():
-    config = struct({"ray_kwargs": {"ray_init": {"num_cpus": None, "runtime_env": {"env_vars": {"WANDB_PROJECT": "mine"}}}}})
+    config = struct(
+        {"ray_kwargs": {"ray_init": {"num_cpus": None, "runtime_env": {"env_vars": {"WANDB_PROJECT": "mine"}}}}}
+    )
     forward_env_to_workers(config, {"WANDB_PROJECT": "env", "VERL_FILE_LOGGER_PATH": "/m.jsonl"})
     assert OmegaConf.to_container(config.ray_kwargs.ray_init.runtime_env.env_vars) == {
         "WANDB_PROJECT": "mine",

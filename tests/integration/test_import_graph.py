@@ -115,7 +115,9 @@ def test_the_check_sees_imports_inside_functions_and_relative_ones(tmp_path):
     (root / "evaluate.py").write_text("def f():\n    from srpo_verl.demo.evaluate import generate\n")
     (root / "cli.py").write_text("from . import demo\nfrom .demo import harness\nimport srpo_verl.demo.task\n")
     assert imported_modules(root / "cli.py", root) == [
-        (1, "srpo_verl.demo"), (2, "srpo_verl.demo.harness"), (3, "srpo_verl.demo.task")
+        (1, "srpo_verl.demo"),
+        (2, "srpo_verl.demo.harness"),
+        (3, "srpo_verl.demo.task"),
     ]
     assert upward_imports(root) == [
         "srpo_verl/cli.py:1: srpo_verl.demo",

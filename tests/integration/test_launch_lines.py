@@ -231,7 +231,10 @@ def test_quickstart_line_is_the_recipe_cell_written_out(hydra_compose):
     text = QUICKSTART.read_text()
     logs = os.path.dirname(launch.env["VERL_FILE_LOGGER_PATH"])
     assert logs == os.path.join(recipe["trainer"]["default_local_dir"], "logs")
-    made = [_expand(d, {**SHELL, "RUN": recipe["trainer"]["default_local_dir"]}) for d in re.findall(r"mkdir -p (\S+)", text)]
+    made = [
+        _expand(d, {**SHELL, "RUN": recipe["trainer"]["default_local_dir"]})
+        for d in re.findall(r"mkdir -p (\S+)", text)
+    ]
     assert logs in made
     budget = re.findall(r"python scripts/best_within_budget.py (\S+)", text)
     assert budget and all(os.path.join(SHELL["PWD"], folder) == logs for folder in budget)
@@ -274,8 +277,15 @@ def test_the_old_readme_line_is_refused(hydra_compose, verl_defaults):
     with pytest.raises(Exception, match="ppo_micro_batch_size"):
         verl_validate(cfg)
     problems = gpu_run_problems(launch, cfg, verl_defaults)
-    for expected in ("actor.strategy=fsdp,", "ref.strategy=fsdp,", "save_freq=-1", "project_name=", "experiment_name=gsm8k",
-                     "rollout.name=vllm", "trainer.logger="):
+    for expected in (
+        "actor.strategy=fsdp,",
+        "ref.strategy=fsdp,",
+        "save_freq=-1",
+        "project_name=",
+        "experiment_name=gsm8k",
+        "rollout.name=vllm",
+        "trainer.logger=",
+    ):
         assert any(expected in p for p in problems), (expected, problems)
 
 

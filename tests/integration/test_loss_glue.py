@@ -13,7 +13,17 @@ import torch
 
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
-from srpo_verl.lab.loss_case import ACTOR, K, PROMPT_LENS, RESPONSE_LENS, ROUTE, engine_like_call, make_batch, micro_batch, reference_loss, response_positions
+from srpo_verl.lab.loss_case import (
+    ACTOR,
+    K,
+    RESPONSE_LENS,
+    ROUTE,
+    engine_like_call,
+    make_batch,
+    micro_batch,
+    reference_loss,
+    response_positions,
+)
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,10 @@ def test_advantage_mix_runs_without_the_processor_and_is_the_ppo_loss(batch):
         tokens = batch["seq"][i][p:]
         lp = logp[offset + p - 1 : offset + p - 1 + r].gather(-1, tokens[:, None]).squeeze(-1)
         token_loss, _ = core_algos.ppo_clip_token_loss(
-            lp[None], batch["rows"]["old_log_probs"][i][None], mixed[i][None].double(), clip_ratio_c=3.0,
+            lp[None],
+            batch["rows"]["old_log_probs"][i][None],
+            mixed[i][None].double(),
+            clip_ratio_c=3.0,
             rollout_is_weights=batch["rows"]["rollout_is_weights"][i][None],
         )
         ref = ref + token_loss.sum()
@@ -119,7 +122,9 @@ def test_advantage_mix_runs_without_the_processor_and_is_the_ppo_loss(batch):
     assert metrics["srpo/grpo_token_share"].aggregate() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("taught,n,dp", [([0, 3, 5], 8, 2), ([1], 8, 4), ([0, 1], 8, 2), ([], 8, 2), ([2, 3, 4, 5, 6], 6 + 2, 8)])
+@pytest.mark.parametrize(
+    "taught,n,dp", [([0, 3, 5], 8, 2), ([1], 8, 4), ([0, 1], 8, 2), ([], 8, 2), ([2, 3, 4, 5, 6], 6 + 2, 8)]
+)
 def test_teacher_pass_padding_uses_distinct_rows_outside_the_teacher_set(taught, n, dp):
     from srpo_verl.integration.trainer import teacher_pass_padding
 

@@ -45,7 +45,10 @@ def test_a_good_cpu_run_passes_every_item(overrides, capsys):
 def test_exit_code_names_the_failing_item(overrides, capsys):
     assert cli.main(["check", *overrides, "trainer.n_gpus_per_node=3"]) == 1
     out = capsys.readouterr().out
-    assert "[FAIL] verl: AssertionError: real_train_batch_size (32) must be divisible by minimal possible batch size (3)" in out
+    assert (
+        "[FAIL] verl: AssertionError: real_train_batch_size (32) must be divisible by minimal possible batch size (3)"
+        in out
+    )
     assert out.rstrip().endswith("pre-flight FAILED: verl")
 
 
@@ -97,7 +100,13 @@ def not_a_number(data_source, solution_str, ground_truth, extra_info=None):
 
 
 def test_reward_function_that_returns_no_number_fails(overrides):
-    got = failed([*overrides, f"reward.custom_reward_function.path={__file__}", "reward.custom_reward_function.name=not_a_number"])
+    got = failed(
+        [
+            *overrides,
+            f"reward.custom_reward_function.path={__file__}",
+            "reward.custom_reward_function.name=not_a_number",
+        ]
+    )
     assert set(got) == {"reward"}
     assert "returned {'score': 'high'}" in got["reward"]
 
@@ -141,7 +150,10 @@ def test_non_text_last_user_turn_fails_data_naming_row_and_file(overrides, addit
     bad.write_text(pd.DataFrame(rows).to_json(orient="records", lines=True))
     assert cli.main(["check", *overrides, f"data.val_files={bad}"]) == 1
     out = capsys.readouterr().out
-    assert f"[FAIL] data: ValueError: data.val_files {bad}: `prompt`'s last user turn is not text (its content is a list)" in out
+    assert (
+        f"[FAIL] data: ValueError: data.val_files {bad}: `prompt`'s last user turn is not text (its content is a list)"
+        in out
+    )
     assert "at rows [5]" in out and out.rstrip().endswith("pre-flight FAILED: data")
 
 
@@ -181,7 +193,10 @@ def test_uncached_hub_id_offline_fails_at_once(overrides, monkeypatch):
     got = failed([*overrides, "actor_rollout_ref.model.path=srpo-verl-tests/no-such-model"])
     assert time.monotonic() - start < 30  # the whole pre-flight, with no network wait in it
     assert set(got) == {"model"}
-    assert "srpo-verl-tests/no-such-model: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE" in got["model"]
+    assert (
+        "srpo-verl-tests/no-such-model: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE"
+        in got["model"]
+    )
 
 
 # --------------------------------------------------------------------------- Hydra's message

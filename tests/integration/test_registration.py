@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 
-
 def _fresh_python(code: str, env_extra=None) -> subprocess.CompletedProcess:
     import os
 
@@ -63,7 +62,9 @@ def test_self_check_passes_and_reports():
 
 def _check_with_plugins(policy: str) -> subprocess.CompletedProcess:
     env = {**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": policy}
-    return subprocess.run([sys.executable, "-m", "srpo_verl", "check"], capture_output=True, text=True, timeout=180, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "srpo_verl", "check"], capture_output=True, text=True, timeout=180, env=env
+    )
 
 
 def test_self_check_fails_when_plugins_are_disabled():
@@ -98,7 +99,10 @@ def test_srpo_estimator_matches_verl_grpo_without_std():
     uid = np.array([f"p{i // 4}" for i in range(12)], dtype=object)
     ref, _ = ca.compute_grpo_outcome_advantage(tlr, mask, uid, norm_adv_by_std_in_grpo=False)
     ours, _ = ca.get_adv_estimator_fn("srpo")(
-        token_level_rewards=tlr, response_mask=mask, index=uid, config=OmegaConf.create({"norm_adv_by_std_in_grpo": False, "srpo": {}})
+        token_level_rewards=tlr,
+        response_mask=mask,
+        index=uid,
+        config=OmegaConf.create({"norm_adv_by_std_in_grpo": False, "srpo": {}}),
     )
     torch.testing.assert_close(ours, ref)
 

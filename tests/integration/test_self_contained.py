@@ -72,4 +72,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
         "[gone](missing.md) [anchor](#one-step)\n"
     )
     assert outside_citations(page, tmp_path) == [f"docs/page.md:1: {OUTSIDE[0]}", f"docs/page.md:2: {OUTSIDE[5]}"]
-    assert broken_links(page, tmp_path) == [f"docs/page.md: (../../{OUTSIDE[5][3:]}/x.md)", "docs/page.md: (missing.md)"]
+    assert broken_links(page, tmp_path) == [
+        f"docs/page.md: (../../{OUTSIDE[5][3:]}/x.md)",
+        "docs/page.md: (missing.md)",
+    ]

@@ -44,7 +44,9 @@ def test_dynamic_micro_batches_hold_the_token_budget_in_teacher_tokens(budget):
     assert rows == list(range(12))  # every row once
     # Before, the teacher ran inside the student's micro-batches, which verl balances by the student's
     # lengths: with the same budget, those micro-batches held more teacher tokens than the budget.
-    student = tu.get_tensordict({"input_ids": nested([torch.zeros(n, dtype=torch.long) for n in student_lens]), "srpo_row": torch.arange(12)})
+    student = tu.get_tensordict(
+        {"input_ids": nested([torch.zeros(n, dtype=torch.long) for n in student_lens]), "srpo_row": torch.arange(12)}
+    )
     tu.assign_non_tensor(student, use_dynamic_bsz=True, max_token_len_per_gpu=budget)
     seq = data["input_ids"].offsets().diff().tolist()
     old = teacher_micro_batches(student, use_dynamic_bsz=True, micro_batch_size=None)
@@ -99,7 +101,9 @@ data = tu.get_tensordict({
 })
 tu.assign_non_tensor(data, temperature=1.0)
 worker = SimpleNamespace(srpo=SimpleNamespace(student_mix=None), actor=SimpleNamespace(
-    engine_config=SimpleNamespace(use_dynamic_bsz=True, infer_max_token_len_per_gpu=20, infer_micro_batch_size_per_gpu=None),
+    engine_config=SimpleNamespace(
+        use_dynamic_bsz=True, infer_max_token_len_per_gpu=20, infer_micro_batch_size_per_gpu=None
+    ),
     engine=SimpleNamespace(get_data_parallel_group=lambda: dist.group.WORLD)))
 try:
     w.SRPOActorRolloutRefWorker.compute_srpo_teacher(worker, data)
@@ -122,7 +126,11 @@ def test_a_sequence_over_the_budget_on_one_rank_is_refused_on_every_rank(tmp_pat
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", _TWO_RANKS], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _TWO_RANKS], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert all("REFUSED True" in out for out in outs), outs

@@ -24,7 +24,15 @@ def run_evaluate(*args):
 
 @pytest.fixture
 def base(tiny_model_path, addition_data, tmp_path):
-    return ["--out", str(tmp_path / "eval"), "--model", f"tiny={tiny_model_path}", "--task", f"add={addition_data['val']}", *ADDITION_REWARD]
+    return [
+        "--out",
+        str(tmp_path / "eval"),
+        "--model",
+        f"tiny={tiny_model_path}",
+        "--task",
+        f"add={addition_data['val']}",
+        *ADDITION_REWARD,
+    ]
 
 
 @pytest.fixture
@@ -45,7 +53,10 @@ def no_loading(monkeypatch):
     "flags, message",
     [
         (["--dtype", "bfloat"], "--dtype 'bfloat': expected one of auto, float32, float16, bfloat16, fp32, fp16, bf16"),
-        (["--chat-template-kwargs", "{enable_thinking: false}"], "--chat-template-kwargs '{enable_thinking: false}': not JSON"),
+        (
+            ["--chat-template-kwargs", "{enable_thinking: false}"],
+            "--chat-template-kwargs '{enable_thinking: false}': not JSON",
+        ),
         (["--chat-template-kwargs", "[1]"], "--chat-template-kwargs '[1]': must be a JSON object"),
         (["--n", "0"], "--n 0: must be at least 1"),
         (["--limit", "0"], "--limit 0: must be at least 1"),
@@ -54,7 +65,17 @@ def no_loading(monkeypatch):
         (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
         (["--temperature", "0"], "--temperature 0.0: must be a finite number > 0"),
     ],
-    ids=["dtype", "kwargs_not_json", "kwargs_not_object", "n_0", "limit_0", "batch_size_0", "max_new_tokens_0", "top_p", "temperature_0"],
+    ids=[
+        "dtype",
+        "kwargs_not_json",
+        "kwargs_not_object",
+        "n_0",
+        "limit_0",
+        "batch_size_0",
+        "max_new_tokens_0",
+        "top_p",
+        "temperature_0",
+    ],
 )
 def test_evaluate_refuses_a_bad_flag_before_loading(base, no_loading, flags, message):
     with pytest.raises(SystemExit) as exc:
@@ -64,7 +85,9 @@ def test_evaluate_refuses_a_bad_flag_before_loading(base, no_loading, flags, mes
 
 def test_evaluate_accepts_verls_short_dtype_names(base, monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(evaluate, "load_model", lambda model_dir, args: seen.append(evaluate.DTYPES[args.dtype]) or (None, None))
+    monkeypatch.setattr(
+        evaluate, "load_model", lambda model_dir, args: seen.append(evaluate.DTYPES[args.dtype]) or (None, None)
+    )
     monkeypatch.setattr(evaluate, "score_model", lambda *a, **k: [1.0])
     assert run_evaluate(*base, "--dtype", "bf16", "--limit", "1") == 0
     assert seen == ["bfloat16"]
@@ -211,7 +234,10 @@ def test_a_missing_step_names_the_steps_there_not_not_a_checkpoint(ckpt, tmp_pat
     assert not isinstance(exc.value, export.NotACheckpoint)
     assert "no global_step_3/actor (step 3 from --step); steps there: [2, 4]" in str(exc.value)
     (ckpt["root"] / "latest_checkpointed_iteration.txt").write_text("6")
-    with pytest.raises(FileNotFoundError, match=r"no global_step_6/actor \(step 6 from .*latest_checkpointed_iteration.txt\); steps there: \[2, 4\]"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no global_step_6/actor \(step 6 from .*latest_checkpointed_iteration.txt\); steps there: \[2, 4\]",
+    ):
         export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"))
     with pytest.raises(export.NotACheckpoint, match="is not a verl checkpoint"):
         export.export_teacher(str(tmp_path), str(tmp_path / "out"))
@@ -228,7 +254,9 @@ def test_a_bad_tracker_file_is_named(ckpt, tmp_path):
 def test_dtype_is_checked_before_any_shard_is_read(ckpt, tmp_path, monkeypatch):
     """Before: an unknown --dtype failed after every shard was read and merged (32 GB at 8B)."""
     monkeypatch.setattr(export, "load_shard", lambda path: pytest.fail(f"{path} was read"))
-    with pytest.raises(ValueError, match=r"--dtype 'bfloat': expected one of float32, float16, bfloat16, fp32, fp16, bf16"):
+    with pytest.raises(
+        ValueError, match=r"--dtype 'bfloat': expected one of float32, float16, bfloat16, fp32, fp16, bf16"
+    ):
         export.export_teacher(str(ckpt["root"]), str(tmp_path / "out"), dtype="bfloat")
     assert not (tmp_path / "out").exists()
 
@@ -264,7 +292,9 @@ def test_a_nan_teacher_is_refused_naming_the_tensor_unless_allowed(ckpt, tmp_pat
     assert "NaN/inf in 1 of" in err and "model.norm.weight (3 entries)" in err and "--allow-nonfinite" in err
     assert not (tmp_path / "out").exists()
     assert export_cli(ckpt["root"], tmp_path / "out", "--allow-nonfinite") == 0
-    assert torch.isnan(AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()["model.norm.weight"]).sum() == 3
+    assert (
+        torch.isnan(AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()["model.norm.weight"]).sum() == 3
+    )
 
 
 def test_a_cast_that_overflows_is_refused(ckpt, tmp_path):

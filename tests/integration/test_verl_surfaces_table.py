@@ -65,4 +65,8 @@ def test_every_named_test_exists():
 
 def test_the_reader_follows_a_file_into_its_continuations():
     cell = "`tests/e2e/x.py::test_a`, `::test_b` *(slow)*; `tests/cpu/y.py::test_c`"
-    assert named_tests(cell) == [("tests/e2e/x.py", "test_a"), ("tests/e2e/x.py", "test_b"), ("tests/cpu/y.py", "test_c")]
+    assert named_tests(cell) == [
+        ("tests/e2e/x.py", "test_a"),
+        ("tests/e2e/x.py", "test_b"),
+        ("tests/cpu/y.py", "test_c"),
+    ]

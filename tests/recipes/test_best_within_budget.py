@@ -71,9 +71,15 @@ def test_metric_is_found_automatically_and_short_runs_are_flagged(run_log):
 
 
 def test_a_resumed_run_is_merged_by_step_later_files_win(tmp_path):
-    first = write_verl_log(tmp_path / "metrics.20260101-000000.jsonl", [
-        (0, {ACC: 0.40}), (1, {"timing_s/step": H}), (2, {"timing_s/step": H, ACC: 0.50}), (3, {"timing_s/step": H, ACC: 0.99}),
-    ])
+    first = write_verl_log(
+        tmp_path / "metrics.20260101-000000.jsonl",
+        [
+            (0, {ACC: 0.40}),
+            (1, {"timing_s/step": H}),
+            (2, {"timing_s/step": H, ACC: 0.50}),
+            (3, {"timing_s/step": H, ACC: 0.99}),
+        ],
+    )
     # Crashed after step 3 with the last checkpoint at step 2: the resumed launch re-runs step 3.
     second = write_verl_log(tmp_path / "metrics.20260101-060000.jsonl", [(3, {"timing_s/step": 2 * H, ACC: 0.55})])
     records = bwb.load_records([tmp_path])  # a folder: every *.jsonl in name order
@@ -86,12 +92,17 @@ def test_a_resumed_run_is_merged_by_step_later_files_win(tmp_path):
 
 def test_flat_jsonl_with_wall_clock_seconds_or_timestamps(tmp_path):
     flat = tmp_path / "flat.jsonl"
-    flat.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"step": 0, "timing/wall": 0, "val/acc": 0.3},
-        {"step": 10, "timing/wall": 0.9 * H, "val/acc": 0.5},
-        {"step": 20, "timing/wall": 4.0 * H, "val/acc": 0.7},
-        {"step": 30, "timing/wall": 9.0 * H, "val/acc": 0.6},
-    ]))
+    flat.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"step": 0, "timing/wall": 0, "val/acc": 0.3},
+                {"step": 10, "timing/wall": 0.9 * H, "val/acc": 0.5},
+                {"step": 20, "timing/wall": 4.0 * H, "val/acc": 0.7},
+                {"step": 30, "timing/wall": 9.0 * H, "val/acc": 0.6},
+            ]
+        )
+    )
     records = bwb.load_records([flat])
     elapsed, clock = bwb.elapsed_seconds(records)
     assert clock == "wall"
@@ -99,7 +110,12 @@ def test_flat_jsonl_with_wall_clock_seconds_or_timestamps(tmp_path):
 
     stamped = tmp_path / "stamped.jsonl"
     start = 1_780_000_000
-    stamped.write_text("".join(json.dumps({"step": s, "timestamp": start + t, "val/acc": a}) + "\n" for s, t, a in [(0, 0, 0.3), (5, 2 * H, 0.6)]))
+    stamped.write_text(
+        "".join(
+            json.dumps({"step": s, "timestamp": start + t, "val/acc": a}) + "\n"
+            for s, t, a in [(0, 0, 0.3), (5, 2 * H, 0.6)]
+        )
+    )
     records = bwb.load_records([stamped])
     elapsed, _ = bwb.elapsed_seconds(records, clock="wall", wall_key="timestamp")
     assert elapsed == {0: 0.0, 5: 2 * H}
@@ -142,7 +158,9 @@ def test_log_of_a_real_resumed_run_is_read_as_one_run(capsys):
     records = bwb.load_records([RESUMED])
     elapsed, clock = bwb.elapsed_seconds(records)
     assert clock == "step_time"
-    assert elapsed == pytest.approx({0: 0.0, 1: step_times[1], 2: step_times[1] + step_times[2], 3: sum(step_times.values())})
+    assert elapsed == pytest.approx(
+        {0: 0.0, 1: step_times[1], 2: step_times[1] + step_times[2], 3: sum(step_times.values())}
+    )
     assert records[2]["timing_s/step"] == step_times[2]  # the training record of step 2 survives the merge
     metric = "val-core/srpo_verl/addition/acc/mean@16"
     assert bwb.find_metrics(records) == [metric]

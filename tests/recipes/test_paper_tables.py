@@ -69,12 +69,19 @@ def test_the_cells_are_the_40_recipe_scripts():
 def logs(tmp_path):
     root = tmp_path / "checkpoints"
     for i, task in enumerate(TASKS):  # Qwen3-8B SRPO, every task: 1h 0.60+i/100, 5h 0.70+i/100, 10h 0.80+i/100
-        write_cell_log(root, f"qwen3_8b_srpo_{task}", run(task, 0.40 + i / 100, 0.60 + i / 100, 0.70 + i / 100,
-                                                            0.80 + i / 100, later=0.99))
+        write_cell_log(
+            root,
+            f"qwen3_8b_srpo_{task}",
+            run(task, 0.40 + i / 100, 0.60 + i / 100, 0.70 + i / 100, 0.80 + i / 100, later=0.99),
+        )
     # GRPO Chemistry only; its best within 10 h comes at 5 h (the 10 h validation is worse).
     write_cell_log(root, "qwen3_8b_grpo_chemistry", run("chemistry", 0.42, 0.50, 0.75, 0.70, step_s=H))
     # A Qwen3-4B SDPO run stopped after 3 h: within 10 h its best is marked as from a shorter run.
-    short = [(0, {acc("physics"): 0.30}), (1, {"timing_s/step": 1.5 * H}), (2, {"timing_s/step": 1.5 * H, acc("physics"): 0.55})]
+    short = [
+        (0, {acc("physics"): 0.30}),
+        (1, {"timing_s/step": 1.5 * H}),
+        (2, {"timing_s/step": 1.5 * H, acc("physics"): 0.55}),
+    ]
     write_cell_log(root, "qwen3_4b_sdpo_physics", short)
     # An unreadable cell: a broken JSON line.
     bad = write_cell_log(root, "qwen3_8b_advantage_mix_biology", run("biology", 0.4, 0.5, 0.6, 0.7))
@@ -98,7 +105,8 @@ def test_tables_from_synthetic_logs(logs):
     assert table1[("Qwen3-4B", "SDPO")] == ["-", "55.0*", "-", "-", "-", "-"]
     assert table1[("Qwen3-4B", "base")] == ["-", "30.0", "-", "-", "-", "-"]
     assert list(table1) == [("Qwen3-8B", m) for m in ("base", "GRPO", "SDPO", "SRPO")] + [
-        ("Qwen3-4B", m) for m in ("base", "GRPO", "SDPO", "SRPO")]
+        ("Qwen3-4B", m) for m in ("base", "GRPO", "SDPO", "SRPO")
+    ]
 
     ablation = section(text, "Ablation")
     assert list(ablation) == [("Qwen3-8B", "SRPO"), ("Qwen3-8B", "SRPO w/o DW"), ("Qwen3-8B", "advantage mix")]
@@ -119,13 +127,26 @@ def test_tables_from_synthetic_logs(logs):
 def test_a_resumed_cell_and_an_older_data_source_name(tmp_path):
     root = tmp_path / "ck"
     # two launches of one cell: the second re-runs step 2 after a crash and scores higher there
-    write_cell_log(root, "qwen3_8b_srpo_physics", [(0, {acc("physics"): 0.5}), (1, {"timing_s/step": H}),
-                                                   (2, {"timing_s/step": H, acc("physics"): 0.6})])
-    write_cell_log(root, "qwen3_8b_srpo_physics", [(2, {"timing_s/step": H, acc("physics"): 0.7})],
-                   file="metrics.20260101-050000.jsonl")
+    write_cell_log(
+        root,
+        "qwen3_8b_srpo_physics",
+        [(0, {acc("physics"): 0.5}), (1, {"timing_s/step": H}), (2, {"timing_s/step": H, acc("physics"): 0.6})],
+    )
+    write_cell_log(
+        root,
+        "qwen3_8b_srpo_physics",
+        [(2, {"timing_s/step": H, acc("physics"): 0.7})],
+        file="metrics.20260101-050000.jsonl",
+    )
     # rows written with an earlier data_source name log under that name
-    write_cell_log(root, "qwen3_8b_srpo_biology", [(0, {"val-core/sciknoweval_biology/acc/mean@16": 0.25}),
-                                                   (1, {"timing_s/step": H, "val-core/sciknoweval_biology/acc/mean@16": 0.5})])
+    write_cell_log(
+        root,
+        "qwen3_8b_srpo_biology",
+        [
+            (0, {"val-core/sciknoweval_biology/acc/mean@16": 0.25}),
+            (1, {"timing_s/step": H, "val-core/sciknoweval_biology/acc/mean@16": 0.5}),
+        ],
+    )
     cells = [c for c in pt.recipe_cells() if c.model == "qwen3_8b" and c.method == "srpo"]
     results = pt.read_all(cells, str(root), "srpo_paper", [10.0], warn=lambda _: None)
     physics = next(c for c in cells if c.task == "physics")

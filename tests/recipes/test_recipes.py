@@ -34,7 +34,7 @@ MODELS = {"qwen3_8b": "Qwen/Qwen3-8B", "qwen3_4b": "Qwen/Qwen3-4B"}
 
 def parse_cell(path):
     """run_<model>_<algo>_<task>.sh -> (model, algo, task)."""
-    stem = path.stem[len("run_"):]
+    stem = path.stem[len("run_") :]
     model = next(m for m in MODELS if stem.startswith(m + "_"))
     task = next(t for t in TASKS if stem.endswith("_" + t))
     return model, stem[len(model) + 1 : -len(task) - 1], task
@@ -113,8 +113,13 @@ def test_recipe_composes_to_the_paper_configuration(script, hydra_compose):
 def test_environment_knobs_and_extra_overrides_reach_the_config(hydra_compose):
     script = RECIPES / "table1" / "run_qwen3_4b_srpo_toolalpaca.sh"
     proc = dry_run(
-        script, "trainer.test_freq=3", "algorithm.srpo.beta=0.5",
-        INFER_BACKEND="vllm", NNODES="2", MODEL_PATH="/models/qwen3-4b", ROLLOUT_TP="2",
+        script,
+        "trainer.test_freq=3",
+        "algorithm.srpo.beta=0.5",
+        INFER_BACKEND="vllm",
+        NNODES="2",
+        MODEL_PATH="/models/qwen3-4b",
+        ROLLOUT_TP="2",
     )
     assert proc.returncode == 0, proc.stderr
     cfg = hydra_compose(proc.stdout.splitlines())
@@ -141,7 +146,11 @@ def test_launch_without_data_points_at_the_preparation(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DRY_RUN"}
     env.update(DATA_DIR=str(tmp_path), CKPT_ROOT=str(tmp_path / "ckpt"), PYTHON="false")
     proc = subprocess.run(
-        ["bash", str(RECIPES / "table1" / "run_qwen3_8b_srpo_physics.sh")], env=env, capture_output=True, text=True, timeout=60
+        ["bash", str(RECIPES / "table1" / "run_qwen3_8b_srpo_physics.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0 and "prepare_data.sh" in proc.stderr
     assert not (tmp_path / "ckpt").exists()
@@ -170,9 +179,14 @@ def test_quickstart_launch_line_composes(hydra_compose):
     import shlex
 
     doc = (REPO / "docs" / "quickstart.md").read_text()
-    block = next(b for b in re.findall(r"```bash\n(.*?)```", doc, flags=re.DOTALL) if "srpo_verl.main_ppo algorithm" in b)
+    block = next(
+        b for b in re.findall(r"```bash\n(.*?)```", doc, flags=re.DOTALL) if "srpo_verl.main_ppo algorithm" in b
+    )
     words = shlex.split(block.replace("\\\n", " "))
     overrides = [w.replace("$HOME", "/home/u") for w in words[words.index("srpo_verl.main_ppo") + 1 :]]
     cfg = hydra_compose(overrides)
     assert cfg.algorithm.srpo.method == "srpo" and cfg.reward.custom_reward_function.path == "pkg://srpo_verl.tasks"
-    assert cfg.data.apply_chat_template_kwargs.enable_thinking is False and list(cfg.trainer.logger) == ["console", "file"]
+    assert cfg.data.apply_chat_template_kwargs.enable_thinking is False and list(cfg.trainer.logger) == [
+        "console",
+        "file",
+    ]

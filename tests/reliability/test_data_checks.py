@@ -38,12 +38,20 @@ def without(i, key):
 
 def prompt_tokens(tok, row):
     # Independent count: render the template as text, then one token per character (+ specials).
-    return len(tok(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
+    return len(
+        tok(
+            tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False
+        )["input_ids"]
+    )
 
 
 BAD_ROWS = [
     ("missing_prompt", lambda: without(1, "prompt"), "missing `prompt` at rows [1]"),
-    ("prompt_is_a_string", lambda: with_row(2, prompt="1+2="), "`prompt` is not a list of {role, content} chat messages at rows [2]"),
+    (
+        "prompt_is_a_string",
+        lambda: with_row(2, prompt="1+2="),
+        "`prompt` is not a list of {role, content} chat messages at rows [2]",
+    ),
     ("prompt_without_content", lambda: with_row(0, prompt=[{"role": "user"}]), "is not a list of {role, content}"),
     ("empty_prompt", lambda: with_row(1, prompt=[]), "empty `prompt` (no messages) at rows [1]"),
     (
@@ -51,10 +59,22 @@ BAD_ROWS = [
         lambda: with_row(0, prompt=[{"role": "system", "content": "Add."}]),
         "`prompt` has no user turn (the teacher prompt rewrites the last user turn) at rows [0]",
     ),
-    ("blank_user_turn", lambda: with_row(2, prompt=[{"role": "user", "content": "  \n"}]), "only empty user turns at rows [2]"),
+    (
+        "blank_user_turn",
+        lambda: with_row(2, prompt=[{"role": "user", "content": "  \n"}]),
+        "only empty user turns at rows [2]",
+    ),
     ("missing_data_source", lambda: without(1, "data_source"), "missing `data_source` at rows [1]"),
-    ("missing_ground_truth", lambda: with_row(2, reward_model={"style": "rule"}), "missing `reward_model.ground_truth` at rows [2]"),
-    ("ground_truth_none", lambda: with_row(0, reward_model={"style": "rule", "ground_truth": None}), "ground_truth` at rows [0]"),
+    (
+        "missing_ground_truth",
+        lambda: with_row(2, reward_model={"style": "rule"}),
+        "missing `reward_model.ground_truth` at rows [2]",
+    ),
+    (
+        "ground_truth_none",
+        lambda: with_row(0, reward_model={"style": "rule", "ground_truth": None}),
+        "ground_truth` at rows [0]",
+    ),
 ]
 
 
@@ -67,7 +87,9 @@ def test_bad_row_is_an_error_naming_field_and_rows(make, text):
 def test_several_problems_are_reported_together():
     data = without(0, "prompt")
     data[2]["reward_model"] = {}
-    with pytest.raises(ValueError, match=r"missing `prompt` at rows \[0\]; missing `reward_model.ground_truth` at rows \[2\]"):
+    with pytest.raises(
+        ValueError, match=r"missing `prompt` at rows \[0\]; missing `reward_model.ground_truth` at rows \[2\]"
+    ):
         check_data_rows(data)
 
 
@@ -82,7 +104,9 @@ def test_prompt_longer_than_the_limit_is_an_error_naming_the_rows(tok):
     assert report.overlong_rows == [] and report.max_prompt_tokens == prompt_tokens(tok, data[1])
 
 
-@pytest.mark.parametrize("mode, text", [("filter", "dropped by verl"), ("truncate", "cut from the left")], ids=["filter", "truncate"])
+@pytest.mark.parametrize(
+    "mode, text", [("filter", "dropped by verl"), ("truncate", "cut from the left")], ids=["filter", "truncate"]
+)
 def test_overlong_prompt_allowed_by_the_config_is_logged(tok, caplog, mode, text):
     data = rows()
     data[0]["prompt"] = [{"role": "user", "content": "9" * 60}]
@@ -121,7 +145,9 @@ def test_parquet_roundtrip_is_checked_like_rows(tmp_path, tok):
     data = rows()
     data[1]["prompt"] = [{"role": "system", "content": "x"}]
     config = _config(tmp_path, data)
-    with pytest.raises(ValueError, match=r"data.train_files .*train.parquet: `prompt` has no user turn .* at rows \[1\]"):
+    with pytest.raises(
+        ValueError, match=r"data.train_files .*train.parquet: `prompt` has no user turn .* at rows \[1\]"
+    ):
         check_data_files(config, tokenizer=tok)
 
 
@@ -164,7 +190,9 @@ def test_addition_data_with_the_e2e_settings_passes(tiny_model_path, addition_da
     from srpo_verl.demo.harness import tiny_cpu_overrides
 
     with initialize_config_module("srpo_verl.config", version_base=None):
-        config = compose("srpo_trainer", overrides=tiny_cpu_overrides(tiny_model_path, addition_data, "/tmp/x", total_steps=1))
+        config = compose(
+            "srpo_trainer", overrides=tiny_cpu_overrides(tiny_model_path, addition_data, "/tmp/x", total_steps=1)
+        )
     reports = check_data_files(config)
     assert sum(r.rows for r in reports.values()) == 512 + 64
     assert all(r.overlong_rows == [] and 0 < r.max_prompt_tokens <= 32 for r in reports.values())
@@ -181,8 +209,15 @@ def _teacher_step_refuses(tok, row, limit) -> bool:
     cfg = SRPOConfig()
     try:
         teacher_prompt_ids(
-            tok, row["prompt"], solution=plain_ids(tok, "7")[:1], feedback=None, reprompt_template=cfg.reprompt_template,
-            feedback_template=cfg.feedback_template, strip_think=True, max_length=limit, overflow="truncate",
+            tok,
+            row["prompt"],
+            solution=plain_ids(tok, "7")[:1],
+            feedback=None,
+            reprompt_template=cfg.reprompt_template,
+            feedback_template=cfg.feedback_template,
+            strip_think=True,
+            max_length=limit,
+            overflow="truncate",
         )
     except ValueError as err:
         assert "question alone is too long" in str(err)
@@ -205,9 +240,18 @@ def test_teacher_budget_is_checked_with_the_real_tokenizer(tmp_path, which):
     overhead = report.teacher_overhead
     assert overhead > 5  # the template's wording: ~58 tokens on the character tokenizer, ~12+ on the BPE
     # At the data limit: the budget must hold the prompt, the template overhead and one demonstration token.
-    with pytest.raises(ValueError, match=rf"algorithm.srpo.max_teacher_prompt_length={longest} cannot hold a prompt at "
-                                         rf"data.max_prompt_length={longest}: .* adds up to {overhead} tokens"):
-        check_data_rows(data, source="data.train_files t.parquet", tokenizer=tok, max_prompt_length=longest, teacher=_teacher(longest))
+    with pytest.raises(
+        ValueError,
+        match=rf"algorithm.srpo.max_teacher_prompt_length={longest} cannot hold a prompt at "
+        rf"data.max_prompt_length={longest}: .* adds up to {overhead} tokens",
+    ):
+        check_data_rows(
+            data,
+            source="data.train_files t.parquet",
+            tokenizer=tok,
+            max_prompt_length=longest,
+            teacher=_teacher(longest),
+        )
     check_data_rows(data, tokenizer=tok, max_prompt_length=longest, teacher=_teacher(longest + overhead + 1))
     # Row by row (no data limit, as with data.truncation=left): refused exactly where the step refuses.
     for limit in range(longest, longest + overhead + 3):
@@ -232,8 +276,11 @@ def _teacher(limit, feedback=False):
 
 def test_teacher_budget_in_a_file_names_the_key_and_the_file(tmp_path, tok):
     config = _config(tmp_path, rows(), "algorithm.srpo.max_teacher_prompt_length=32")  # passes the old `>=` check
-    with pytest.raises(ValueError, match=r"data.train_files .*train.parquet: algorithm.srpo.max_teacher_prompt_length=32 "
-                                         r"cannot hold a prompt at data.max_prompt_length=32"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.train_files .*train.parquet: algorithm.srpo.max_teacher_prompt_length=32 "
+        r"cannot hold a prompt at data.max_prompt_length=32",
+    ):
         check_data_files(config, tokenizer=tok)
     assert check_data_files(_config(tmp_path, rows(), "algorithm.srpo.max_teacher_prompt_length=128"), tokenizer=tok)
 
@@ -267,7 +314,9 @@ def test_non_text_last_user_turn_is_refused_naming_row_and_file(tmp_path, tok, c
     assert f"data.val_files {path}: `prompt`'s last user turn is not text (its content is {kind})" in message
     assert message.endswith("at rows [2]")
     # The same rows in memory (a caller's own rows: NaN stays NaN).
-    with pytest.raises(ValueError, match=r"last user turn is not text \(its content is a (NaN|list|NoneType|int)\).* at rows \[2\]"):
+    with pytest.raises(
+        ValueError, match=r"last user turn is not text \(its content is a (NaN|list|NoneType|int)\).* at rows \[2\]"
+    ):
         check_data_rows(data, source="rows", teacher=_teacher(None))
 
 
@@ -284,9 +333,14 @@ def test_misspelt_data_source_is_refused_naming_rows_and_file(tmp_path):
     data = rows()
     for r in data:
         r["data_source"] = "sciknoweva"
-    with pytest.raises(ValueError, match=r"data.train_files .*train.parquet: data_source 'sciknoweva' is neither one of "
-                                         r"srpo_verl's tasks .* at rows \[0, 1, 2\]"):
-        check_data_files(_config(tmp_path, data, "reward.custom_reward_function.path=pkg://srpo_verl.tasks"), tokenizer=None)
+    with pytest.raises(
+        ValueError,
+        match=r"data.train_files .*train.parquet: data_source 'sciknoweva' is neither one of "
+        r"srpo_verl's tasks .* at rows \[0, 1, 2\]",
+    ):
+        check_data_files(
+            _config(tmp_path, data, "reward.custom_reward_function.path=pkg://srpo_verl.tasks"), tokenizer=None
+        )
     with pytest.raises(ValueError, match="'sciknoweva' is neither"):  # verl's default scorer: the same dispatch
         check_data_files(_config(tmp_path, data, "reward.custom_reward_function.path=null"), tokenizer=None)
     assert check_data_files(_config(tmp_path, data), tokenizer=None)  # another custom function decides itself
@@ -317,14 +371,25 @@ def test_gold_tool_names_that_are_not_one_word_are_warned_with_the_count(caplog)
 
     def tool_row(i, names):
         gold = json.dumps([{"Action": n, "Action_Input": "{}"} for n in names])
-        return {"data_source": "tooluse", "prompt": [{"role": "user", "content": "q"}], "reward_model": {"ground_truth": gold},
-                "extra_info": {"split": "test", "index": i}}
+        return {
+            "data_source": "tooluse",
+            "prompt": [{"role": "user", "content": "q"}],
+            "reward_model": {"ground_truth": gold},
+            "extra_info": {"split": "test", "index": i},
+        }
 
     data = [tool_row(0, ["getUser"]), tool_row(1, ["getUser", "[Optional]updateUserProfile"]), tool_row(2, ["a b"])]
     with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.data_checks"):
         check_data_rows(data, source="data.val_files test.parquet")
-    assert "data.val_files test.parquet: 2 row(s) (rows [1, 2]) have a gold tool name that is not one word" in caplog.text
-    assert toolalpaca.compute_score("tooluse", "Action: [Optional]updateUserProfile\nAction Input: {}", data[2]["reward_model"]["ground_truth"])["score"] == 0.0
+    assert (
+        "data.val_files test.parquet: 2 row(s) (rows [1, 2]) have a gold tool name that is not one word" in caplog.text
+    )
+    assert (
+        toolalpaca.compute_score(
+            "tooluse", "Action: [Optional]updateUserProfile\nAction Input: {}", data[2]["reward_model"]["ground_truth"]
+        )["score"]
+        == 0.0
+    )
 
 
 def test_jsonl_line_that_is_not_an_object_names_the_file_and_the_line(tmp_path):

@@ -20,8 +20,14 @@ _spec.loader.exec_module(krt)
 
 
 def test_metric_comparison_catches_any_difference():
-    ref = {1: {"actor/pg_loss": 0.25, "srpo/routed_share": 0.5, "timing_s/step": 2.0}, 2: {"actor/pg_loss": float("nan")}}
-    same = {1: {"actor/pg_loss": 0.25, "srpo/routed_share": 0.5, "timing_s/step": 9.0}, 2: {"actor/pg_loss": float("nan")}}
+    ref = {
+        1: {"actor/pg_loss": 0.25, "srpo/routed_share": 0.5, "timing_s/step": 2.0},
+        2: {"actor/pg_loss": float("nan")},
+    }
+    same = {
+        1: {"actor/pg_loss": 0.25, "srpo/routed_share": 0.5, "timing_s/step": 9.0},
+        2: {"actor/pg_loss": float("nan")},
+    }
     assert krt.compare_metrics(ref, same) == (0.0, [])  # timings ignored, NaN == NaN
     off = {1: {**same[1], "actor/pg_loss": 0.25 + 1e-12}, 2: same[2]}
     diff, mismatches = krt.compare_metrics(ref, off)
@@ -82,7 +88,11 @@ def test_trial_evaluation_tolerates_only_a_lost_metrics_line(tmp_path):
     _checkpoint(tmp_path / "trial2", 5, w, {"w": w["w"] / 2 + torch.tensor([0.0, 0.0, 1e-6])})
     r = krt.evaluate(
         krt.TrialResult(trial=0, kill_after_checkpoint=1, delay_s=0.0, killed=True, resumed_from=3),
-        reference, first, second, str(tmp_path / "trial2"), 5,
+        reference,
+        first,
+        second,
+        str(tmp_path / "trial2"),
+        5,
     )
     assert not r.identical and r.student_max_abs_diff == 0.0 and 0 < r.teacher_max_abs_diff < 2e-6
 
@@ -99,10 +109,15 @@ def test_rollout_outputs_do_not_depend_on_how_requests_were_batched(tiny_model_p
     from srpo_verl.cpu.hf_rollout import DECODE_ROWS, HFServer, SamplingKey, _Request, request_seed
     from verl.workers.config import RolloutConfig
 
-    config = RolloutConfig(name="hf", dtype="float32", tensor_model_parallel_size=1, prompt_length=32, response_length=8)
+    config = RolloutConfig(
+        name="hf", dtype="float32", tensor_model_parallel_size=1, prompt_length=32, response_length=8
+    )
     model = OmegaConf.create(
-        {"_target_": "verl.workers.config.HFModelConfig", "path": tiny_model_path,
-         "override_config": {"attn_implementation": "sdpa"}}
+        {
+            "_target_": "verl.workers.config.HFModelConfig",
+            "path": tiny_model_path,
+            "override_config": {"attn_implementation": "sdpa"},
+        }
     )
     server = HFServer(config, model)
     asyncio.run(server.launch_server())
@@ -114,8 +129,7 @@ def test_rollout_outputs_do_not_depend_on_how_requests_were_batched(tiny_model_p
 
     def decode(indices):
         rows = [
-            _Request(f"r{i}", prompts[i], 8, key, request_seed(7, 1, prompts[i], key, 0), future=None)
-            for i in indices
+            _Request(f"r{i}", prompts[i], 8, key, request_seed(7, 1, prompts[i], key, 0), future=None) for i in indices
         ]
         server._decode(rows, key)
         return {i: (r.tokens, r.log_probs) for i, r in zip(indices, rows)}

@@ -58,7 +58,9 @@ def test_k_larger_than_vocab_is_the_full_vocabulary(dtype):
     student = (torch.randn(2, 2, 6, generator=gen) * 3).to(dtype)
     teacher = (torch.randn(2, 2, 6, generator=gen) * 3).to(dtype)
     _, div, _ = finite_loss_and_grad(student, teacher, k=6 + 94)
-    torch.testing.assert_close(div.float(), ca.full_vocab_divergence(student.float(), teacher.float()), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        div.float(), ca.full_vocab_divergence(student.float(), teacher.float()), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

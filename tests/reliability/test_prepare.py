@@ -36,7 +36,10 @@ def verl_main(monkeypatch):
     "extra, text",
     [
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
-        (["data.max_prompt_length=4", "algorithm.srpo.max_teacher_prompt_length=null"], "longer than data.max_prompt_length=4"),
+        (
+            ["data.max_prompt_length=4", "algorithm.srpo.max_teacher_prompt_length=null"],
+            "longer than data.max_prompt_length=4",
+        ),
     ],
     ids=["config", "data"],
 )

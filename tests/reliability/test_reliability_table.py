@@ -42,7 +42,11 @@ def functions(path: Path) -> dict[str, ast.FunctionDef]:
 def skip_marks(path: Path, func: ast.FunctionDef) -> list[str]:
     """skip/skipif/xfail decorators of a test, or of its module (`pytestmark = ...`)."""
     tree = ast.parse(path.read_text())
-    module_marks = [n.value for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)]
+    module_marks = [
+        n.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+    ]
     text = " ".join(ast.unparse(d) for d in [*func.decorator_list, *module_marks])
     return re.findall(r"\b(skip|skipif|xfail)\b", text)
 

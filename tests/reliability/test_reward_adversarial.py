@@ -49,7 +49,7 @@ def fill(unit, size, head=""):
         fill("[", MB, head="Action: search\nAction Input: "),  # unclosed, 1 MB deep
         "Action: search\nAction Input: " + "[" * 600 + "]" * 600,  # closed, deeper than normalize could recurse
         fill('{"a":', MB, head="Action: search\nAction Input: "),
-        "Action: search\nAction Input: {\"q\": " + "[" * 5000 + "]" * 5000 + "}",  # deep inside the reference's {...}
+        'Action: search\nAction Input: {"q": ' + "[" * 5000 + "]" * 5000 + "}",  # deep inside the reference's {...}
     ],
     ids=["unclosed_1MB", "closed_600", "objects_1MB", "inside_braces_5000"],
 )
@@ -110,10 +110,53 @@ def test_one_megabyte_of_repeated_tags_scores_in_linear_time(family):
 # --------------------------------------------------------------------------- fuzz
 
 PIECES = [
-    "<think>", "</think>", "<THINK>", "<answer>", "</answer>", "<ANSWER>", "Action:", "Action Input:",
-    "ACTION INPUT:", "ASSISTANT ", "**", "`", "```json\n", "```", "{", "}", "[", "]", '"', "\\", ":", ",",
-    "A", "B", "E", "a", "(B)", "not ", " is wrong", "The answer is ", "\\boxed{", "Option ", "\n", " ", "\t",
-    "\x00", "\x1b[31m", "\r", "\u202e", "İ", "\ud800", "<|im_end|>", "\ufeff", "search", '"q"', "1", "null",
+    "<think>",
+    "</think>",
+    "<THINK>",
+    "<answer>",
+    "</answer>",
+    "<ANSWER>",
+    "Action:",
+    "Action Input:",
+    "ACTION INPUT:",
+    "ASSISTANT ",
+    "**",
+    "`",
+    "```json\n",
+    "```",
+    "{",
+    "}",
+    "[",
+    "]",
+    '"',
+    "\\",
+    ":",
+    ",",
+    "A",
+    "B",
+    "E",
+    "a",
+    "(B)",
+    "not ",
+    " is wrong",
+    "The answer is ",
+    "\\boxed{",
+    "Option ",
+    "\n",
+    " ",
+    "\t",
+    "\x00",
+    "\x1b[31m",
+    "\r",
+    "\u202e",
+    "İ",
+    "\ud800",
+    "<|im_end|>",
+    "\ufeff",
+    "search",
+    '"q"',
+    "1",
+    "null",
 ]
 
 
@@ -177,7 +220,11 @@ def mcq_row(gold, labels=("A", "B", "C", "D")):
 
 
 def tool_row(gold):
-    return {"prompt": [{"role": "user", "content": "Q?"}], "data_source": "tooluse", "reward_model": {"ground_truth": gold}}
+    return {
+        "prompt": [{"role": "user", "content": "Q?"}],
+        "data_source": "tooluse",
+        "reward_model": {"ground_truth": gold},
+    }
 
 
 def test_data_check_refuses_mcq_gold_answers_outside_the_labels():

@@ -125,12 +125,19 @@ def test_uid_shared_by_two_prompts_within_rollout_n_is_an_error(group_size, as_n
     prompts = [PROMPT_A, PROMPT_A, PROMPT_B, PROMPT_B, PROMPT_B]
     rows = [torch.tensor(p) for p in prompts]
     prompts = torch.nested.as_nested_tensor(rows, layout=torch.jagged) if as_nested else torch.stack(rows)
-    with pytest.raises(ValueError, match=re.escape("uid: 1 uid(s) shared by different prompts (e.g. 'a': rows [0, 1] vs rows [2, 3])")):
+    with pytest.raises(
+        ValueError, match=re.escape("uid: 1 uid(s) shared by different prompts (e.g. 'a': rows [0, 1] vs rows [2, 3])")
+    ):
         step([1.0, 0.0, 0.0, 0.0, 1.0], ["a", "a", "a", "a", "b"], group_size=group_size, prompts=prompts)
     # Control: the same batch with one prompt per uid passes; a padding row may hold anything.
     ok = [PROMPT_A] * 4 + [PROMPT_B, [1, 2, 3, 4, 5]]
-    s = step([1.0, 0.0, 0.0, 0.0, 1.0, 1.0], ["a"] * 4 + ["b", "a"], group_size=group_size,
-             prompts=torch.tensor(ok), real=[True] * 5 + [False])
+    s = step(
+        [1.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+        ["a"] * 4 + ["b", "a"],
+        group_size=group_size,
+        prompts=torch.tensor(ok),
+        real=[True] * 5 + [False],
+    )
     assert s.uid.tolist() == ["a"] * 4 + ["b", "__pad_5"]
 
 
@@ -184,7 +191,12 @@ def test_padding_rows_form_their_own_groups_and_are_never_routed():
 def test_response_without_valid_tokens_is_never_routed_nor_a_demonstration(layout, caplog):
     # Group a: row 0 correct but empty, row 1 wrong; row 2 wrong and empty, row 3 correct.
     if layout == "zero_length":
-        mask = [torch.ones(0, dtype=torch.bool), torch.ones(3, dtype=torch.bool), torch.ones(0, dtype=torch.bool), torch.ones(2, dtype=torch.bool)]
+        mask = [
+            torch.ones(0, dtype=torch.bool),
+            torch.ones(3, dtype=torch.bool),
+            torch.ones(0, dtype=torch.bool),
+            torch.ones(2, dtype=torch.bool),
+        ]
     else:
         mask = masks(0, 3, 0, 2)
     with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.step_checks"):
@@ -203,10 +215,20 @@ def test_response_without_valid_tokens_is_never_routed_nor_a_demonstration(layou
 
 def test_truncated_response_without_eos_is_counted_and_routed_normally():
     eos, pad = 9, 0
-    responses = [torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 9, pad]), torch.tensor([1, 2, 3, 9]), torch.tensor([5, 5, 5, 5])]
+    responses = [
+        torch.tensor([1, 2, 3, 4]),
+        torch.tensor([1, 2, 9, pad]),
+        torch.tensor([1, 2, 3, 9]),
+        torch.tensor([5, 5, 5, 5]),
+    ]
     mask = masks(4, 3, 4, 4)
     s = check_step_inputs(
-        [0.0, 1.0, 1.0, 0.0], ["a", "a", "b", "b"], mask, responses=responses, eos_token_id=[eos, 10], max_response_length=4
+        [0.0, 1.0, 1.0, 0.0],
+        ["a", "a", "b", "b"],
+        mask,
+        responses=responses,
+        eos_token_id=[eos, 10],
+        max_response_length=4,
     )
     assert s.metrics["srpo/check/truncated_rows"] == 2  # rows 0 and 3 hit the limit without EOS
     assert s.usable.all()

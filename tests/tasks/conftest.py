@@ -40,7 +40,11 @@ def run_script():
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         return subprocess.run(
             [sys.executable, str(REPO / "scripts" / name), *map(str, args)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     return run

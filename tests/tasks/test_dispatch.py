@@ -48,7 +48,9 @@ def test_misspelt_reward_kwarg_is_refused_naming_the_valid_ones():
         tasks.compute_score("sciknoweval", "<answer>A</answer>", "A", lenent=True)
 
 
-@pytest.mark.parametrize("value", ["false", "False", "0", 0, 1, None], ids=["false", "False", "zero_str", "zero", "one", "none"])
+@pytest.mark.parametrize(
+    "value", ["false", "False", "0", 0, 1, None], ids=["false", "False", "zero_str", "zero", "one", "none"]
+)
 def test_reward_switch_that_is_not_a_bool_is_refused_naming_the_key(value):
     """Before: `lenient='false'` (a truthy string) silently switched the lenient scorer on."""
     with pytest.raises(TypeError, match=r"reward_kwargs\.lenient=.*must be true or false"):
@@ -72,14 +74,22 @@ def test_lenient_override_reaches_the_reward_through_verls_loader():
     from hydra import compose, initialize_config_module
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    base = ["reward.custom_reward_function.path=pkg://srpo_verl.tasks", "reward.custom_reward_function.name=compute_score"]
+    base = [
+        "reward.custom_reward_function.path=pkg://srpo_verl.tasks",
+        "reward.custom_reward_function.name=compute_score",
+    ]
     with initialize_config_module("srpo_verl.config", version_base=None):
         default = compose("srpo_trainer", overrides=base)
-        lenient = compose("srpo_trainer", overrides=[*base, "+reward.custom_reward_function.reward_kwargs.lenient=true"])
+        lenient = compose(
+            "srpo_trainer", overrides=[*base, "+reward.custom_reward_function.reward_kwargs.lenient=true"]
+        )
         with pytest.raises(Exception, match="reward_kwargs"):
             compose("srpo_trainer", overrides=[*base, "reward.custom_reward_function.reward_kwargs.lenient=true"])
     response = "The answer is (A)."
-    assert get_custom_reward_fn(default)(data_source="sciknoweval", solution_str=response, ground_truth="A")["score"] == 0.0
+    assert (
+        get_custom_reward_fn(default)(data_source="sciknoweval", solution_str=response, ground_truth="A")["score"]
+        == 0.0
+    )
     result = get_custom_reward_fn(lenient)(data_source="sciknoweval", solution_str=response, ground_truth="A")
     assert result["score"] == 1.0
 
@@ -139,13 +149,17 @@ def _strip_thinking_by_regex(text):
     text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL | re.IGNORECASE)
     closes = list(re.finditer(r"</think>", text, flags=re.IGNORECASE))
     if closes:
-        text = text[closes[-1].end():]
+        text = text[closes[-1].end() :]
     opened = re.search(r"<think>", text, flags=re.IGNORECASE)
     return (text[: opened.start()] if opened else text).strip()
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(["<think>", "</think>", "<THINK>", "</Think>", "a", " ", "\n", "İ", "<", ">"]), max_size=14))
+@given(
+    st.lists(
+        st.sampled_from(["<think>", "</think>", "<THINK>", "</Think>", "a", " ", "\n", "İ", "<", ">"]), max_size=14
+    )
+)
 def test_strip_thinking_agrees_with_the_regex_definition(parts):
     text = "".join(parts)
     assert strip_thinking(text) == _strip_thinking_by_regex(text)

@@ -74,7 +74,10 @@ def test_row_has_the_sdpo_prompt_and_verl_columns(sciknoweval_records):
     question, labels, choices = (row["extra_info"][k] for k in ("question", "labels", "choices"))
     options = "\n".join(f"{label}: {text}" for label, text in zip(labels, choices))
     assert user == {"role": "user", "content": f"{question}\n\n{options}\nPlease reason step by step."}
-    assert labels == ["A", "B", "C", "D"] and row["reward_model"] == {"style": "rule", "ground_truth": row["reward_model"]["ground_truth"]}
+    assert labels == ["A", "B", "C", "D"] and row["reward_model"] == {
+        "style": "rule",
+        "ground_truth": row["reward_model"]["ground_truth"],
+    }
 
 
 def test_system_prompt_is_the_one_in_the_fork_files():
@@ -104,7 +107,12 @@ def test_fork_record_with_an_unexpected_prompt_is_refused():
 def test_options_are_read_back_even_when_an_option_ends_with_a_newline():
     record = {"question": "Q?", "choices": {"label": ["A", "B"], "text": ["one\n", "two"]}, "answerKey": "B"}
     row = ske.to_row(record, domain="physics", split="test", index=3)
-    fork = {"idx": 3, "answer": "B", "prompt": row["prompt"][1]["content"], "description": "Q? The solution will be evaluated in a mcq environment."}
+    fork = {
+        "idx": 3,
+        "answer": "B",
+        "prompt": row["prompt"][1]["content"],
+        "description": "Q? The solution will be evaluated in a mcq environment.",
+    }
     assert ske.from_fork_record(fork) == {**record, "idx": 3}
 
 
@@ -116,7 +124,16 @@ def test_unknown_domain_and_empty_input_are_refused(sciknoweval_records):
 
 
 def test_script_writes_parquet_and_reports_counts(tmp_path, run_script):
-    proc = run_script("prepare_sciknoweval.py", "--local-file", SCIKNOWEVAL_FILE, "--out-dir", tmp_path, "--domains", "chemistry", "materials")
+    proc = run_script(
+        "prepare_sciknoweval.py",
+        "--local-file",
+        SCIKNOWEVAL_FILE,
+        "--out-dir",
+        tmp_path,
+        "--domains",
+        "chemistry",
+        "materials",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "chemistry  train 20, test 3" in proc.stdout and "materials  train 9, test 2" in proc.stdout
     assert "paper: train 1890, test 210" in proc.stdout and "may have changed" not in proc.stdout
@@ -130,11 +147,22 @@ def test_script_writes_parquet_and_reports_counts(tmp_path, run_script):
 
 
 def test_script_reads_the_fork_folder_into_the_same_parquet(tmp_path, run_script):
-    upstream = run_script("prepare_sciknoweval.py", "--local-file", SCIKNOWEVAL_FILE, "--out-dir", tmp_path / "up",
-                          "--domains", "physics", "materials")
+    upstream = run_script(
+        "prepare_sciknoweval.py",
+        "--local-file",
+        SCIKNOWEVAL_FILE,
+        "--out-dir",
+        tmp_path / "up",
+        "--domains",
+        "physics",
+        "materials",
+    )
     fork = run_script("prepare_sciknoweval.py", "--local-file", FORK, "--out-dir", tmp_path / "fork")
     assert upstream.returncode == 0 and fork.returncode == 0, upstream.stderr + fork.stderr
-    assert "SDPO fork files for materials, physics" in fork.stdout or "SDPO fork files for physics, materials" in fork.stdout
+    assert (
+        "SDPO fork files for materials, physics" in fork.stdout
+        or "SDPO fork files for physics, materials" in fork.stdout
+    )
     for domain in ("physics", "materials"):
         for split in ("train", "test"):
             a = pd.read_parquet(tmp_path / "up" / domain / f"{split}.parquet")
@@ -171,7 +199,13 @@ CASES = [
     ("Let me think.</think>\n<answer>A</answer>", 1.0, "A", False, "A"),  # template opened <think>
     ("<think>I believe <answer>A</answer>", 0.0, "", True, ""),  # never left the thinking block
     ("The answer is (A).", 0.0, "The answer is (A).", True, "A"),  # no tags: the lenient reader's cue
-    ("Option B looks wrong, option C too. Final answer: **A**", 0.0, "Option B looks wrong, option C too. Final answer: **A**", True, "A"),
+    (
+        "Option B looks wrong, option C too. Final answer: **A**",
+        0.0,
+        "Option B looks wrong, option C too. Final answer: **A**",
+        True,
+        "A",
+    ),
     ("A", 1.0, "A", True, "A"),  # no tag at all: the whole text is the answer (as the reference)
     ("<answer>A", 1.0, "A", True, "A"),  # truncated before the closing tag: read to the end
     ("<answer>A</answer>\n</answer>", 1.0, "A", False, "A"),  # up to the first closer after the last opener
@@ -192,7 +226,9 @@ CASES = [
 def test_reference_rule_is_the_default_and_lenient_is_logged_beside(response, score, pred, format_error, letter):
     result = ske.compute_score("sciknoweval", response, "A", LABELS)
     assert (result["score"], result["pred"], result["format_error"]) == (score, pred, format_error)
-    assert result["acc"] == score and result["feedback"] == "" and result["reward_error"] == 0  # the reference gives no feedback
+    assert (
+        result["acc"] == score and result["feedback"] == "" and result["reward_error"] == 0
+    )  # the reference gives no feedback
     assert result["score_lenient"] == (1.0 if letter == "A" else 0.0)
     assert ske.reference_answer(response) == pred
     assert ske.extract_choice(response, LABELS["labels"], LABELS["choices"])[0] == letter
@@ -273,10 +309,18 @@ def test_a_response_scores_the_same_whatever_other_unicode_it_holds():
     for response in ("<answer>A</answer></thınk>", "<answer>A</answer><thınk>", "<anſwer>B</answer><answer>A</answer>"):
         for tail in ("", " İ", " \u212a"):
             assert ske.compute_score("sciknoweval", response + tail, "A", LABELS)["score"] == 1.0, (response, tail)
-            assert ske.compute_score("sciknoweval", response + tail, "A", LABELS, lenient=True)["score"] == 1.0, (response, tail)
+            assert ske.compute_score("sciknoweval", response + tail, "A", LABELS, lenient=True)["score"] == 1.0, (
+                response,
+                tail,
+            )
     # ASCII case still folds, with or without the dotted capital elsewhere.
     for tail in ("", " İ"):
-        assert ske.compute_score("sciknoweval", "<THINK>B</Think><ANSWER>A</ANSWER>" + tail, "A", LABELS, lenient=True)["score"] == 1.0
+        assert (
+            ske.compute_score("sciknoweval", "<THINK>B</Think><ANSWER>A</ANSWER>" + tail, "A", LABELS, lenient=True)[
+                "score"
+            ]
+            == 1.0
+        )
 
 
 def test_records_with_more_labels_than_option_texts_are_dropped_not_cut():
@@ -287,7 +331,11 @@ def test_records_with_more_labels_than_option_texts_are_dropped_not_cut():
         ske.to_row(record, domain="chemistry", split="train", index=0)
 
 
-@pytest.mark.parametrize("broken", ["answer_outside_labels", "more_labels_than_texts"], ids=["answer_outside_labels", "more_labels_than_texts"])
+@pytest.mark.parametrize(
+    "broken",
+    ["answer_outside_labels", "more_labels_than_texts"],
+    ids=["answer_outside_labels", "more_labels_than_texts"],
+)
 def test_script_refuses_to_write_an_empty_or_cut_split(tmp_path, run_script, broken):
     """Before: every answer key outside its labels gave a 0-row, 0-column parquet and exit 0; more
     labels than option texts gave prompts without the gold option."""
@@ -300,7 +348,9 @@ def test_script_refuses_to_write_an_empty_or_cut_split(tmp_path, run_script, bro
             r["answerKey"] = "Z"
     source = tmp_path / "records.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    proc = run_script("prepare_sciknoweval.py", "--local-file", source, "--out-dir", tmp_path / "out", "--domains", "physics")
+    proc = run_script(
+        "prepare_sciknoweval.py", "--local-file", source, "--out-dir", tmp_path / "out", "--domains", "physics"
+    )
     assert proc.returncode != 0
     assert "physics: no usable record for split train, test" in proc.stderr
     assert not (tmp_path / "out" / "physics").exists()

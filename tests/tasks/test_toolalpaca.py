@@ -12,7 +12,9 @@ from srpo_verl.tasks import toolalpaca as ta
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOOLALPACA_DIR = FIXTURES / "toolalpaca"
 FORK_TOOLUSE = FIXTURES / "sdpo_fork" / "datasets" / "tooluse"
-SEARCH = json.dumps([{"Action": "searchAxolotlImages", "Action_Input": '{"color": "wild", "gender": "", "size": "medium", "page": 1}'}])
+SEARCH = json.dumps(
+    [{"Action": "searchAxolotlImages", "Action_Input": '{"color": "wild", "gender": "", "size": "medium", "page": 1}'}]
+)
 TWO_SEARCHES = json.dumps(
     [
         {"Action": "searchBooks", "Action_Input": '{"query": "Dune"}'},
@@ -52,7 +54,9 @@ def test_test_rows_are_the_requests_whose_golden_inputs_have_no_placeholder(tool
         "Search for Dune and also for Foundation.",
         "Log me in with Google as ann@example.com.",
     ]
-    assert [r["extra_info"]["index"] for r in rows] == [0, 1, 2, 3] and {r["extra_info"]["split"] for r in rows} == {"test"}
+    assert [r["extra_info"]["index"] for r in rows] == [0, 1, 2, 3] and {r["extra_info"]["split"] for r in rows} == {
+        "test"
+    }
     assert rows[2]["extra_info"]["num_calls"] == 2
     assert rows[0]["reward_model"]["ground_truth"] == json.dumps(toolalpaca_eval[0]["Golden_Answers"][0])
 
@@ -64,11 +68,14 @@ def test_prompt_is_the_sdpo_task_prompt(toolalpaca_eval):
     api = toolalpaca_eval[0]
     assert message == {
         "role": "user",
-        "content": "Your task is to answer the user's question using available tools. \nYou have access to the following tools:\n"
+        "content": "Your task is to answer the user's question using available tools. \n"
+        "You have access to the following tools:\n"
         f"Name: {api['Name']}\nDescription: {api['Description']}\nDocumentation:\n{api['NLDocumentation']}\n"
         "Use the following format:\nThought: you should always think about what to do\n"
         "Action: the action to take, should be one of the tool names.\n"
-        "Action Input: the input to the action, must be in JSON format. All of the action input must be realistic and from the user.\n\n"
+        "Action Input: the input to the action, must be in JSON format. "
+        "All of the action input must be realistic "
+        "and from the user.\n\n"
         "Begin!\nQuestion: Is it raining in London?",
     }
 
@@ -90,7 +97,10 @@ def test_script_writes_parquet_and_reports_counts(tmp_path, run_script):
     assert len(test) == 4 and len(pd.read_parquet(tmp_path / "toolalpaca" / "train.parquet")) == 4
     row = test.iloc[0]
     answer = call("getCurrentWeather", {"city": "London", "units": ""})
-    assert ta.compute_score(row["data_source"], answer, row["reward_model"]["ground_truth"], row["extra_info"])["score"] == 1.0
+    assert (
+        ta.compute_score(row["data_source"], answer, row["reward_model"]["ground_truth"], row["extra_info"])["score"]
+        == 1.0
+    )
 
 
 def test_script_reads_the_fork_files_into_the_same_parquet(tmp_path, run_script):
@@ -101,7 +111,13 @@ def test_script_reads_the_fork_files_into_the_same_parquet(tmp_path, run_script)
         a = pd.read_parquet(tmp_path / "up" / "toolalpaca" / f"{split}.parquet")
         b = pd.read_parquet(tmp_path / "fork" / "toolalpaca" / f"{split}.parquet")
         assert len(a) == 4 and a.to_json() == b.to_json()
-    wrong = run_script("prepare_toolalpaca.py", "--local-file", TOOLALPACA_DIR / "data" / "train_data.json", "--out-dir", tmp_path / "x")
+    wrong = run_script(
+        "prepare_toolalpaca.py",
+        "--local-file",
+        TOOLALPACA_DIR / "data" / "train_data.json",
+        "--out-dir",
+        tmp_path / "x",
+    )
     assert wrong.returncode != 0 and "train.json or test.json" in wrong.stderr
 
 
@@ -121,15 +137,40 @@ WILD = {"color": "wild", "size": "medium", "page": 1}
 @pytest.mark.parametrize(
     "response,score,lenient",
     [
-        (call("searchAxolotlImages", '{"color": "wild", "gender": "", "size": "medium", "page": 1}'), 1.0, 1.0),  # verbatim
-        (call("searchAxolotlImages", '{"page": 1, "size": "medium", "gender": "", "color": "wild"}'), 1.0, 1.0),  # key order
-        (call("searchAxolotlImages", '{"color": "wild", "gender": "", "size": "medium", "page": 1.0}'), 1.0, 1.0),  # 1.0 == 1
+        (
+            call("searchAxolotlImages", '{"color": "wild", "gender": "", "size": "medium", "page": 1}'),
+            1.0,
+            1.0,
+        ),  # verbatim
+        (
+            call("searchAxolotlImages", '{"page": 1, "size": "medium", "gender": "", "color": "wild"}'),
+            1.0,
+            1.0,
+        ),  # key order
+        (
+            call("searchAxolotlImages", '{"color": "wild", "gender": "", "size": "medium", "page": 1.0}'),
+            1.0,
+            1.0,
+        ),  # 1.0 == 1
         (call("searchAxolotlImages", WILD), 0.0, 1.0),  # empty optional left out: the dicts differ
         (call("searchAxolotlImages", '{"color": " Wild ", "size": "MEDIUM", "page": "1", "gender": null}'), 0.0, 1.0),
         ("Thought: search.\n" + call("searchAxolotlImages", {**WILD, "gender": ""}) + "\nObservation: ...", 1.0, 1.0),
-        ("**Action:** `searchAxolotlImages`\n**Action Input:**\n```json\n" + json.dumps(WILD) + "\n```", 0.0, 1.0),  # markdown
-        ("ASSISTANT Action: searchAxolotlImages\nASSISTANT Action Input: " + json.dumps({**WILD, "gender": ""}), 1.0, 1.0),
-        ("<think>Action: getAxolotlFacts\nAction Input: {}</think>\n" + call("searchAxolotlImages", {**WILD, "gender": ""}), 1.0, 1.0),
+        (
+            "**Action:** `searchAxolotlImages`\n**Action Input:**\n```json\n" + json.dumps(WILD) + "\n```",
+            0.0,
+            1.0,
+        ),  # markdown
+        (
+            "ASSISTANT Action: searchAxolotlImages\nASSISTANT Action Input: " + json.dumps({**WILD, "gender": ""}),
+            1.0,
+            1.0,
+        ),
+        (
+            "<think>Action: getAxolotlFacts\nAction Input: {}</think>\n"
+            + call("searchAxolotlImages", {**WILD, "gender": ""}),
+            1.0,
+            1.0,
+        ),
         # Two calls: the names {search: 2} differ from {search: 1}, whatever the inputs.
         ("\n".join([call("searchAxolotlImages", {**WILD, "gender": ""})] * 2), 0.0, 0.0),
         (call("getAxolotlFacts", {"category": "habits"}), 0.0, 0.0),
@@ -142,7 +183,12 @@ WILD = {"color": "wild", "size": "medium", "page": 1}
 )
 def test_reference_rule_is_the_default_and_lenient_is_logged_beside(response, score, lenient):
     result = ta.compute_score("tooluse", response, SEARCH)
-    assert (result["score"], result["acc"], result["score_lenient"], result["reward_error"]) == (score, score, lenient, 0)
+    assert (result["score"], result["acc"], result["score_lenient"], result["reward_error"]) == (
+        score,
+        score,
+        lenient,
+        0,
+    )
     assert (result["feedback"] == "") == (score == 1.0)
     assert ta.compute_score("tooluse", response, SEARCH, lenient=True)["score"] == lenient
 
@@ -167,7 +213,9 @@ def test_reference_merges_all_inputs_so_order_and_repeats_count_as_the_reference
     assert ta.compute_score("tooluse", foundation + "\n" + foundation, TWO_SEARCHES)["score"] == 1.0  # as the reference
     # The lenient matcher compares calls as a multiset instead (or in order with ordered=True).
     assert ta.compute_score("tooluse", foundation + "\n" + dune, TWO_SEARCHES, lenient=True)["score"] == 1.0
-    assert ta.compute_score("tooluse", foundation + "\n" + dune, TWO_SEARCHES, lenient=True, ordered=True)["score"] == 0.0
+    assert (
+        ta.compute_score("tooluse", foundation + "\n" + dune, TWO_SEARCHES, lenient=True, ordered=True)["score"] == 0.0
+    )
     assert ta.compute_score("tooluse", foundation + "\n" + foundation, TWO_SEARCHES, lenient=True)["score"] == 0.0
 
 
@@ -184,7 +232,10 @@ def test_reference_reads_an_input_up_to_its_first_closing_brace():
     "response,feedback",
     [
         (call("getAxolotlFacts", {"category": "habits"}), "getAxolotlFacts is not the right tool"),
-        (call("searchAxolotlImages", {"color": "albino", "size": "medium", "page": 1}), "arguments of your call to searchAxolotlImages"),
+        (
+            call("searchAxolotlImages", {"color": "albino", "size": "medium", "page": 1}),
+            "arguments of your call to searchAxolotlImages",
+        ),
         (call("searchAxolotlImages", "{'color': 'wild', 'size': 'medium'}"), "not valid JSON"),
         ("Action: searchAxolotlImages\nThought: done", "missing or not valid JSON"),
         ("I would search for wild medium axolotls.", "No tool call found"),
@@ -279,7 +330,12 @@ def test_gold_tool_names_that_are_not_one_word_can_never_score_under_the_referen
     """The documented score (docs/reproduction.md): test row 33's `[Optional]updateUserProfile` is read
     as no action by `Action:\\s*(\\w+)`, so the reference rule gives 0 for every response; the lenient
     reader matches it."""
-    gold = json.dumps([{"Action": "getUserProfile", "Action_Input": "{}"}, {"Action": "[Optional]updateUserProfile", "Action_Input": "{}"}])
+    gold = json.dumps(
+        [
+            {"Action": "getUserProfile", "Action_Input": "{}"},
+            {"Action": "[Optional]updateUserProfile", "Action_Input": "{}"},
+        ]
+    )
     assert ta.unreadable_actions(gold) == ["[Optional]updateUserProfile"]
     assert ta.unreadable_actions(json.dumps([{"Action": " spaced", "Action_Input": "{}"}])) == [" spaced"]
     assert ta.unreadable_actions(NO_ARGS) == []
