@@ -51,8 +51,16 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
 _REALS = ("success_threshold", "beta", "alpha", "is_clip", "ema_rate", "trust_region_mix", "mix_lambda")
 _INTS = ("topk", "chunk_size", "max_teacher_prompt_length")
 _BOOLS = ("use_feedback", "strip_thinking")
-_STRS = ("method", "entropy_mode", "distill_mode", "teacher", "feedback_key", "reprompt_template",
-         "feedback_template", "teacher_prompt_overflow")
+_STRS = (
+    "method",
+    "entropy_mode",
+    "distill_mode",
+    "teacher",
+    "feedback_key",
+    "reprompt_template",
+    "feedback_template",
+    "teacher_prompt_overflow",
+)
 
 
 def _check_types(cfg) -> None:
@@ -166,8 +174,14 @@ class GuardConfig(BaseConfig):
                 "must be an integer >= 1" + (" or null" if key == "degenerate_steps" else ""),
             )
         _check(self.min_history <= self.window, "guard.min_history", self.min_history, "must be <= guard.window")
-        for key in ("format_error_rise", "routed_share_rise", "correct_share_drop", "length_collapse",
-                    "length_explosion", "teacher_entropy_ratio"):
+        for key in (
+            "format_error_rise",
+            "routed_share_rise",
+            "correct_share_drop",
+            "length_collapse",
+            "length_explosion",
+            "teacher_entropy_ratio",
+        ):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -179,7 +193,9 @@ class GuardConfig(BaseConfig):
             )
         _check(
             self.length_collapse is None or self.length_collapse < 1,
-            "guard.length_collapse", self.length_collapse, "must be < 1 (a fraction of the recent median)",
+            "guard.length_collapse",
+            self.length_collapse,
+            "must be < 1 (a fraction of the recent median)",
         )
         for key in ("length_explosion", "teacher_entropy_ratio"):
             value = getattr(self, key)
@@ -332,7 +348,9 @@ class SRPOConfig(BaseConfig):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown key(s) under algorithm.srpo: {unknown}. Valid keys: {sorted(known - {'_target_'})}")
+            raise ValueError(
+                f"Unknown key(s) under algorithm.srpo: {unknown}. Valid keys: {sorted(known - {'_target_'})}"
+            )
         return cls(**data)
 
     # ------------------------------------------------------------------------------------------

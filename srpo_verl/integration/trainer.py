@@ -13,7 +13,8 @@ The constructor runs the driver's config and data checks before any worker start
 point skips srpo_verl.main_ppo, which runs them in the driver).
 """
 
-# device: host-side module (the trainer runs in the driver on TransferQueue's host tensors); see tests/gpu/test_device_discipline.py
+# device: host-side module (the trainer runs in the driver on TransferQueue's host tensors);
+# see tests/gpu/test_device_discipline.py
 from __future__ import annotations
 
 import logging
@@ -201,7 +202,9 @@ class SRPOStepMixin:
         feedback = [""] * len(responses)
         if srpo.use_feedback:
             feedback = [reward_extra(row, srpo.feedback_key) for row in list(data["extra_fields"])]
-        has_feedback = torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & step.real
+        has_feedback = (
+            torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & step.real
+        )
         demonstrable = self._srpo_demonstrable(step, responses, metrics)
         # teacher_available and sdpo are limited to real rows with a non-empty response.
         routing = route_step(
@@ -356,7 +359,10 @@ class SRPOStepMixin:
                 {
                     "srpo/teacher_entropy_full": sel(wire.TEACHER_ENTROPY.name).mean().item(),
                     "srpo/teacher_entropy_topk": sel(wire.TEACHER_ENTROPY_TOPK.name).mean().item(),
-                    "srpo/teacher_tail_mass": (1 - sel(wire.TEACHER_TOPK.name).double().exp().sum(-1)).clamp(min=0).mean().item(),
+                    "srpo/teacher_tail_mass": (1 - sel(wire.TEACHER_TOPK.name).double().exp().sum(-1))
+                    .clamp(min=0)
+                    .mean()
+                    .item(),
                     "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in rows])),
                 }
             )
