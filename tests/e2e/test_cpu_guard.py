@@ -1,12 +1,15 @@
 """The collapse guard inside verl's real trainer on CPU: a run forced into collapse is stopped.
 
-One launch (~1.5 min on 2 cores): the tiny model with the digit-fraction reward of test_cpu_srpo.py
+Two launches (~1.5 min each on 2 cores). The first: the tiny model with the digit-fraction reward of test_cpu_srpo.py
 and a learning rate of 1.0 (1,000x the other CPU runs'). By step 3 every rollout runs to the 8-token
 limit without a digit: the correct share falls from 0.5 to 0 and the rewards go flat.
 `algorithm.srpo.guard.action=stop` with a short history (the run is 10 steps long) must then warn,
 log `srpo/guard/correct_share` = 1 at step 3, not save step 3's checkpoint, end the run cleanly
 (exit 0, no step 4) and report the last checkpoint saved before the breach (step 2) and the best
-checkpoint by validation.
+checkpoint by validation. The second runs the same collapse in verl's colocated asynchronous
+trainer (`srpo_colocate_async`) and stops on the degenerate signals (N = 3 here): once the rewards
+are all equal nothing is routed, so both fire on the third such step (and no-correct with them when
+the collapse is to wrong answers).
 """
 
 import os
@@ -24,9 +27,8 @@ FORCED = [
     "algorithm.srpo.guard.action=stop",
     "algorithm.srpo.guard.min_history=2",
     "algorithm.srpo.guard.smooth=1",
-    "trainer.test_freq=1",
-    "actor_rollout_ref.rollout.val_kwargs.n=2",  # validation at every step, kept cheap
 ]
+VALIDATE = ["trainer.test_freq=1", "actor_rollout_ref.rollout.val_kwargs.n=2"]  # every step, kept cheap
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def stopped(tmp_path_factory, tiny_model_path, addition_data):
     args = tiny_cpu_overrides(
         tiny_model_path, addition_data, ckpt, total_steps=10, save_freq=1, lr=1.0, experiment="guard_stop"
     )
-    result = launch(work, "guard_stop", [*args, *FORCED], timeout_s=480)
+    result = launch(work, "guard_stop", [*args, *FORCED, *VALIDATE], timeout_s=480)
     assert result.returncode == 0, result.log[-6000:]
     return result, ckpt
 
@@ -70,3 +72,40 @@ def test_stop_reports_the_checkpoints(stopped):
     assert all(val.values()), sorted(result.steps[1])
     best = max((1, 2), key=lambda s: (sum(val[s]) / len(val[s]), -s))
     assert f"best checkpoint by validation: global_step_{best} " in report[0]
+
+
+@pytest.fixture(scope="module")
+def stopped_async(tmp_path_factory, tiny_model_path, addition_data):
+    work = str(tmp_path_factory.mktemp("cpu_guard_async"))
+    ckpt = os.path.join(work, "ckpt")
+    args = tiny_cpu_overrides(
+        tiny_model_path, addition_data, ckpt, total_steps=10, save_freq=1, lr=1.0, experiment="guard_async"
+    )
+    degenerate = [
+        "trainer.v1.trainer_mode=srpo_colocate_async",
+        "algorithm.srpo.guard.degenerate_steps=3",
+        "algorithm.srpo.guard.correct_share_drop=null",  # only the degenerate signals here
+    ]
+    result = launch(work, "guard_async", [*args, *FORCED, *degenerate], timeout_s=480)
+    assert result.returncode == 0, result.log[-6000:]
+    return result, ckpt
+
+
+def test_degenerate_signals_stop_the_async_trainer(stopped_async):
+    result, ckpt = stopped_async
+    steps = result.steps
+    order = sorted(steps)
+    # The asynchronous run is not bit-reproducible: the collapse goes to 8 non-digits (every rollout
+    # wrong) or to 8 digits (every rollout "correct"). Either way the rewards go flat and nothing is routed.
+    flat = [s for s in order if steps[s]["srpo/reward_range"] == 0]
+    assert flat and flat == list(range(flat[0], max(order) + 1)), "the collapse was not forced"
+    fired = flat[0] + 2  # the third flat step in a row; the run stops there
+    assert max(order) == fired
+    all_wrong = steps[fired]["srpo/correct_share"] == 0
+    for signal, fires in (("nothing_routed", True), ("flat_rewards", True), ("no_correct", all_wrong)):
+        assert [steps[s][f"srpo/guard/{signal}"] for s in order] == [int(fires and s == fired) for s in order]
+        assert (f"collapse guard: {signal} at step {fired}" in result.log) == fires
+    assert all(steps[s]["srpo/guard/distillation_inactive"] == 0 for s in order)  # nothing routed: not inactive
+    assert latest_checkpoint(ckpt) == fired - 1 and not os.path.exists(os.path.join(ckpt, f"global_step_{fired}"))
+    assert f"last checkpoint saved before the breach: global_step_{fired - 1}" in result.log
+    assert "best checkpoint by validation: unknown" in result.log  # test_freq=-1: nothing validated
