@@ -12,6 +12,7 @@ import hydra
 from omegaconf import OmegaConf, open_dict
 
 from srpo_verl import cpu
+from srpo_verl.integration import registrations
 from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_trainer_config
 from srpo_verl.integration.data_checks import check_data_files
 
@@ -64,7 +65,10 @@ def use_cpu_router(config) -> None:
 
 def prepare(config, *, check_data: bool = True) -> None:
     """Checks and process-level settings that must happen in the driver before Ray starts."""
-    check_trainer_config(config)  # raises naming the bad key or value
+    srpo = check_trainer_config(config)  # raises naming the bad key or value
+    if srpo is not None and registrations.registration_error() is not None:
+        # Plain verl keeps working after a failed registration (a WARNING); an SRPO launch cannot.
+        raise RuntimeError(f"srpo_verl is not registered with verl: {registrations.registration_error()}")
     if check_data:
         check_data_files(config)  # raises naming the file, the field and the rows
         with open_dict(config):  # the SRPO trainer need not read them again

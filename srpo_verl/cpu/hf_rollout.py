@@ -29,7 +29,6 @@ import ray
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica
 
-from srpo_verl.cpu import platform
 from srpo_verl.cpu.hf_server import (  # noqa: F401 - the server and its helpers, used here and by tests
     BATCH_MAX_WAIT_S,
     BATCH_QUIET_S,
@@ -41,24 +40,6 @@ from srpo_verl.cpu.hf_server import (  # noqa: F401 - the server and its helpers
     request_seed,
     server_name,
 )
-
-NAME = platform.ROLLOUT_NAME
-
-# ----------------------------------------------------------------------------------------------
-# Registration with verl's rollout registries
-# ----------------------------------------------------------------------------------------------
-
-
-def register() -> None:
-    """Make `rollout.name=hf` resolvable (what `srpo_verl.cpu.activate()` arranges in every process)."""
-    from verl.workers.rollout import base, replica
-
-    platform.register_rollout_adapter(base)
-    platform.register_rollout_replica(replica)
-
-
-def registered() -> bool:
-    return platform.rollout_registered()
 
 
 # ----------------------------------------------------------------------------------------------

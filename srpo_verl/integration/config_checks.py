@@ -79,10 +79,6 @@ def check_trainer_config(config, *, verl_version: Optional[str] = None) -> Optio
     problem = verl_version_problem(str(verl_version), "srpo_verl's SRPO trainer")
     if problem:
         raise RuntimeError(problem)
-    from srpo_verl.integration.registrations import registration_error
-
-    if registration_error() is not None:
-        raise RuntimeError(f"srpo_verl is not registered with verl in this process: {registration_error()}")
     algo = config.algorithm
     if algo.get("adv_estimator", None) != "srpo":
         # verl's estimator runs on every row before the SRPO step adds its branch (gae even builds a critic).

@@ -153,10 +153,12 @@ def test_rollout_module_imported_before_verl_registers_itself():
     must not fail on it (it did: "partially initialized module ... has no attribute 'register'"),
     and the module registers the `hf` backend once defined."""
     probe = (
-        "import json, os, srpo_verl.cpu.hf_rollout as h\n"
+        "import json, os, srpo_verl.cpu.hf_rollout\n"
         "from srpo_verl import cpu\n"
+        "from srpo_verl.cpu import platform\n"
         "prestart = os.environ.get('RAY_prestart_worker_first_driver')\n"
-        "print('PROBE ' + json.dumps({'registered': h.registered(), 'status': cpu.status(), 'prestart': prestart}))\n"
+        "state = {'registered': platform.rollout_registered(), 'status': cpu.status(), 'prestart': prestart}\n"
+        "print('PROBE ' + json.dumps(state))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
     env["SRPO_VERL_PLATFORM"] = "cpu"

@@ -150,3 +150,48 @@ def test_the_folder_check_sees_imports_sys_path_and_paths_across_folders(tmp_pat
         "tests/core/test_a.py:3: sys.path",
         "tests/gpu/probe.py:2: sys.path",
     ]
+
+
+def import_cycles(root: Path = PACKAGE) -> list[list[str]]:
+    """Groups of the package's modules that import one another in a circle (imports inside functions
+    count: a lazy import is still a dependency), each sorted; [] when the graph has no circle."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for _, module in imported_modules(path, root):
+            while module and module not in modules:  # `pkg.mod.attr` -> `pkg.mod`
+                module = module.rpartition(".")[0]
+            if module and module not in (name, root.name):  # the package's own __init__ imports nothing circular
+                deps.add(module)
+        graph[name] = deps
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+        return seen
+
+    closure = {name: reaches(name) for name in graph}
+    groups = {tuple(sorted(n for n in graph if n in closure[name] and name in closure[n])) for name in graph}
+    return sorted(list(g) for g in groups if len(g) > 1)
+
+
+def test_the_package_has_no_import_circle():
+    # cpu/hf_rollout imported cpu/platform, which loads hf_rollout lazily (its replica loader): removed.
+    assert import_cycles() == []
+
+
+def test_the_circle_check_finds_a_lazy_circle(tmp_path):
+    root = tmp_path / "srpo_verl"
+    (root / "cpu").mkdir(parents=True)
+    (root / "cpu" / "platform.py").write_text("def load():\n    from srpo_verl.cpu.hf_rollout import HFReplica\n")
+    (root / "cpu" / "hf_rollout.py").write_text("from srpo_verl.cpu import platform\n")
+    (root / "core.py").write_text("import torch\n")
+    assert import_cycles(root) == [["srpo_verl.cpu.hf_rollout", "srpo_verl.cpu.platform"]]

@@ -39,9 +39,12 @@ def test_sdpo_and_the_ablations_use_the_srpo_estimator():
 
 
 def test_an_srpo_launch_fails_naming_a_registration_that_failed(monkeypatch):
+    from srpo_verl import main_ppo
+
     monkeypatch.setattr(registrations, "_ERRORS", {"trainers": "ImportError: cannot import name X"})
     with pytest.raises(RuntimeError, match="not registered with verl.*cannot import name X"):
-        _check()
+        main_ppo.prepare(_compose("algorithm=srpo"), check_data=False)
+    main_ppo.prepare(_compose("algorithm=grpo"), check_data=False)  # plain verl methods still launch
 
 
 class _VerlTrainer:
