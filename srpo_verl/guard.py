@@ -203,7 +203,7 @@ class Guard:
             if signal in RELATIVE:
                 metric = RELATIVE[signal]
                 if metric not in seen:
-                    continue  # no value this step: the signal keeps its last verdict
+                    continue  # not judged without a value (metric 0); an episode under way is not ended
                 shown = max(cfg.smooth, 5)
                 verdict = relative_breach(
                     self.history[metric],
