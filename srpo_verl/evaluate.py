@@ -39,17 +39,11 @@ import sys
 
 import torch
 
+from srpo_verl import export
+
 PAPER_N, PAPER_TEMPERATURE, PAPER_TOP_P = 16, 0.6, 0.95
-# --dtype: torch's names, and the short ones verl's configs use.
-DTYPES = {
-    "auto": "auto",
-    "float32": "float32",
-    "float16": "float16",
-    "bfloat16": "bfloat16",
-    "fp32": "float32",
-    "fp16": "float16",
-    "bf16": "bfloat16",
-}
+# --dtype: export-teacher's names (torch's and the short ones verl's configs use), and "auto": as saved.
+DTYPES = {"auto": "auto", **export.DTYPES}
 SPLIT_COLUMNS = ("prompt", "data_source", "reward_model")
 
 
