@@ -97,7 +97,8 @@ def main():
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     from srpo_verl import core_algos
-    from srpo_verl.integration.worker import TAUGHT_FIELD, TEACHER_FIELDS, TOPK_FIELD, SRPOActorRolloutRefWorker
+    from srpo_verl.integration import wire
+    from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 
     model = model_dir(args)
     config = compose(
@@ -154,11 +155,11 @@ def main():
         """As the trainer runs it: teacher rows marked (none marked: verl's plain forward)."""
         data = as_batch(sequences)
         if idx:
-            data[TAUGHT_FIELD] = torch.tensor([int(i in idx) for i in range(rows)])
+            data[wire.TAUGHT.name] = torch.tensor([int(i in idx) for i in range(rows)])
         tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=True, compute_loss=False)
         out = worker.compute_log_prob(data)
         old = [out["log_probs"][i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
-        topk = list(out[TOPK_FIELD].unbind()) if idx else [torch.zeros(0, k, dtype=torch.int32)] * rows
+        topk = list(out[wire.TOPK_IDS.name].unbind()) if idx else [torch.zeros(0, k, dtype=torch.int32)] * rows
         return old, topk
 
     def teacher_pass(idx, topk):
@@ -166,12 +167,12 @@ def main():
             {
                 "srpo_teacher_input_ids": nested([teacher_ids[i] for i in idx]),
                 "responses": nested([torch.tensor(sequences[i][1]) for i in idx]),
-                TOPK_FIELD: nested([topk[i] for i in idx]),
+                wire.TOPK_IDS.name: nested([topk[i] for i in idx]),
             }
         )
         tu.assign_non_tensor(data, temperature=1.0)
         out = worker.compute_srpo_teacher(data)
-        return {key: dict(zip(idx, out[key].unbind())) for key in TEACHER_FIELDS}
+        return {key: dict(zip(idx, out[key].unbind())) for key in wire.TEACHER_OUTPUT_NAMES}
 
     def step(method: str) -> dict[str, float]:
         times, srpo = {}, method != "grpo"
@@ -189,7 +190,7 @@ def main():
         if srpo:
             if method == "sdpo":
                 extra["advantages"] = [torch.zeros(T) for _ in range(rows)]
-            extra[TOPK_FIELD] = topk
+            extra[wire.TOPK_IDS.name] = topk
             empty = {"srpo_teacher_topk": torch.zeros(0, k)}
             for key in ("srpo_teacher_topk", "srpo_teacher_entropy"):  # what the update reads
                 extra[key] = [taught.get(key, {}).get(i, empty.get(key, torch.zeros(0))) for i in range(rows)]

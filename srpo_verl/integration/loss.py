@@ -28,10 +28,6 @@ from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration import wire
 from srpo_verl.lent_gradient import LendBook, lend_dense_gradient, topk_tail_divergence_lent
 
-# The processor's per-token outputs (names in wire.py).
-DIVERGENCE_KEY, DENSE_WEIGHT_KEY = wire.DIVERGENCE, wire.DENSE_WEIGHT
-LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY = wire.LABEL_LOG_PROB, wire.TOPK_MATCH
-
 
 def packed_response_positions(seq_lens: torch.Tensor, response_lens: torch.Tensor) -> torch.Tensor:
     """Packed (rmpad) positions of the logits that score each response token, row-major.
@@ -102,7 +98,7 @@ def distillation_divergence(
     nnz = logits.shape[0]
     out = {
         key: logits.new_zeros(nnz, dtype=torch.float32)
-        for key in (DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY)
+        for key in (wire.DIVERGENCE, wire.DENSE_WEIGHT, wire.LABEL_LOG_PROB, wire.TOPK_MATCH)
     }
     lend = None
     if srpo.distils_logits and wire.TOPK_IDS.name in data:
@@ -124,7 +120,7 @@ def distillation_divergence(
                 tail=True,
                 chunk_size=srpo.chunk_size,
             )  # (n,) each
-            for key, value in zip((DIVERGENCE_KEY, DENSE_WEIGHT_KEY, LABEL_LOG_PROB_KEY, TOPK_MATCH_KEY), lent[:4]):
+            for key, value in zip((wire.DIVERGENCE, wire.DENSE_WEIGHT, wire.LABEL_LOG_PROB, wire.TOPK_MATCH), lent[:4]):
                 out[key] = out[key].index_copy(0, positions, value.float())
             lend = lent.lend
             if lends is not None:
@@ -139,8 +135,8 @@ def lend_to_token_log_prob(log_prob: torch.Tensor, divergence: torch.Tensor, mod
     """(log_prob, divergence) (B, T) with the divergence's dense gradient lent to verl's token log-prob
     (`lent_gradient.lend_dense_gradient`), after checking that this log-prob is the one the lent gradient
     assumes: log p of the response token from the same logits, on every routed token."""
-    dense_weight = no_padding_2_padding(model_output[DENSE_WEIGHT_KEY], data)  # (B, T)
-    expected = no_padding_2_padding(model_output[LABEL_LOG_PROB_KEY], data)  # (B, T)
+    dense_weight = no_padding_2_padding(model_output[wire.DENSE_WEIGHT], data)  # (B, T)
+    expected = no_padding_2_padding(model_output[wire.LABEL_LOG_PROB], data)  # (B, T)
     lens = data["responses"].offsets().diff()  # (B,)
     present = torch.arange(log_prob.shape[1], device=lens.device) < lens.unsqueeze(-1)  # (B, T)
     routed = present & data[wire.ROUTE.name].bool().unsqueeze(-1)  # the processor's rows, row-major
@@ -180,7 +176,7 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
     )
     sdpo_tokens = mask & route.unsqueeze(-1)  # (B, T)
     if srpo.distils_logits:
-        divergence = no_padding_2_padding(model_output[DIVERGENCE_KEY], data)  # (B, T)
+        divergence = no_padding_2_padding(model_output[wire.DIVERGENCE], data)  # (B, T)
         log_prob, divergence = lend_to_token_log_prob(log_prob, divergence, model_output, data)
         sdpo_loss = core_algos.sdpo_token_loss(
             divergence, log_prob, old_log_prob, is_clip=srpo.is_clip, rollout_is_weights=rho
@@ -235,8 +231,8 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
                 "srpo/weight_std": w.std(unbiased=False).item(),
             }
         )
-        if TOPK_MATCH_KEY in model_output:
-            match = no_padding_2_padding(model_output[TOPK_MATCH_KEY], data)
+        if wire.TOPK_MATCH in model_output:
+            match = no_padding_2_padding(model_output[wire.TOPK_MATCH], data)
             metrics["srpo/topk_match_fraction"] = match[sdpo_tokens].mean().item()
     return loss, metrics
 

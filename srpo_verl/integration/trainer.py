@@ -46,8 +46,6 @@ from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
-TEACHER_OUTPUTS = [f.name for f in wire.TEACHER_OUTPUTS]
-
 
 def reward_extra(extra_fields, key: str) -> str:
     """One row's `key` from the reward function's extra output ("" when absent).
@@ -167,7 +165,9 @@ class SRPOStepMixin:
             responses = list(data["responses"].unbind())
             truncated = self._srpo_put_teacher_prompts(batch, step, list(data["raw_prompt"]), responses)  # 5
             scored = self._srpo_teacher_pass(batch, step, responses)  # 6
-            teacher = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=TEACHER_OUTPUTS)
+            teacher = tq.kv_batch_get(
+                keys=batch.keys, partition_id=batch.partition_id, select_fields=list(wire.TEACHER_OUTPUT_NAMES)
+            )
             self._srpo_put_loss_fields(batch, step, data, teacher)  # each row's route and advantage, for 7
             self._srpo_log_step(metrics, step, data, teacher, scored=scored, truncated=truncated)
         return batch
@@ -299,7 +299,7 @@ class SRPOStepMixin:
             scored = sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - len(pad)
         others = [i for i in range(n) if not step.taught[i]]
         if others:
-            empty = {key: _nested([torch.zeros(0) for _ in others]) for key in TEACHER_OUTPUTS}
+            empty = {key: _nested([torch.zeros(0) for _ in others]) for key in wire.TEACHER_OUTPUT_NAMES}
             empty[wire.TEACHER_TOPK.name] = _nested([torch.zeros(0, self._srpo_k) for _ in others])
             if not rows:  # verl's old-log-prob forward ran as in GRPO: no top-K ids were stored
                 empty[wire.TOPK_IDS.name] = _nested([torch.zeros(0, self._srpo_k, dtype=torch.int32) for _ in others])

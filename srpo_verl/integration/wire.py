@@ -60,6 +60,7 @@ FIELDS = (
 )
 # What compute_srpo_teacher returns per row.
 TEACHER_OUTPUTS = (TEACHER_TOPK, TEACHER_ENTROPY, TEACHER_ENTROPY_TOPK, TEACHER_LOG_PROB)
+TEACHER_OUTPUT_NAMES = tuple(f.name for f in TEACHER_OUTPUTS)
 # Fields only the driver reads: the update does not fetch them.
 HOST_ONLY = tuple(f.name for f in FIELDS if not f.update_fetches)
 

@@ -48,9 +48,6 @@ from srpo_verl.integration.loss import (
 logger = logging.getLogger(__name__)
 
 TEACHER_DIR = "srpo_ema_teacher"
-# Field names (wire.py) under the names the tests and benchmarks import them by.
-TEACHER_FIELDS = tuple(f.name for f in wire.TEACHER_OUTPUTS)
-TOPK_FIELD, TAUGHT_FIELD = wire.TOPK_IDS.name, wire.TAUGHT.name
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -75,7 +72,7 @@ class _StudentTopK:
         if student_logits is None:
             return torch.zeros((), device=data["responses"].values().device), {}
         logits = student_logits.squeeze(0)  # (nnz, V), at the rollout temperature
-        taught = data[TAUGHT_FIELD].bool()  # (B,)
+        taught = data[wire.TAUGHT.name].bool()  # (B,)
         tokens = response_tokens_of(data, taught)  # (R_total,)
         ids = core_algos.student_topk(
             logits, k=min(self.k, logits.shape[-1]), rows=response_positions(data)[tokens], chunk_size=self.chunk_size
@@ -235,7 +232,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         """verl's old-log-prob forward; when the trainer marked teacher rows (`srpo_taught`), the
         same forward also returns the student's top-K ids at their response tokens (`srpo_topk_ids`,
         an empty row for every other row)."""
-        if self.srpo is None or TAUGHT_FIELD not in data.keys():
+        if self.srpo is None or wire.TAUGHT.name not in data.keys():
             return super().compute_log_prob(data)
         n = data.batch_size[0]
         data[wire.ROW] = torch.arange(n)  # host: the batch arrives from TransferQueue on the host
@@ -248,7 +245,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             self.actor.loss_fn = saved
         if output is not None:  # host: verl's output is on the host (.cpu()), as are the collected ids
             empty = torch.zeros(0, self.srpo_k, dtype=torch.int32)  # host: see above
-            output[TOPK_FIELD] = _nested([collector.rows.get(i, empty) for i in range(n)])
+            output[wire.TOPK_IDS.name] = _nested([collector.rows.get(i, empty) for i in range(n)])
         return output
 
     # ------------------------------------------------------------------ teacher pass
@@ -257,14 +254,14 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         """Teacher pass over the rows the trainer sent (only rows that need a teacher).
 
         data: wire.TEACHER_INPUT_IDS (the teacher sequences [teacher prompt | response]), responses,
-        srpo_topk_ids; the non-tensor `temperature`. Returns TEACHER_FIELDS per row."""
+        srpo_topk_ids; the non-tensor `temperature`. Returns wire.TEACHER_OUTPUT_NAMES per row."""
         n = data.batch_size[0]
         engine_config = self.actor.engine_config
         batch = tu.get_tensordict(
             {
                 "input_ids": data[wire.TEACHER_INPUT_IDS.name],  # verl balances micro-batches by this length
                 "responses": data["responses"],
-                TOPK_FIELD: data[TOPK_FIELD],
+                wire.TOPK_IDS.name: data[wire.TOPK_IDS.name],
                 wire.ROW: torch.arange(n),  # host: TransferQueue hands the batch over on the host
             }
         )
@@ -312,7 +309,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         missing = set(range(n)) - set(rows)
         if missing:
             raise RuntimeError(f"teacher pass produced no output for rows {sorted(missing)[:8]}")
-        return tu.get_tensordict({key: _nested([rows[i][key] for i in range(n)]) for key in TEACHER_FIELDS})
+        return tu.get_tensordict({key: _nested([rows[i][key] for i in range(n)]) for key in wire.TEACHER_OUTPUT_NAMES})
 
     @torch.no_grad()
     def _score_teacher_micro_batch(self, mb, trust_region: bool) -> dict[int, dict]:
@@ -332,7 +329,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             tu.assign_non_tensor(model_mb, temperature=temperature)
         inputs, output_args = engine.prepare_model_inputs(micro_batch=model_mb)
         # Pad rows (added for an even split over ranks) carry no top-K ids: run, not scored.
-        scored = mb[TOPK_FIELD].offsets().diff() > 0  # (B,)
+        scored = mb[wire.TOPK_IDS.name].offsets().diff() > 0  # (B,)
         tokens = response_tokens_of(mb, scored)  # (R_all,)
         positions = packed_response_positions(seq_lens, response_lens)[tokens]  # (R,) in the packed sequence
         autocast_dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)  # as verl's forward_step
@@ -351,7 +348,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         per_token = teacher_forward.score_response_tokens(
             logits,
             output_args["temperature_rmpad"].reshape(-1)[positions].unsqueeze(-1),  # (R, 1), as verl scales
-            mb[TOPK_FIELD].values().long(),
+            mb[wire.TOPK_IDS.name].values().long(),
             mb["responses"].values()[tokens].long(),
             chunk_size=self.srpo.chunk_size,
         )

@@ -99,33 +99,33 @@ def old_log_prob_pass(worker, sequences):
     """verl's old-log-prob forward with the teacher rows marked: response log-probs and the
     student's top-K ids of the marked rows (an empty row for the others)."""
     import verl.utils.tensordict_utils as tu
-    from srpo_verl.integration.worker import TAUGHT_FIELD, TOPK_FIELD
+    from srpo_verl.integration import wire
 
     data = as_batch(sequences)
-    data[TAUGHT_FIELD] = torch.tensor([int(i in ROUTED) for i in range(len(sequences))])
+    data[wire.TAUGHT.name] = torch.tensor([int(i in ROUTED) for i in range(len(sequences))])
     tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=True, compute_loss=False)
     out = worker.compute_log_prob(data)
     log_probs = [out["log_probs"][i][len(p) - 1 : len(p) - 1 + len(r)] for i, (p, r) in enumerate(sequences)]
-    return log_probs, list(out[TOPK_FIELD].unbind())
+    return log_probs, list(out[wire.TOPK_IDS.name].unbind())
 
 
 def teacher_pass(worker, topk, teacher_prompts, responses):
-    """The teacher pass on the routed rows, as the trainer dispatches it: TEACHER_FIELDS and the
+    """The teacher pass on the routed rows, as the trainer dispatches it: wire.TEACHER_OUTPUT_NAMES and the
     top-K ids, one entry per routed row."""
     import verl.utils.tensordict_utils as tu
-    from srpo_verl.integration.worker import TEACHER_FIELDS, TOPK_FIELD
+    from srpo_verl.integration import wire
 
     teacher_in = tu.get_tensordict(
         {
             "srpo_teacher_input_ids": _nested([torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED]),
             "responses": _nested([torch.tensor(responses[i]) for i in ROUTED]),
-            TOPK_FIELD: _nested([topk[i] for i in ROUTED]),
+            wire.TOPK_IDS.name: _nested([topk[i] for i in ROUTED]),
         }
     )
     tu.assign_non_tensor(teacher_in, temperature=1.0)
     out = worker.compute_srpo_teacher(teacher_in)
-    fields = {key: list(out[key].unbind()) for key in TEACHER_FIELDS}
-    fields[TOPK_FIELD] = [topk[i] for i in ROUTED]
+    fields = {key: list(out[key].unbind()) for key in wire.TEACHER_OUTPUT_NAMES}
+    fields[wire.TOPK_IDS.name] = [topk[i] for i in ROUTED]
     return fields
 
 

@@ -19,9 +19,10 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from verl.utils import tensordict_utils as tu
 
 from srpo_verl.algo_config import SRPOConfig
+from srpo_verl.integration import wire
 from srpo_verl.integration import worker as worker_module
-from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
-from srpo_verl.integration.worker import TEACHER_FIELDS, SRPOActorRolloutRefWorker
+from srpo_verl.integration.loss import srpo_loss_fn
+from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 from srpo_verl.lab.loss_case import (
     ACTOR,
     K,
@@ -174,7 +175,7 @@ def test_processor_output_stays_on_the_device_and_only_routed_rows_are_nonzero(b
         data = micro_batch(batch, range(5), num_tokens=1, log_mean=0.0).to(CUDA)
         out = fn(student_logits=batch["student_logits"].to(CUDA).unsqueeze(0), data=data)
         assert all(is_virtual(v) for v in out.values())
-        div = out[DIVERGENCE_KEY].squeeze(0)
+        div = out[wire.DIVERGENCE].squeeze(0)
         assert int((div != 0).sum()) == sum(r for r, z in zip(RESPONSE_LENS, [1, 0, 1, 0, 1]) if z)
 
 
@@ -254,7 +255,7 @@ def _student_logits(student, prompt, response, temperature):
 
 def _assert_teacher_fields(got, ids, teacher, teacher_prompt, response, temperature=0.7):
     """The teacher-pass outputs of one row against a direct float64 computation on the CPU."""
-    assert set(got) == set(TEACHER_FIELDS)
+    assert set(got) == set(wire.TEACHER_OUTPUT_NAMES)
     t_logits = teacher(torch.cat([teacher_prompt, response]), torch.arange(len(teacher_prompt) + len(response))).logits
     log_q = torch.log_softmax(t_logits[0, len(teacher_prompt) - 1 : -1] / temperature, -1)
     torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, ids.long()), rtol=0, atol=1e-6)
@@ -276,7 +277,7 @@ def test_student_topk_in_the_old_log_prob_forward_on_cuda():
         {
             "prompts": nested(prompts),
             "responses": nested(responses),
-            worker_module.TAUGHT_FIELD: torch.tensor([1, 0, 1]),
+            wire.TAUGHT.name: torch.tensor([1, 0, 1]),
             "srpo_row": torch.tensor([5, 6, 7]),
         }
     )
@@ -321,7 +322,7 @@ def test_teacher_pass_on_cuda_micro_batches_equals_a_direct_float64_computation(
     teacher.to("cpu")
     assert teacher.positions_seen == sum(len(r) for r in responses)  # logits at response positions only
     for i, (r, t) in enumerate(zip(responses, teacher_prompts)):
-        got = {key: out[key].unbind()[i] for key in TEACHER_FIELDS}
+        got = {key: out[key].unbind()[i] for key in wire.TEACHER_OUTPUT_NAMES}
         assert all(v.device.type == "cpu" and not is_virtual(v) for v in got.values())  # host-side for the trainer
         _assert_teacher_fields(got, ids[i], teacher, t, r)
 

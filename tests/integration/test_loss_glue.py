@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from srpo_verl.algo_config import SRPOConfig
-from srpo_verl.integration.loss import DIVERGENCE_KEY, srpo_loss_fn
+from srpo_verl.integration import wire
+from srpo_verl.integration.loss import srpo_loss_fn
 from srpo_verl.lab.loss_case import (
     ACTOR,
     K,
@@ -77,7 +78,7 @@ def test_micro_batch_split_leaves_loss_and_gradient_unchanged(batch, split):
 def test_processor_touches_only_routed_response_tokens(batch):
     fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
     data = micro_batch(batch, range(5), num_tokens=1, log_mean=0.0)
-    div = fn(student_logits=batch["student_logits"].unsqueeze(0), data=data)[DIVERGENCE_KEY].squeeze(0)
+    div = fn(student_logits=batch["student_logits"].unsqueeze(0), data=data)[wire.DIVERGENCE].squeeze(0)
     expected = torch.zeros(len(div), dtype=torch.bool)
     pos = response_positions()
     route = torch.cat([torch.full((r,), z) for r, z in zip(RESPONSE_LENS, ROUTE)]).bool()

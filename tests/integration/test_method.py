@@ -149,7 +149,6 @@ def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
     from srpo_verl.integration import trainer as trainer_module
     from srpo_verl.integration import wire
     from srpo_verl.integration.trainer import SRPOStepMixin, StepRouting
-    from srpo_verl.integration.worker import TEACHER_FIELDS
 
     TEACHER_INPUT_FIELD = wire.TEACHER_INPUT_IDS.name
 
@@ -195,4 +194,4 @@ def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
         if i in teacher_idx:
             assert store[f"k{i}"]["srpo_teacher_entropy"].eq(1.0).all(), i
         else:
-            assert all(store[f"k{i}"][key].shape[0] == 0 for key in TEACHER_FIELDS), i
+            assert all(store[f"k{i}"][key].shape[0] == 0 for key in wire.TEACHER_OUTPUT_NAMES), i

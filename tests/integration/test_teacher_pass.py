@@ -11,7 +11,8 @@ import pytest
 import torch
 from verl.utils import tensordict_utils as tu
 
-from srpo_verl.integration.worker import TOPK_FIELD, SRPOActorRolloutRefWorker, teacher_micro_batches
+from srpo_verl.integration import wire
+from srpo_verl.integration.worker import SRPOActorRolloutRefWorker, teacher_micro_batches
 
 
 def nested(rows):
@@ -65,7 +66,7 @@ def test_a_teacher_sequence_over_the_budget_is_refused_naming_the_key():
         {
             "srpo_teacher_input_ids": data["input_ids"],
             "responses": data["responses"],
-            TOPK_FIELD: nested([torch.zeros(len(r), 4, dtype=torch.int32) for r in data["responses"].unbind()]),
+            wire.TOPK_IDS.name: nested([torch.zeros(len(r), 4, dtype=torch.int32) for r in data["responses"].unbind()]),
         }
     )
     tu.assign_non_tensor(data, temperature=1.0)
@@ -88,6 +89,7 @@ import os, sys
 from types import SimpleNamespace
 import torch, torch.distributed as dist
 from verl.utils import tensordict_utils as tu
+from srpo_verl.integration import wire
 from srpo_verl.integration import worker as w
 dist.init_process_group("gloo")
 w.get_device_id = lambda: "cpu"
@@ -97,7 +99,7 @@ nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 data = tu.get_tensordict({
     "srpo_teacher_input_ids": nested([torch.zeros(length, dtype=torch.long)]),
     "responses": nested([torch.zeros(4, dtype=torch.long)]),
-    w.TOPK_FIELD: nested([torch.zeros(4, 2, dtype=torch.int32)]),
+    wire.TOPK_IDS.name: nested([torch.zeros(4, 2, dtype=torch.int32)]),
 })
 tu.assign_non_tensor(data, temperature=1.0)
 worker = SimpleNamespace(srpo=SimpleNamespace(student_mix=None), actor=SimpleNamespace(
