@@ -25,6 +25,8 @@ multiple of one micro-batch's logits (target <= 0.5x).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -114,7 +116,14 @@ def main():
     )
     worker = SRPOActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
     worker.init_model()
-    grpo_loss = worker.actor.loss_fn  # verl's own PPO loss, as a GRPO run installs it
+    # verl's own PPO loss, as an algorithm=grpo run installs it: the same asymmetric clipping under
+    # verl's `vanilla` mode (the registered `srpo` loss mode refuses to run outside the SRPO trainer).
+    ppo = worker.actor.loss_fn
+    actor_config = ppo.keywords["config"]
+    grpo_config = dataclasses.replace(
+        actor_config, policy_loss=dataclasses.replace(actor_config.policy_loss, loss_mode="vanilla")
+    )
+    grpo_loss = functools.partial(ppo.func, *ppo.args, **{**ppo.keywords, "config": grpo_config})
     vocab = worker.actor.engine.module.config.vocab_size
     k = min(config.algorithm.srpo.topk, vocab)
     worker.srpo_setup(OmegaConf.to_container(config.algorithm.srpo, resolve=True), k)
