@@ -34,6 +34,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Optional, Sequence
 
+from srpo_verl.tasks import sciknoweval, toolalpaca
+
 
 def _sibling(name: str):
     """A script beside this one, loaded by path (scripts/ is not a package; loaded so under pytest too)."""
@@ -54,11 +56,8 @@ TASKS = ("chemistry", "physics", "biology", "materials", "toolalpaca")
 TASK_HEADERS = {"chemistry": "Chem", "physics": "Phys", "biology": "Bio", "materials": "Mat", "toolalpaca": "Tool"}
 # data_source of each task's rows (srpo_verl.tasks): the avg@16 key is val-core/<source>/acc/mean@16.
 SOURCES = {
-    "chemistry": "sciknoweval",
-    "physics": "sciknoweval",
-    "biology": "sciknoweval",
-    "materials": "sciknoweval",
-    "toolalpaca": "tooluse",
+    **{domain: sciknoweval.DATA_SOURCE for domain in ("chemistry", "physics", "biology", "materials")},
+    "toolalpaca": toolalpaca.DATA_SOURCE,
 }
 MODELS = {"qwen3_8b": "Qwen3-8B", "qwen3_4b": "Qwen3-4B"}
 METHODS = {
