@@ -221,6 +221,41 @@ def _vision_model_type(path) -> Optional[str]:
     return str(hf_config.get("model_type", "?")) if "vision_config" in hf_config else None
 
 
+def check_lora_config(config) -> None:
+    """A LoRA student (`actor_rollout_ref.model.lora_rank > 0`) gets an EMA teacher of its adapter only
+    (integration/lora_teacher.py); what that teacher cannot serve is refused here by key."""
+    arr = config.actor_rollout_ref
+    model = arr.model
+    lora_rank = _int_setting(model, "lora_rank", "actor_rollout_ref.model.lora_rank", 0) or 0
+    lora_block = model.get("lora", {}) or {}
+    block_rank = _int_setting(lora_block, "rank", "actor_rollout_ref.model.lora.rank", 0) or 0
+    if block_rank > 0 and lora_rank == 0:
+        # verl's FSDP engine reads lora_rank only; lora.rank is its Megatron LoRA: the student would be full.
+        raise ValueError(
+            f"actor_rollout_ref.model.lora.rank={block_rank} with lora_rank=0: verl's FSDP engine reads "
+            "actor_rollout_ref.model.lora_rank (lora.rank is Megatron's), so the student would train every "
+            "weight; set actor_rollout_ref.model.lora_rank instead"
+        )
+    if lora_rank == 0:
+        return
+    strategy = str(arr.actor.get("strategy", "fsdp"))
+    if strategy != "fsdp2":
+        # The adapter swap writes rank-local DTensor shards in place; FSDP1's flat parameters (views of
+        # one flat buffer under use_orig_params) are not covered by it or by its tests.
+        raise NotImplementedError(
+            f"actor_rollout_ref.actor.strategy={strategy} with actor_rollout_ref.model.lora_rank={lora_rank}: the "
+            "EMA adapter teacher of a LoRA student is implemented for FSDP2 only; set strategy=fsdp2 (actor and ref)"
+        )
+    rollout = str(arr.rollout.get("name", ""))
+    merge = _bool_setting(lora_block, "merge", "actor_rollout_ref.model.lora.merge", False)
+    if rollout == "hf" and not merge:
+        raise ValueError(
+            f"actor_rollout_ref.model.lora_rank={lora_rank} with rollout.name=hf and "
+            "actor_rollout_ref.model.lora.merge=False: the CPU rollout server takes full weights only; set "
+            "actor_rollout_ref.model.lora.merge=True (verl then syncs base + adapter merged)"
+        )
+
+
 def check_gpu_path_config(config) -> None:
     """Settings that would break SRPO on GPU, or silently change what it optimises, refused by key.
 
@@ -248,13 +283,7 @@ def check_gpu_path_config(config) -> None:
             f"actor_rollout_ref.ref.strategy={ref.strategy} != actor_rollout_ref.actor.strategy={actor.strategy}: "
             "the EMA teacher is built from the ref config and paired with the student shard by shard"
         )
-    lora_rank = _int_setting(model, "lora_rank", "actor_rollout_ref.model.lora_rank", 0) or 0
-    lora_block_rank = _int_setting(model.get("lora", {}) or {}, "rank", "actor_rollout_ref.model.lora.rank", 0) or 0
-    if lora_rank > 0 or lora_block_rank > 0:
-        raise NotImplementedError(
-            "actor_rollout_ref.model.lora_rank > 0: an EMA teacher of a LoRA student is not implemented "
-            "(the teacher would average base weights that never change); set lora_rank=0"
-        )
+    check_lora_config(config)
     actor_fsdp, ref_fsdp = actor.get("fsdp_config", {}) or {}, ref.get("fsdp_config", {}) or {}
     for sub in ("fsdp_size", "wrap_policy"):
         a, r = actor_fsdp.get(sub, None), ref_fsdp.get(sub, None)

@@ -5,7 +5,9 @@ Everything verl does stays as is; this subclass adds
     (`compute_log_prob`, logits-processor hook): the routing is known once rewards are, so no
     second student forward is needed;
   - an EMA teacher: a second forward-only FSDP engine built like verl's reference model, starting
-    from the same weights as the student and updated after each optimiser step;
+    from the same weights as the student and updated after each optimiser step; for a LoRA student,
+    an EMA copy of the adapter only, swapped into the student's module for the teacher pass
+    (`lora_teacher.py`: no second model);
   - `compute_srpo_teacher`: for the rows the trainer routes to the teacher, the teacher's log-probs
     at the student's top-K ids, its entropy and sampled-token log-prob. The teacher runs on its own
     micro-batches, budgeted by teacher tokens, and computes logits only at the response positions:
@@ -35,6 +37,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker, T
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
 from srpo_verl.integration import teacher_forward, wire
+from srpo_verl.integration.lora_teacher import AdapterTeacher
 from srpo_verl.lent_gradient import LendBook
 from srpo_verl.integration.loss import (
     packed_response_positions,
@@ -117,7 +120,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     """ActorRolloutRefWorker with an EMA self-teacher (see the module docstring)."""
 
     srpo: SRPOConfig | None = None
-    teacher: TrainingWorker | None = None
+    teacher: TrainingWorker | AdapterTeacher | None = None
     srpo_lends: LendBook | None = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -128,21 +131,37 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         if self.teacher is None:
             self.teacher = self._build_teacher()
             self.srpo_teacher_rows_total = 0
-            # Counted where the teacher module actually runs: sequences in each packed forward.
-            self.teacher.engine.module.register_forward_pre_hook(self._count_teacher_rows, with_kwargs=True)
+            # Counted where the teacher module actually runs: sequences in each packed forward (the
+            # adapter teacher shares the student's module: counted only while its adapter is in).
+            self._teacher_engine().module.register_forward_pre_hook(self._count_teacher_rows, with_kwargs=True)
         actor_config = self.loss_fn.keywords["config"]  # verl's own ActorConfig dataclass
         self.srpo_lends = LendBook()
         self.set_loss_fn(partial(srpo_loss_fn, actor_config, self.srpo, lends=self.srpo_lends))
         self._install_engine_hooks()
+        if isinstance(self.teacher, AdapterTeacher):
+            return {"teacher_params": sum(t.numel() for t in self.teacher.state.values())}
         return {"teacher_params": sum(p.numel() for p in self.teacher.engine.module.parameters())}
 
+    def _teacher_engine(self):
+        """The engine whose module the teacher pass runs: the student's own for the adapter teacher."""
+        return self.actor.engine if isinstance(self.teacher, AdapterTeacher) else self.teacher.engine
+
+    def _teacher_weights(self):
+        """Context in which the teacher engine's module holds the teacher's weights."""
+        return self.teacher.swapped_in() if isinstance(self.teacher, AdapterTeacher) else nullcontext()
+
     def _count_teacher_rows(self, module, args, kwargs):
+        if isinstance(self.teacher, AdapterTeacher) and not self.teacher.active:
+            return
         position_ids = kwargs.get("position_ids")
         if position_ids is not None:  # packed sequences: each starts at position 0
             self.srpo_teacher_rows_total += int((position_ids == 0).sum())
 
-    def _build_teacher(self) -> TrainingWorker:
-        """A forward-only FSDP engine over the same model, built the way verl builds its reference."""
+    def _build_teacher(self) -> TrainingWorker | AdapterTeacher:
+        """A forward-only FSDP engine over the same model, built the way verl builds its reference; for a
+        LoRA student, base + EMA(adapter) inside the student's module (lora_teacher.py)."""
+        if (self.actor.config.model_config.lora_rank or 0) > 0:
+            return AdapterTeacher(self.actor.engine.module)
         ref = deepcopy(self.config.ref)
         with open_dict(ref):
             ref.ppo_mini_batch_size = self.config.actor.ppo_mini_batch_size
@@ -174,8 +193,14 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         self._copy_student_into_teacher(teacher)
         return teacher
 
-    def _param_pairs(self, teacher: TrainingWorker | None = None):
+    def _param_pairs(self, teacher: TrainingWorker | AdapterTeacher | None = None):
         teacher = teacher or self.teacher
+        if isinstance(teacher, AdapterTeacher):
+            for name, t, s in teacher.pairs():
+                if t.numel() > 0 and t.data_ptr() == s.data_ptr():  # never the live student's adapter
+                    raise RuntimeError(f"EMA teacher adapter tensor {name} is the live student's tensor")
+                yield name, t, s
+            return
         t_params = dict(teacher.engine.module.named_parameters())
         s_params = dict(self.actor.engine.module.named_parameters())
         if t_params.keys() != s_params.keys():
@@ -197,7 +222,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             yield name, _local(t), _local(s)
 
     @torch.no_grad()
-    def _copy_student_into_teacher(self, teacher: TrainingWorker) -> None:
+    def _copy_student_into_teacher(self, teacher: TrainingWorker | AdapterTeacher) -> None:
         for _, t, s in self._param_pairs(teacher):
             t.copy_(s.to(t.device, t.dtype))
 
@@ -299,13 +324,15 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         )
         trust_region = self.srpo.student_mix is not None
         rows: dict[int, dict[str, torch.Tensor]] = {}
+        teacher_engine = self._teacher_engine()
         with ExitStack() as stack:
-            stack.enter_context(self.teacher.engine.eval_mode())
-            if trust_region:  # q_theta on the teacher sequences: the student's weights are needed too
+            stack.enter_context(teacher_engine.eval_mode())
+            if trust_region and teacher_engine is not self.actor.engine:
+                # q_theta on the teacher sequences: the student's weights are needed too
                 stack.enter_context(self.actor.engine.eval_mode())
             for mb in micro_batches:
                 rows.update(self._score_teacher_micro_batch(mb, trust_region))
-        _free_fsdp1_root(self.teacher.engine.module)
+        _free_fsdp1_root(teacher_engine.module)
         missing = set(range(n)) - set(rows)
         if missing:
             raise RuntimeError(f"teacher pass produced no output for rows {sorted(missing)[:8]}")
@@ -315,7 +342,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def _score_teacher_micro_batch(self, mb, trust_region: bool) -> dict[int, dict]:
         """The teacher's forward on one micro-batch of packed teacher sequences, logits at the response
         positions only (transformers' `logits_to_keep` with an index tensor), and what the loss needs."""
-        engine = self.teacher.engine
+        engine = self._teacher_engine()
         mb = mb.to(get_device_id())
         teacher_ids = mb["input_ids"]
         seq_lens, response_lens = teacher_ids.offsets().diff(), mb["responses"].offsets().diff()
@@ -339,7 +366,8 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             else torch.autocast(get_device_name(), dtype=autocast_dtype)
         )
         with autocast:
-            logits = teacher_forward.response_logits(engine.module, inputs, positions)  # (R, V)
+            with self._teacher_weights():  # the adapter teacher's swap stays around its own forward only
+                logits = teacher_forward.response_logits(engine.module, inputs, positions)  # (R, V)
             if trust_region:
                 # q_theta of the current student on the teacher sequences, mixed in place (geometric mixture).
                 student = teacher_forward.response_logits(self.actor.engine.module, inputs, positions)
