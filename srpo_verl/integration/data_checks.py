@@ -1,16 +1,19 @@
 """Checks of the local data files (data.train_files, data.val_files), run in the driver before Ray
 starts (`main_ppo.prepare`, `python -m srpo_verl check`). A bad row raises a ValueError naming the
 file, the field and the rows; prompts over the length limit that verl would drop or cut are logged.
-docs/reliability.md lists every case and the test that holds it.
+Which rows verl drops is read from verl's own dataset, built here as verl's trainer builds it
+(`create_rl_dataset` on `data.*` with the model's tokenizer and processor), so the check follows
+verl's filtering rather than a copy of it. docs/reliability.md lists every case and its test.
 """
 
 # device: host-side module (driver data checks); see tests/gpu/test_device_discipline.py
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +27,7 @@ class DataReport(NamedTuple):
     overlong_rows: list[int]  # rows whose prompt exceeds max_prompt_length (allowed by the config)
     max_prompt_tokens: Optional[int]  # None when lengths were not measured
     teacher_overhead: Optional[int] = None  # most tokens a teacher template adds to a prompt; None: not measured
+    verl_rows: Optional[int] = None  # rows verl's own dataset keeps; None: verl's dataset was not built
 
 
 class TeacherSpec(NamedTuple):
@@ -77,6 +81,9 @@ def check_data_rows(
     apply_chat_template_kwargs: Optional[dict] = None,
     teacher: Optional[TeacherSpec] = None,
     check_data_sources: bool = False,
+    processor=None,
+    tools: Optional[list] = None,
+    verl_dataset: Optional[Callable[[], Any]] = None,
 ) -> DataReport:
     """Check verl RL rows ({prompt_key: chat messages, data_source, reward_model.ground_truth, ...}).
 
@@ -91,6 +98,12 @@ def check_data_rows(
       - with a tokenizer and `max_prompt_length`, prompts longer than the limit when
         overlong="error". overlong="filter" (verl drops them: data.filter_overlong_prompts) and
         "truncate" (verl 0.9.1's agent loop keeps the last max_prompt_length tokens) only report them;
+        lengths are counted as verl's dataset counts them (`processor`, `tools`: verl's tool schemas).
+        `verl_dataset` (a tokenizer needed) builds verl's own dataset of these rows once they pass the
+        row checks: its settings (limit, filtering, truncation, template kwargs, tools) replace the
+        arguments, and with filtering the rows reported over the limit are the ones it dropped, whatever
+        the count here says (a disagreement is logged);
+      - a prompt the chat template fails on (verl would drop it silently, or fail in the rollout);
       - with `teacher` (an SRPO run), what the teacher step would refuse: a last user turn that is
         not text (a list of parts, None, NaN, a number) or is blank, or that holds the builder's
         placeholder; with a tokenizer and a budget, a row whose teacher prompt (template and question,
@@ -174,16 +187,36 @@ def check_data_rows(
 
     if tokenizer is None:
         return DataReport(rows=len(rows), overlong_rows=[], max_prompt_tokens=None)
+    verl_kept = None
+    if verl_dataset is not None:  # verl's settings as its dataset read them from data.* (its defaults, not ours)
+        dataset = verl_dataset()
+        max_prompt_length = dataset.max_prompt_length
+        if dataset.filter_overlong_prompts:
+            overlong = "filter"
+        else:
+            overlong = "error" if dataset.truncation == "error" else "truncate"
+        apply_chat_template_kwargs, tools = dataset.apply_chat_template_kwargs, dataset.tool_schemas
+        verl_kept = kept_rows(rows, dataset, prompt_key)
     kwargs = dict(apply_chat_template_kwargs or {})
     lengths: Optional[list[int]] = None
     over: list[int] = []
     if max_prompt_length is not None:
-        lengths = []
-        for messages in messages_of:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            lengths.append(len(ids))
+        lengths = _prompt_lengths(messages_of, tokenizer, processor, kwargs, tools, source)
         over = [i for i, n in enumerate(lengths) if n > max_prompt_length]
+        if overlong == "filter" and verl_kept is not None:
+            # verl's dataset decides what it drops; a different count here means our measure drifted from it.
+            kept = set(verl_kept)
+            dropped = [i for i in range(len(rows)) if i not in kept]
+            if dropped != over:
+                logger.warning(
+                    "%s: verl's dataset drops rows %s; measured here, rows %s are over data.max_prompt_length=%d. "
+                    "The report follows verl's dataset",
+                    source,
+                    format_rows(dropped),
+                    format_rows(over),
+                    max_prompt_length,
+                )
+            over = dropped
         if over and overlong == "error":
             raise ValueError(
                 f"{source}: prompts longer than data.max_prompt_length={max_prompt_length} at rows {format_rows(over)} "
@@ -220,7 +253,49 @@ def check_data_rows(
         overlong_rows=over,
         max_prompt_tokens=(max(lengths) if lengths else 0) if lengths is not None else None,
         teacher_overhead=overhead,
+        verl_rows=None if verl_kept is None else len(verl_kept),
     )
+
+
+PROGRESS_EVERY = 20_000  # rows between progress lines while measuring a big file
+
+
+def _prompt_lengths(messages_of, tokenizer, processor, kwargs: dict, tools, source: str) -> list[int]:
+    """Each row's prompt in tokens, counted as verl's dataset counts it for data.filter_overlong_prompts
+    (the chat template with the generation prompt and verl's tool schemas; a multimodal model's
+    processor renders the text). A row whose template raises is an error naming it: verl would drop
+    it silently (filtering) or fail in the rollout."""
+    import time
+
+    from verl.utils.tokenizer import normalize_token_ids
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("tokenize", "return_dict", "return_tensors")}
+    if tools is not None:
+        kwargs["tools"] = tools
+    lengths: list[int] = []
+    failed: dict[str, list[int]] = {}
+    start = time.monotonic()
+    for i, messages in enumerate(messages_of):
+        if i and i % PROGRESS_EVERY == 0:
+            logger.info("%s: measured %d/%d prompts (%.0f s)", source, i, len(messages_of), time.monotonic() - start)
+        try:
+            if processor is not None:
+                text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+                ids = processor.tokenizer(text=text, add_special_tokens=False, return_attention_mask=False)
+                lengths.append(len(ids["input_ids"]))
+            else:
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
+                lengths.append(len(normalize_token_ids(ids)))
+        except Exception as exc:  # noqa: BLE001 - reported with the rows it fails on
+            failed.setdefault(f"{type(exc).__name__}: {exc}"[:200], []).append(i)
+            lengths.append(0)
+    if failed:
+        detail = "; ".join(f"{what} at rows {format_rows(idx)}" for what, idx in failed.items())
+        raise ValueError(
+            f"{source}: the chat template fails on these prompts ({detail}); verl's dataset would drop them "
+            "silently with data.filter_overlong_prompts=True, or the rollout would fail on them"
+        )
+    return lengths
 
 
 def _teacher_question_problem(content) -> Optional[str]:
@@ -336,29 +411,85 @@ def _json_error(path: str, err: Exception) -> ValueError:
     return ValueError(f"data file {path}: pandas cannot read it as rows ({err})")
 
 
-def _load_tokenizer(config):
-    """The model's tokenizer in the driver, or None (with a WARNING) when it cannot be loaded here."""
+def _load_tokenizer(config) -> tuple[Any, Any]:
+    """(tokenizer, processor) as verl's trainer loads them (HFModelConfig: verl's hf_tokenizer and
+    hf_processor, the custom chat template on the processor when there is one), or (None, None) with a
+    WARNING when they cannot be loaded in the driver."""
     model = config.actor_rollout_ref.model
-    path = model.path
+    path = os.path.expanduser(str(model.get("tokenizer_path", None) or model.path))
+    trust = bool(model.get("trust_remote_code", False))
     try:
-        from transformers import AutoTokenizer
+        from verl.utils import hf_processor, hf_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            os.path.expanduser(str(path)), trust_remote_code=bool(model.get("trust_remote_code", False))
-        )
-        if model.get("custom_chat_template", None):  # verl applies it to the tokenizer it loads
-            tokenizer.chat_template = model.custom_chat_template
-        return tokenizer
+        tokenizer = hf_tokenizer(path, trust_remote_code=trust)
+        processor = hf_processor(path, trust_remote_code=trust)
     except Exception as exc:  # noqa: BLE001 - the length check is skipped, loudly; verl loads it later
         logger.warning("prompt length check skipped: tokenizer of %s not loadable in the driver (%s)", path, exc)
+        return None, None
+    if processor is not None and not getattr(processor, "chat_template", None):
+        processor.chat_template = getattr(tokenizer, "chat_template", None)
+    if model.get("custom_chat_template", None):
+        setattr(processor if processor is not None else tokenizer, "chat_template", model.custom_chat_template)
+    return tokenizer, processor
+
+
+def verl_dataset(config, key: str, path: str, tokenizer, processor):
+    """verl's own dataset of one data file, built as verl's trainer builds it: `create_rl_dataset` with
+    the run's `data` config, tokenizer and processor, so filtering follows whatever verl does. Every row
+    is kept for the check (max_samples=-1): data.*_max_samples picks some of these rows. A file verl
+    cannot load is an error naming it (the trainer would fail on it after Ray starts)."""
+    import time
+
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    start = time.monotonic()
+    try:
+        dataset = create_rl_dataset([path], config.data, tokenizer, processor, is_train=key == "train_files")
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+        raise ValueError(f"data.{key} {path}: verl's dataset cannot load it ({type(exc).__name__}: {exc})") from exc
+    logger.info("data.%s %s: verl's dataset built in %.1f s", key, path, time.monotonic() - start)
+    return dataset
+
+
+def _comparable(value):
+    """A prompt as plain data: numpy arrays as lists, None-valued keys dropped (verl's datasets loader
+    fills the keys one row lacks with None; pandas does not)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if not _missing(v)}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def kept_rows(rows: Sequence[dict], dataset, prompt_key: str) -> Optional[list[int]]:
+    """Indices of `rows` (a file's rows, in order) that verl's dataset kept: its rows are the file's,
+    in order, minus those it filtered, matched by prompt. None when they cannot be matched (a dataset
+    class that rewrites its rows): the caller then relies on its own count."""
+    frame = getattr(dataset, "dataframe", None)
+    if frame is None or prompt_key not in getattr(frame, "column_names", ()):
         return None
+    kept: list[int] = []
+    i = 0
+    for prompt in frame[prompt_key]:
+        target = _comparable(prompt)
+        while i < len(rows) and _comparable(rows[i].get(prompt_key)) != target:
+            i += 1
+        if i == len(rows):
+            return None
+        kept.append(i)
+        i += 1
+    return kept
 
 
 def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport]:
     """`check_data_rows` on every local file of data.train_files and data.val_files.
 
-    Remote paths (hdfs://, s3://, ...) are left to verl, as are custom dataset classes and
-    multimodal data. tokenizer="auto" loads the model's tokenizer; None skips the length check.
+    Remote paths (hdfs://, s3://, ...) are left to verl, as are custom dataset classes. tokenizer="auto"
+    loads the model's tokenizer and processor as verl does; None skips the length check and verl's
+    dataset. With a tokenizer, verl's own dataset of each file is built (`verl_dataset`) and what it
+    filters is what the check reports.
     """
     data = config.data
     if (data.get("custom_cls", {}) or {}).get("path"):
@@ -368,10 +499,6 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
     require_reward_fields = (reward.get("reward_manager", {}) or {}).get("source", "register") == "register" and not (
         (reward.get("reward_model", {}) or {}).get("enable", False)
     )
-    if data.get("filter_overlong_prompts", False):
-        overlong = "filter"
-    else:
-        overlong = "error" if data.get("truncation", "error") == "error" else "truncate"
     teacher = teacher_spec_of(config)
     fn_config = reward.get("custom_reward_function", {}) or {}
     from srpo_verl.tasks import is_task_reward
@@ -381,8 +508,9 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
     check_sources = not fn_config.get("path", None) or is_task_reward(
         fn_config.get("path"), fn_config.get("name", None)
     )
-    if tokenizer == "auto":
-        tokenizer = _load_tokenizer(config)
+    processor = None
+    if isinstance(tokenizer, str) and tokenizer == "auto":
+        tokenizer, processor = _load_tokenizer(config)
     reports = {}
     for key in ("train_files", "val_files"):
         files = data.get(key, None)
@@ -404,10 +532,11 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
                 prompt_key=data.get("prompt_key", "prompt"),
                 require_reward_fields=require_reward_fields,
                 tokenizer=tokenizer,
-                max_prompt_length=data.get("max_prompt_length", None),
-                overlong=overlong,
-                apply_chat_template_kwargs=dict(data.get("apply_chat_template_kwargs", {}) or {}),
+                processor=processor,
                 teacher=teacher,
                 check_data_sources=check_sources,
+                verl_dataset=None
+                if tokenizer is None
+                else functools.partial(verl_dataset, config, key, local, tokenizer, processor),
             )
     return reports

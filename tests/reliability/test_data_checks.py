@@ -400,3 +400,72 @@ def test_jsonl_line_that_is_not_an_object_names_the_file_and_the_line(tmp_path):
     path.write_text(json.dumps(rows()[0]) + "\n" + json.dumps([1, 2]) + "\n")
     with pytest.raises(ValueError, match=re.escape(f"data file {path}, line 2: a list, not a JSON object (one row)")):
         check_data_files(_config(tmp_path, rows(), f"data.train_files={path}"), tokenizer=None)
+
+
+# ------------------------------------------- issue 24: the check reads what verl's own dataset keeps
+
+
+def _long_rows():
+    data = rows(6)
+    for i in (1, 4):
+        data[i]["prompt"] = [{"role": "user", "content": "7" * 40 + "+1="}]
+    return data
+
+
+def _verl_kept(config, path, tok):
+    """The rows verl's trainer trains on, from verl's own dataset built independently of the check."""
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    dataset = create_rl_dataset([str(path)], config.data, tok, None, is_train=True)
+    return [row["extra_info"]["index"] for row in dataset.dataframe]
+
+
+@pytest.mark.parametrize(
+    "overrides, dropped",
+    [(["data.filter_overlong_prompts=True"], [1, 4]), (["data.truncation=left"], [])],
+    ids=["filter", "truncate"],
+)
+def test_the_check_agrees_with_verls_dataset_row_for_row(tmp_path, tok, overrides, dropped):
+    """verl's own option decides which rows survive; the check reports exactly the rows verl's dataset
+    drops (filter) or keeps whole and cuts later (truncate)."""
+    config = _config(tmp_path, _long_rows(), *overrides)
+    (report,) = check_data_files(config, tokenizer=tok).values()
+    kept = _verl_kept(config, tmp_path / "train.parquet", tok)
+    assert kept == [i for i in range(6) if i not in dropped]
+    assert report.verl_rows == len(kept) and report.overlong_rows == [1, 4]
+    if dropped:
+        assert [i for i in range(6) if i not in report.overlong_rows] == kept
+
+
+def test_the_check_follows_a_verl_that_filters_differently(tmp_path, tok, monkeypatch, caplog):
+    """Would fail if the check re-derived verl's filtering: a verl whose dataset drops other rows (here
+    every odd row, whatever its length) is followed row for row, and the disagreement is logged."""
+    from verl.utils.dataset import rl_dataset
+
+    def odd_rows_out(self, dataframe=None):
+        return (
+            dataframe.filter(lambda doc: doc["extra_info"]["index"] % 2 == 0)
+            if self.filter_overlong_prompts
+            else dataframe
+        )
+
+    monkeypatch.setattr(rl_dataset.RLHFDataset, "maybe_filter_out_long_prompts", odd_rows_out)
+    config = _config(tmp_path, _long_rows(), "data.filter_overlong_prompts=True")
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.data_checks"):
+        (report,) = check_data_files(config, tokenizer=tok).values()
+    kept = _verl_kept(config, tmp_path / "train.parquet", tok)
+    assert kept == [0, 2, 4]
+    assert report.overlong_rows == [1, 3, 5] and report.verl_rows == 3
+    assert "verl's dataset drops rows [1, 3, 5]; measured here, rows [1, 4] are over" in caplog.text
+
+
+def test_a_prompt_the_chat_template_fails_on_is_refused_naming_the_rows(tmp_path, tok):
+    """Before: verl's dataset filter printed a traceback and dropped the row silently (or the rollout
+    failed on it); now the check names the file and the rows."""
+    data = rows(4)
+    data[2]["prompt"] = [{"role": "user", "content": "2+3="}, {"role": "assistant", "content": None}]
+    data[2]["prompt"].append({"role": "user", "content": "and 4+5="})
+    with pytest.raises(
+        ValueError, match=r"data.train_files .*train.parquet: the chat template fails on these prompts .* at rows \[2\]"
+    ):
+        check_data_files(_config(tmp_path, data, "data.filter_overlong_prompts=True"), tokenizer=tok)
