@@ -35,6 +35,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 QUICKSTART = REPO / "docs" / "quickstart.md"
 RECIPES = REPO / "recipes"
 CELLS = sorted(RECIPES.glob("table1/run_*.sh")) + sorted(RECIPES.glob("ablation/run_*.sh"))
+CELLS += sorted(RECIPES.glob("lora/run_*.sh"))  # beyond the paper: a LoRA student
 SHELL = {"HOME": "/home/user", "PWD": "/work/run"}
 STAMP = "20260101-000000"
 PLACEHOLDER = "/placeholder"
