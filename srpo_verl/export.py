@@ -8,6 +8,11 @@ the student's config, tokenizer and generation config (the teacher is an EMA of 
 it has the student's architecture). The student itself is exported by verl's own merger
 (`python -m verl.model_merger merge --backend fsdp ...`, docs/export.md).
 
+A LoRA student's teacher is base + EMA(adapter): its shards hold the adapter's `lora_` tensors only.
+The base comes from the actor checkpoint (frozen in training, so the checkpointed base is the one
+the teacher ran on); OUT_DIR then gets base + the teacher adapter merged, and OUT_DIR/teacher_adapter/
+the adapter alone in PEFT's layout (adapter_config.json, adapter_model.safetensors).
+
 Reassembly needs no placement metadata: every parameter of the model built from the student's
 config has a known full shape, and a shard list either concatenates along dim 0 to that shape
 (FSDP2's Shard(0)) or is one full copy per rank (replicated); anything else is an error naming
@@ -228,6 +233,89 @@ def _refuse_nonfinite(state: dict[str, torch.Tensor], where: str, why: str) -> N
         )
 
 
+ADAPTER_DIR = "teacher_adapter"  # inside OUT_DIR, for a LoRA student's teacher
+_LORA_SUFFIX = re.compile(r"\.lora_[A-Za-z_]+\.[^.]+\.weight$")  # .lora_A.default.weight, ...
+_PEFT_PREFIX = "base_model.model."
+
+
+def is_adapter_state(names) -> bool:
+    """Teacher shards of a LoRA student: adapter tensors only (srpo_verl/integration/lora_teacher.py)."""
+    from srpo_verl.integration.lora_teacher import ADAPTER_MARK
+
+    names = list(names)
+    return bool(names) and all(ADAPTER_MARK in name for name in names)
+
+
+def _student_shards(actor: str, world: int) -> list[dict[str, torch.Tensor]]:
+    """verl's actor shards (DTensors) as rank-local tensors, rank order."""
+    shards = []
+    for rank in range(world):
+        path = os.path.join(actor, f"model_world_size_{world}_rank_{rank}.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: the LoRA teacher's base weights are read from the actor checkpoint")
+        state = torch.load(path, map_location="cpu", weights_only=False)  # verl pickles DTensors
+        shards.append({k: (v.to_local() if hasattr(v, "to_local") else v) for k, v in state.items()})
+    return shards
+
+
+def _lora_teacher_model(actor: str, teacher_shards: list[dict[str, torch.Tensor]]):
+    """The PEFT model of the checkpoint: base from the actor shards, adapter = the EMA teacher's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    meta_path = os.path.join(actor, "lora_train_meta.json")  # verl writes r and lora_alpha there
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{meta_path}: a LoRA teacher needs verl's record of the adapter's rank and alpha")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    # The adapted modules, by full name, from the teacher's own tensor names.
+    targets = sorted({_LORA_SUFFIX.sub("", name).removeprefix(_PEFT_PREFIX) for name in teacher_shards[0]})
+    config = AutoConfig.from_pretrained(os.path.join(actor, "huggingface"))
+    with torch.device("meta"):
+        skeleton = get_peft_model(
+            AutoModelForCausalLM.from_config(config),
+            LoraConfig(r=int(meta["r"]), lora_alpha=meta["lora_alpha"], target_modules=targets, bias="none"),
+        )
+    full_shapes = {name: t.shape for name, t in skeleton.state_dict().items()}
+    teacher = merge_shards(teacher_shards, full_shapes)
+    student = merge_shards(_student_shards(actor, len(teacher_shards)), full_shapes)
+    state = {**student, **teacher}  # base from the actor, adapter from the teacher
+    missing, unexpected = skeleton.load_state_dict(state, strict=False, assign=True)
+    if config.get_text_config().tie_word_embeddings:
+        skeleton.base_model.model.tie_weights()
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"LoRA teacher of {actor}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return skeleton, teacher
+
+
+def _copy_hf_files(hf_dir: str, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(hf_dir):
+        src = os.path.join(hf_dir, name)
+        if os.path.isfile(src) and not name.endswith(_HF_WEIGHT_SUFFIXES):
+            shutil.copy2(src, os.path.join(out_dir, name))  # tokenizer, chat template, generation config
+
+
+def _export_lora_teacher(actor, out_dir, shards, cast, dtype, allow_nonfinite) -> str:
+    peft_model, adapter = _lora_teacher_model(actor, shards)
+    if not allow_nonfinite:
+        _refuse_nonfinite(adapter, actor, "the run diverged before this checkpoint")
+    if cast is not None:
+        peft_model.to(cast)
+    hf_dir = os.path.join(actor, "huggingface")
+    adapter_dir = os.path.join(out_dir, ADAPTER_DIR)
+    peft_model.save_pretrained(adapter_dir)  # PEFT layout: adapter_config.json + adapter_model.safetensors
+    merged = peft_model.merge_and_unload()  # W + (alpha / r) B A in each adapted layer
+    state = merged.state_dict()
+    if not allow_nonfinite:
+        _refuse_nonfinite(state, actor, f"--dtype {dtype} overflows them" if cast is not None else "merging overflows")
+    merged.config.dtype = next(iter(state.values())).dtype
+    _copy_hf_files(hf_dir, out_dir)
+    merged.save_pretrained(out_dir)
+    return out_dir
+
+
 def export_teacher(
     checkpoint_dir: str,
     out_dir: str,
@@ -240,10 +328,16 @@ def export_teacher(
 
     `dtype` ("float32", "bfloat16", ...) casts the weights; by default they keep the training
     dtype of the shards (verl's merger writes the student in bfloat16). A teacher holding NaN or
-    inf (a diverged run, or a cast that overflows) is refused unless `allow_nonfinite`."""
+    inf (a diverged run, or a cast that overflows) is refused unless `allow_nonfinite`. A LoRA
+    student's teacher is written merged into its base, and alone under OUT_DIR/teacher_adapter/."""
     cast = torch_dtype(dtype)  # a bad name fails here, before gigabytes of shards are read
     actor = actor_dir(checkpoint_dir, step)
     hf_dir = os.path.join(actor, "huggingface")
+    paths = teacher_shard_paths(actor)
+    first = load_shard(paths[0])
+    if is_adapter_state(first):
+        shards = [first] + [load_shard(path) for path in paths[1:]]
+        return _export_lora_teacher(actor, out_dir, shards, cast, dtype, allow_nonfinite)
     state = load_teacher_state(actor)
     if not allow_nonfinite:
         _refuse_nonfinite(state, actor, "the run diverged before this checkpoint")
@@ -259,10 +353,6 @@ def export_teacher(
     if missing or unexpected:
         raise ValueError(f"EMA teacher of {actor}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.config.dtype = next(iter(state.values())).dtype
-    os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(hf_dir):
-        src = os.path.join(hf_dir, name)
-        if os.path.isfile(src) and not name.endswith(_HF_WEIGHT_SUFFIXES):
-            shutil.copy2(src, os.path.join(out_dir, name))  # tokenizer, chat template, generation config
+    _copy_hf_files(hf_dir, out_dir)
     model.save_pretrained(out_dir)  # config.json (with the weights' dtype) and the safetensors
     return out_dir
