@@ -24,9 +24,13 @@ global_step_N or its actor/ folder), whose student is first merged by verl's own
 OUT/models/<label>/ (bfloat16, as `python -m verl.model_merger merge` writes it). The EMA teacher
 is evaluated by exporting it first (`python -m srpo_verl export-teacher`).
 
-Generation is HF `generate` (`generate` below, also the CPU demo's evaluator): a CPU or single-GPU
-path for small models and smoke tests. For 4B/8B models on a cluster, verl's own validation is the
-route (vLLM/SGLang, the same avg@16): docs/export.md gives the command.
+Generation is HF `generate` by default (`--backend hf`; `generate` below, also the CPU demo's
+evaluator): a CPU or single-GPU path for small models and smoke tests. `--backend vllm` generates
+with vLLM (`vllm.LLM`, `--tensor-parallel-size` GPUs) for 4B/8B models on a GPU node, from the same
+token ids (the same chat templating) with the same sampling settings, scored and written the same
+way: only the sampler differs (`sample_hf`, `sample_vllm`). vLLM is not a dependency: the flag is
+refused before anything loads where it does not import. verl's own validation is the other
+cluster route (docs/export.md).
 """
 
 from __future__ import annotations
@@ -79,6 +83,22 @@ def check_args(args) -> None:
         bad("--top-p", args.top_p, "must be in (0, 1]")
     if args.dtype not in DTYPES:
         bad("--dtype", args.dtype, f"expected one of {', '.join(DTYPES)}")
+    if args.backend not in SAMPLERS:
+        bad("--backend", args.backend, f"expected one of {', '.join(SAMPLERS)}")
+    if args.tensor_parallel_size < 1:
+        bad("--tensor-parallel-size", args.tensor_parallel_size, "must be at least 1")
+    if args.backend == "hf" and args.tensor_parallel_size != 1:
+        bad("--tensor-parallel-size", args.tensor_parallel_size, "splits a model only with --backend vllm")
+    if args.backend == "vllm":
+        # Imported here, not found: a vLLM that is installed but cannot import (a torch or CUDA
+        # mismatch) would otherwise fail only after the checkpoints are merged.
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(
+                f"--backend vllm: vLLM does not import in this environment ({exc}). Install it where the models "
+                "run (`pip install vllm`, the version your verl deployment uses), or use --backend hf"
+            ) from None
     try:
         kwargs = json.loads(args.chat_template_kwargs)
     except ValueError as exc:
@@ -139,6 +159,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"load the models in this dtype: {', '.join(DTYPES)} (auto: as saved; CPUs prefer float32)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/results.json")
+    parser.add_argument(
+        "--backend",
+        default="hf",
+        help="generation: hf (transformers generate, CPU or one GPU) or vllm (GPU, `pip install vllm`)",
+    )
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model, --backend vllm")
 
 
 def resolve_model(path: str, merged_dir: str) -> str:
@@ -256,22 +282,29 @@ def generate(
 
 
 def load_model(model_dir: str, args):
-    """(model, tokenizer) in --dtype, loaded once per model for all its tasks."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) in --dtype, loaded once per model for all its tasks; the model is the
+    --backend's: a transformers model, or a `vllm.LLM`. The tokenizer (the chat template) is the
+    same for both."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
     name = DTYPES[args.dtype]
+    if args.backend == "vllm":
+        import vllm
+
+        return vllm.LLM(model=model_dir, dtype=name, tensor_parallel_size=args.tensor_parallel_size), tokenizer
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=name if name == "auto" else getattr(torch, name))
     return model.eval(), tokenizer
 
 
-def score_model(model, tokenizer, rows: list[dict], reward_fn, args, progress: str | None = None) -> list[float]:
-    """Per-prompt mean accuracy over `args.n` samples."""
-    kwargs = json.loads(args.chat_template_kwargs)
-    prompts = [chat_prompt_ids(tokenizer, row["prompt"], kwargs) for row in rows]
-    responses = generate(
+# A sampler: (model, tokenizer, prompt id lists, args, progress name) -> args.n decoded responses per
+# prompt, prompt by prompt (special tokens removed). Everything before and after it is shared.
+def sample_hf(model, tokenizer, prompts: list[list[int]], args, progress: str | None = None) -> list[str]:
+    return generate(
         model,
         tokenizer,
         [p for p in prompts for _ in range(args.n)],
@@ -283,6 +316,33 @@ def score_model(model, tokenizer, rows: list[dict], reward_fn, args, progress: s
         top_p=args.top_p,
         progress=progress,
     )
+
+
+def sample_vllm(llm, tokenizer, prompts: list[list[int]], args, progress: str | None = None) -> list[str]:
+    # Token ids, not text: vLLM must not re-apply a template or add a BOS the HF path does not.
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_new_tokens, seed=args.seed
+    )
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=progress is not None)
+    texts = []
+    for out in outputs:  # vLLM returns the requests in the order given
+        completions = sorted(out.outputs, key=lambda c: c.index)
+        if len(completions) != args.n:
+            raise RuntimeError(f"vLLM returned {len(completions)} completions for a prompt, expected --n {args.n}")
+        texts.extend(c.text for c in completions)
+    return texts
+
+
+SAMPLERS = {"hf": sample_hf, "vllm": sample_vllm}
+
+
+def score_model(model, tokenizer, rows: list[dict], reward_fn, args, progress: str | None = None) -> list[float]:
+    """Per-prompt mean accuracy over `args.n` samples."""
+    kwargs = json.loads(args.chat_template_kwargs)
+    prompts = [chat_prompt_ids(tokenizer, row["prompt"], kwargs) for row in rows]
+    responses = SAMPLERS[args.backend](model, tokenizer, prompts, args, progress)
     per_prompt = []
     for i, row in enumerate(rows):
         truth = row["reward_model"]["ground_truth"]
@@ -349,7 +409,12 @@ def evaluate_models(models: list[tuple[str, str]], tasks: list[tuple[str, str]],
             print(f"{label} {name}: avg@{args.n} = {avg:.1f} over {len(rows)} prompts", flush=True)
             if on_result is not None:
                 on_result(results)
-        del model
+        del model  # the next model needs the memory (a vLLM engine's GPU memory goes with it)
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return results
 
 

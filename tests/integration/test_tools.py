@@ -5,6 +5,8 @@ that is wrong. Fast: the tiny model and hand-made checkpoint folders, no trainin
 
 import json
 import shutil
+import sys
+import types
 
 import pandas as pd
 import pytest
@@ -64,6 +66,9 @@ def no_loading(monkeypatch):
         (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
         (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
         (["--temperature", "0"], "--temperature 0.0: must be a finite number > 0"),
+        (["--backend", "sglang"], "--backend 'sglang': expected one of hf, vllm"),
+        (["--tensor-parallel-size", "0"], "--tensor-parallel-size 0: must be at least 1"),
+        (["--tensor-parallel-size", "2"], "--tensor-parallel-size 2: splits a model only with --backend vllm"),
     ],
     ids=[
         "dtype",
@@ -75,6 +80,9 @@ def no_loading(monkeypatch):
         "max_new_tokens_0",
         "top_p",
         "temperature_0",
+        "backend",
+        "tp_0",
+        "tp_without_vllm_backend",
     ],
 )
 def test_evaluate_refuses_a_bad_flag_before_loading(base, no_loading, flags, message):
@@ -122,6 +130,111 @@ def test_evaluate_refuses_a_reward_that_cannot_score_the_task_before_loading(bas
     with pytest.raises(SystemExit) as exc:
         run_evaluate(*base, "--reward-path", "pkg://srpo_verl.tasks", "--reward-name", "compute_score")
     assert "--reward-name compute_score cannot score --task add's first row: NotImplementedError" in str(exc.value)
+
+
+def test_evaluate_backend_vllm_without_vllm_is_refused_before_loading(base, no_loading, monkeypatch):
+    """Before: no vLLM route at all (HF generate only). Now --backend vllm where vLLM does not import is
+    refused before any model loads or merges, naming the flag and the install."""
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, installed or not
+    with pytest.raises(SystemExit) as exc:
+        run_evaluate(*base, "--backend", "vllm")
+    message = str(exc.value)
+    assert message.startswith("--backend vllm: vLLM does not import in this environment")
+    assert "`pip install vllm`" in message and "or use --backend hf" in message
+
+
+def _answers(truths: dict):
+    """A deterministic response for (prompt ids, sample k): the gold answer for some samples only, so
+    per-prompt accuracies vary."""
+
+    def answer(ids, k):
+        return truths[tuple(ids)] if k < sum(ids) % 4 else "0"
+
+    return answer
+
+
+def _fake_vllm(answer, calls: dict) -> types.ModuleType:
+    """A stand-in for `vllm`: LLM records its arguments; generate returns RequestOutput-shaped objects
+    (prompt_token_ids, outputs: CompletionOutput-shaped index/text/token_ids), the completions out of
+    index order as vLLM may return them."""
+    module = types.ModuleType("vllm")
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["llm"].append(kwargs)
+
+        def generate(self, prompts, sampling_params, use_tqdm=True):
+            calls["generate"].append(([p["prompt_token_ids"] for p in prompts], sampling_params.kwargs))
+            n = sampling_params.kwargs["n"]
+            return [
+                types.SimpleNamespace(
+                    prompt_token_ids=p["prompt_token_ids"],
+                    outputs=[
+                        types.SimpleNamespace(index=k, text=answer(p["prompt_token_ids"], k), token_ids=[1])
+                        for k in reversed(range(n))
+                    ],
+                )
+                for p in prompts
+            ]
+
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    return module
+
+
+def test_evaluate_backend_vllm_gets_what_hf_gets_and_writes_the_same_results(
+    base, tiny_model_path, addition_data, tmp_path, monkeypatch
+):
+    """The vLLM path receives the prompt token ids the HF path forms (same chat templating), the same
+    sampling settings, and writes the same results.md and results.json (but for the backend flags)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    rows = evaluate.load_split(addition_data["val"], 4)
+    truths = {tuple(evaluate.chat_prompt_ids(tok, r["prompt"], {})): r["reward_model"]["ground_truth"] for r in rows}
+    answer = _answers(truths)
+    settings = ["--n", "3", "--limit", "4", "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "5"]
+    settings += ["--seed", "7", "--dtype", "fp32"]
+
+    hf_calls = []
+
+    def fake_generate(model, tokenizer, prompt_rows, **kwargs):
+        hf_calls.append((prompt_rows, kwargs))
+        return [answer(ids, i % 3) for i, ids in enumerate(prompt_rows)]  # n samples per prompt, in a row
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    hf_out, vllm_out = tmp_path / "hf", tmp_path / "vllm"
+    assert run_evaluate(*base, *settings, "--out", str(hf_out)) == 0
+
+    calls = {"llm": [], "generate": []}
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(answer, calls))
+    assert (
+        run_evaluate(*base, *settings, "--out", str(vllm_out), "--backend", "vllm", "--tensor-parallel-size", "2") == 0
+    )
+
+    assert calls["llm"] == [{"model": tiny_model_path, "dtype": "float32", "tensor_parallel_size": 2}]
+    ((hf_rows, hf_kwargs),) = hf_calls
+    ((vllm_prompts, params),) = calls["generate"]
+    assert vllm_prompts == hf_rows[::3] == [list(ids) for ids in truths]  # one request per prompt, n samples each
+    assert hf_rows == [ids for ids in vllm_prompts for _ in range(3)]
+    assert params == {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "seed": 7}
+    assert {k: hf_kwargs[k] for k in ("temperature", "top_p", "max_new_tokens", "seed", "greedy")} == {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_new_tokens": 5,
+        "seed": 7,
+        "greedy": False,
+    }
+    assert (hf_out / "results.md").read_text() == (vllm_out / "results.md").read_text()
+    hf_json, vllm_json = (json.loads((d / "results.json").read_text()) for d in (hf_out, vllm_out))
+    assert hf_json["results"] == vllm_json["results"] and hf_json["complete"] and vllm_json["complete"]
+    per_prompt = hf_json["results"]["tiny"]["add"]["per_prompt"]
+    assert len(per_prompt) == 4 and len(set(per_prompt)) > 1  # the scores really vary with the responses
+    differ = {k for k in hf_json["settings"] if hf_json["settings"][k] != vllm_json["settings"][k]}
+    assert differ == {"backend", "tensor_parallel_size", "out"}
 
 
 # --------------------------------------------------------------------------- evaluate: results kept
