@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -257,7 +258,16 @@ def check_data_rows(
     )
 
 
-PROGRESS_EVERY = 20_000  # rows between progress lines while measuring a big file
+PROGRESS_FROM = 2_000  # rows from which a file's length passes show a progress bar (seconds per pass)
+
+
+def _progress(items, total: int, desc: str):
+    """`items`, with a progress bar on stderr for a big file (verl's own filter shows one too)."""
+    if total < PROGRESS_FROM:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="row", file=sys.stderr, mininterval=2)
 
 
 def _prompt_lengths(messages_of, tokenizer, processor, kwargs: dict, tools, source: str) -> list[int]:
@@ -265,8 +275,6 @@ def _prompt_lengths(messages_of, tokenizer, processor, kwargs: dict, tools, sour
     (the chat template with the generation prompt and verl's tool schemas; a multimodal model's
     processor renders the text). A row whose template raises is an error naming it: verl would drop
     it silently (filtering) or fail in the rollout."""
-    import time
-
     from verl.utils.tokenizer import normalize_token_ids
 
     kwargs = {k: v for k, v in kwargs.items() if k not in ("tokenize", "return_dict", "return_tensors")}
@@ -274,10 +282,7 @@ def _prompt_lengths(messages_of, tokenizer, processor, kwargs: dict, tools, sour
         kwargs["tools"] = tools
     lengths: list[int] = []
     failed: dict[str, list[int]] = {}
-    start = time.monotonic()
-    for i, messages in enumerate(messages_of):
-        if i and i % PROGRESS_EVERY == 0:
-            logger.info("%s: measured %d/%d prompts (%.0f s)", source, i, len(messages_of), time.monotonic() - start)
+    for i, messages in _progress(enumerate(messages_of), len(messages_of), f"{source}: prompt lengths"):
         try:
             if processor is not None:
                 text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
@@ -334,7 +339,7 @@ def _check_teacher_budget(
     limit = teacher.limit
     too_long: list[int] = []
     longest, overhead, key_of_overhead = 0, None, teacher.templates[0][0]
-    for i, messages in rows:
+    for i, messages in _progress(rows, len(rows), f"{source}: teacher prompt budget"):
         for key, template, slot in teacher.templates:
             n = teacher_template_length(
                 tokenizer, messages, template=template, slot=slot, apply_chat_template_kwargs=kwargs

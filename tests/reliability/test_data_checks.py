@@ -469,3 +469,16 @@ def test_a_prompt_the_chat_template_fails_on_is_refused_naming_the_rows(tmp_path
         ValueError, match=r"data.train_files .*train.parquet: the chat template fails on these prompts .* at rows \[2\]"
     ):
         check_data_files(_config(tmp_path, data, "data.filter_overlong_prompts=True"), tokenizer=tok)
+
+
+def test_a_big_file_shows_progress_for_each_length_pass(tmp_path, tok, monkeypatch, capsys):
+    """Lengths are measured row by row (with verl's own filter, 3-4 passes over the file): a big file
+    shows a bar per pass on stderr instead of minutes of silence."""
+    from srpo_verl.integration import data_checks
+
+    monkeypatch.setattr(data_checks, "PROGRESS_FROM", 3)
+    check_data_files(_config(tmp_path, rows(4), "data.filter_overlong_prompts=True"), tokenizer=tok)
+    err = capsys.readouterr().err
+    assert "Filtering prompts longer than 32 tokens" in err  # verl's own bar
+    for name in ("prompt lengths", "teacher prompt budget"):
+        assert f"data.train_files {tmp_path / 'train.parquet'}: {name}: 100%" in err
