@@ -384,14 +384,15 @@ class SRPOConfig(BaseConfig):
             return routing.teacher_available, routing.teacher_available
         return torch.zeros_like(routing.teacher_available), routing.teacher_available
 
-    def advantage(self, grpo_advantage, sampled_advantage, taught: bool):
-        """The per-token advantage of one row's PPO term: A_GRPO (srpo), 0 (sdpo: no GRPO term), or
+    def advantage(self, grpo_advantage, sampled_advantage, taught):
+        """The per-token advantage of the PPO term: A_GRPO (srpo), 0 (sdpo: no GRPO term), or
         lambda A_GRPO + (1 - lambda) A_SDPO on rows with a teacher and A_GRPO on the others
-        (advantage_mix). grpo_advantage, sampled_advantage: (T,) tensors of the row."""
+        (advantage_mix). grpo_advantage, sampled_advantage: (B, T); taught: (B,) bool."""
         if self.method == "sdpo":
             return torch.zeros_like(grpo_advantage)
-        if self.method == "advantage_mix" and taught:
-            return core_algos.advantage_mix(grpo_advantage, sampled_advantage, mix_lambda=self.mix_lambda)
+        if self.method == "advantage_mix":
+            mixed = core_algos.advantage_mix(grpo_advantage, sampled_advantage, mix_lambda=self.mix_lambda)
+            return torch.where(taught.unsqueeze(-1), mixed, grpo_advantage)
         return grpo_advantage
 
     @property

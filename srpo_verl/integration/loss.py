@@ -8,10 +8,12 @@ verl's FSDP engine calls one function in two roles (the hook verl's own top-K di
      one-denominator SRPO objective of `core_algos.srpo_loss` and metrics.
 Nothing here holds math: every formula is a `srpo_verl.core_algos` function.
 
-The batch fields it reads (route, top-K ids, teacher values, sampled-token advantage, the mini-batch
-normaliser) are declared in `wire.py`. The teacher's fields are nested tensors with the response's
-length on rows the teacher scored and an empty row elsewhere (nothing is shipped for a GRPO row):
-their values are the response tokens of the scored rows, in order (`teacher_token_mask`).
+The batch fields it reads (route, top-K ids, teacher values, the mini-batch normaliser) are declared
+in `wire.py`; each row's advantage for the method (`SRPOConfig.advantage`) is formed here, from verl's
+GRPO advantage and, where the method uses it, the sampled-token advantage of the teacher's log-prob.
+The teacher's fields are nested tensors with the response's length on rows the teacher scored and an
+empty row elsewhere (nothing is shipped for a GRPO row): their values are the response tokens of the
+scored rows, in order (`teacher_token_mask`).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def distillation_divergence(
         for key in (wire.DIVERGENCE, wire.DENSE_WEIGHT, wire.LABEL_LOG_PROB, wire.TOPK_MATCH)
     }
     lend = None
-    if srpo.distils_logits and wire.TOPK_IDS.name in data:
+    if srpo.distils_logits and wire.TOPK_IDS.name in data and bool(data[wire.ROUTE.name].any()):
         routed = routed_response_tokens(data)  # (R_total,)
         positions = response_positions(data)[routed]  # (n,)
         if positions.numel() > 0:
@@ -162,11 +164,19 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
     if "rollout_is_weights" in data:
         fields.append("rollout_is_weights")
     padded = dict(data.select(*fields).to_padded_tensor().items())
-    for key in (wire.TEACHER_ENTROPY.name, wire.SAMPLED_ADV.name):  # empty rows outside the taught ones
-        padded[key] = padded_teacher_field(data, key, padded["old_log_probs"].shape)
     mask = padded["response_mask"].bool()  # (B, T)
     old_log_prob, rho = padded["old_log_probs"], padded.get("rollout_is_weights", None)
     route = data[wire.ROUTE.name].bool()  # (B,)
+    # Teacher fields are empty rows outside the taught ones (zero once padded).
+    weight_entropy = padded_teacher_field(data, srpo.weight_entropy_field, old_log_prob.shape)
+    sampled_adv = None
+    if not srpo.distils_logits:  # the SDPO signal is the sampled token's teacher log-prob
+        taught = data[wire.TEACHER_LOG_PROB.name].offsets().diff() > 0  # (B,)
+        teacher_log_prob = padded_teacher_field(data, wire.TEACHER_LOG_PROB.name, old_log_prob.shape)
+        sampled_adv = core_algos.sampled_token_advantage(teacher_log_prob, old_log_prob) * taught.unsqueeze(-1)
+        advantages = srpo.advantage(padded["advantages"], sampled_adv, taught)
+    else:
+        advantages = srpo.advantage(padded["advantages"], None, None)
 
     clip_kwargs = dict(
         clip_ratio_low=actor_config.clip_ratio_low,
@@ -176,19 +186,20 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
     )
     sdpo_tokens = mask & route.unsqueeze(-1)  # (B, T)
     if srpo.distils_logits:
-        divergence = no_padding_2_padding(model_output[wire.DIVERGENCE], data)  # (B, T)
-        log_prob, divergence = lend_to_token_log_prob(log_prob, divergence, model_output, data)
+        if wire.DIVERGENCE in model_output:
+            divergence = no_padding_2_padding(model_output[wire.DIVERGENCE], data)  # (B, T)
+            log_prob, divergence = lend_to_token_log_prob(log_prob, divergence, model_output, data)
+        else:  # no routed row in this worker's update: the worker asked verl for no processor call
+            divergence = torch.zeros_like(log_prob)
         sdpo_loss = core_algos.sdpo_token_loss(
             divergence, log_prob, old_log_prob, is_clip=srpo.is_clip, rollout_is_weights=rho
         )
     else:  # sampled-token distillation (and advantage_mix, which routes nothing)
-        sdpo_loss, _ = core_algos.ppo_clip_token_loss(
-            log_prob, old_log_prob, padded[wire.SAMPLED_ADV.name], **clip_kwargs
-        )
+        sdpo_loss, _ = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, sampled_adv, **clip_kwargs)
         divergence = torch.zeros_like(log_prob)
-    grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, padded["advantages"], **clip_kwargs)
+    grpo_loss, clipped = core_algos.ppo_clip_token_loss(log_prob, old_log_prob, advantages, **clip_kwargs)
     weights = core_algos.entropy_weights(
-        padded[wire.TEACHER_ENTROPY.name],
+        weight_entropy,
         sdpo_tokens,
         beta=srpo.beta,
         log_mean=data[wire.LOG_MEAN_WEIGHT],
@@ -218,7 +229,7 @@ def srpo_policy_objective(model_output, data, *, actor_config, srpo: SRPOConfig)
         # The entropy the weights read (entropy_mode), as a token mean over the mini-batch's routed tokens.
         distilled = max(float(data[wire.NUM_DISTILLED_TOKENS]), 1.0)
         metrics["srpo/weight_entropy_mean"] = Metric(
-            value=(padded[wire.TEACHER_ENTROPY.name].float() * sdpo_tokens).sum().item() / distilled * dp_size,
+            value=(weight_entropy.float() * sdpo_tokens).sum().item() / distilled * dp_size,
             aggregation=AggregationType.SUM,
         )
     if sdpo_tokens.any():

@@ -4,13 +4,17 @@ verl's step is kept whole; SRPO hooks in where docs/design.md's "One step" puts 
 the comments below are that list's):
   _compute_old_log_prob  routing (the rewards are known) -> mark the teacher rows -> verl's old-log-prob
                          forward, which also takes the student's top-K ids of those rows;
-  _compute_advantage     verl's GRPO advantage -> teacher prompts -> teacher pass (teacher rows only)
-                         -> each row's route and advantage for the loss;
-  _update_actor          verl's update with the SRPO loss (installed by `srpo_setup`), then the EMA step;
+  _compute_advantage     verl's GRPO advantage -> teacher prompts -> teacher pass (teacher rows only);
+  _update_actor          verl's update with the SRPO loss (installed by `srpo_setup`; it forms each row's
+                         advantage from the fields the update fetches), then the EMA step;
   _load_checkpoint       builds the EMA teacher before verl restores a checkpoint (so it is restored too);
                          not for a validation-only run.
 The constructor runs the driver's config and data checks before any worker starts (verl's own entry
 point skips srpo_verl.main_ppo, which runs them in the driver).
+
+The hooks are thin I/O (TransferQueue gets and puts, worker calls) around the module's pure functions:
+`route_rows`, `teacher_inputs`, `teacher_pass_plan`, `step_metrics`, `guard_inputs`. A step that routes
+nothing makes two TransferQueue calls and the EMA call beyond GRPO's step.
 """
 
 # device: host-side module (the trainer runs in the driver on TransferQueue's host tensors);
@@ -63,6 +67,110 @@ def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
 
+@dataclass
+class StepRouting:
+    """One step's routing, decided once the rewards are known (before verl's old-log-prob pass)."""
+
+    routing: core_algos.Routing
+    route: torch.Tensor  # (B,) bool: rows on the distillation branch
+    taught: torch.Tensor  # (B,) bool: rows the teacher scores
+    groups: torch.Tensor  # (B,) long: group index per row
+    uid: np.ndarray  # (B,) group labels (padding rows in their own "__pad_<i>" groups)
+    real: torch.Tensor  # (B,) bool: not a padding row verl added
+    feedback: list[str]  # per row, "" unless use_feedback
+
+    @property
+    def teacher_idx(self) -> list[int]:
+        return self.taught.nonzero().flatten().tolist()
+
+
+# ------------------------------------------------------------------ the step's pure functions
+def route_rows(data, real: list[bool], srpo, tokenizer, *, group_size: int, max_response_length: int, metrics: dict):
+    """Checked rewards and groups -> `core_algos.routing_mask` -> the method's route and teacher rows.
+
+    data: the step's uid, rm_scores, response_mask, responses, prompts (and extra_fields with
+    use_feedback), as TransferQueue hands them over. Adds the checks' counts to `metrics`."""
+    responses = list(data["responses"].unbind())
+    step = check_step_inputs(
+        data["rm_scores"],
+        list(data["uid"]),
+        data["response_mask"],
+        real=real,
+        group_size=group_size,
+        responses=data["responses"],
+        eos_token_id=tokenizer.eos_token_id,
+        max_response_length=max_response_length,
+        prompts=data["prompts"],
+    )
+    metrics.update(step.metrics)
+    feedback = [""] * len(responses)
+    if srpo.use_feedback:
+        feedback = [reward_extra(row, srpo.feedback_key) for row in list(data["extra_fields"])]
+    has_feedback = torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & step.real
+    demonstrable = demonstrable_rows(step, responses, srpo, tokenizer, metrics)
+    # teacher_available and sdpo are limited to real rows with a non-empty response.
+    routing = route_step(
+        step, success_threshold=srpo.success_threshold, has_feedback=has_feedback, demonstrable=demonstrable
+    )
+    route, taught = srpo.routes(routing)
+    return StepRouting(routing, route, taught, core_algos.group_ids(step.uid), step.uid, step.real, feedback)
+
+
+def demonstrable_rows(step, responses: list[torch.Tensor], srpo, tokenizer, metrics: dict) -> torch.Tensor:
+    """(B,) bool: responses a teacher can read as a demonstration (checked on the correct, usable
+    rows, the only ones that can demonstrate). A correct response that is only EOS, whitespace or
+    thinking is no teacher for its siblings; counted in srpo/check/empty_demonstration_rows."""
+    candidates = core_algos.correctness(step.rewards, success_threshold=srpo.success_threshold) & step.usable
+    demonstrable = torch.zeros(len(responses), dtype=torch.bool)
+    for i in candidates.nonzero().flatten().tolist():
+        demonstrable[i] = has_demonstration_content(tokenizer, responses[i].tolist(), strip_think=srpo.strip_thinking)
+    empty = (candidates & ~demonstrable).nonzero().flatten().tolist()
+    if empty:
+        logger.warning(
+            "SRPO step: %d correct response(s) with nothing to show once EOS, whitespace and thinking are "
+            "removed (rows %s): not used as demonstrations",
+            len(empty),
+            empty[:10],
+        )
+    metrics[METRIC_PREFIX + "empty_demonstration_rows"] = len(empty)
+    return demonstrable
+
+
+def teacher_inputs(
+    step: StepRouting, raw_prompts, responses, srpo, tokenizer, *, max_length: int, template_kwargs: dict, rng
+) -> tuple[list[torch.Tensor], int]:
+    """[teacher prompt | response] token ids of each teacher row (in `step.teacher_idx` order), and how
+    many teacher prompts were truncated. The demonstration is a correct sibling drawn with `rng`."""
+    groups, correct = step.groups.tolist(), step.routing.demonstration.tolist()
+    ids, truncated = [], 0
+    for i in step.teacher_idx:
+        siblings = [j for j in range(len(responses)) if groups[j] == groups[i] and correct[j] and j != i]
+        # The sibling's own token ids: spliced into the template, never re-tokenised as text.
+        solution = responses[int(rng.choice(siblings))].tolist() if siblings else None
+        try:
+            prompt, cut = teacher_prompt_ids(
+                tokenizer,
+                list(raw_prompts[i]),
+                solution=solution,
+                feedback=step.feedback[i] if solution is None else None,
+                reprompt_template=srpo.reprompt_template,
+                feedback_template=srpo.feedback_template,
+                strip_think=srpo.strip_thinking,
+                max_length=max_length,
+                overflow=srpo.teacher_prompt_overflow,
+                apply_chat_template_kwargs=template_kwargs,
+            )
+        except ValueError as err:
+            if srpo.max_teacher_prompt_length is None:
+                raise ValueError(
+                    f"{err} (unset, the limit is data.max_prompt_length + data.max_response_length = {max_length})"
+                ) from err
+            raise
+        truncated += int(cut > 0)
+        ids.append(torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]]))
+    return ids, truncated
+
+
 def teacher_pass_padding(teacher_idx: list[int], n: int, dp_size: int) -> list[int]:
     """Rows that pad the teacher pass to a multiple of the data-parallel size.
 
@@ -81,20 +189,89 @@ def teacher_pass_padding(teacher_idx: list[int], n: int, dp_size: int) -> list[i
 
 
 @dataclass
-class StepRouting:
-    """One step's routing, decided once the rewards are known (before verl's old-log-prob pass)."""
+class TeacherPassPlan:
+    """What the driver stores and sends around one teacher pass (`teacher_pass_plan`)."""
 
-    routing: core_algos.Routing
-    route: torch.Tensor  # (B,) bool: rows on the distillation branch
-    taught: torch.Tensor  # (B,) bool: rows the teacher scores
-    groups: torch.Tensor  # (B,) long: group index per row
-    uid: np.ndarray  # (B,) group labels (padding rows in their own "__pad_<i>" groups)
-    real: torch.Tensor  # (B,) bool: not a padding row verl added
-    feedback: list[str]  # per row, "" unless use_feedback
+    rows: list[int]  # the teacher rows, then the pad rows: the rows sent to the workers
+    pad: list[int]  # pad rows (distinct non-teacher rows) for an even split over the ranks
+    pad_inputs: dict  # their teacher sequence: one token (a pad row is run, never scored)
+    others: list[int]  # every row outside the teacher set, the pad rows included
+    others_fields: dict  # their teacher fields as empty rows, and the route of every row
 
-    @property
-    def teacher_idx(self) -> list[int]:
-        return self.taught.nonzero().flatten().tolist()
+
+def teacher_pass_plan(step: StepRouting, responses: list[torch.Tensor], *, dp_size: int, k: int) -> TeacherPassPlan:
+    """The teacher pass of a step: which rows run, what pads them, and the empty teacher fields of the
+    rows the teacher does not score (the update reads every field on every row)."""
+    n, rows = len(responses), step.teacher_idx
+    pad = teacher_pass_padding(rows, n, dp_size) if rows else []
+    others = [i for i in range(n) if not step.taught[i]]
+    fields = {}
+    if others:
+        fields = {key: _nested([torch.zeros(0) for _ in others]) for key in wire.TEACHER_OUTPUT_NAMES}
+        fields[wire.TEACHER_TOPK.name] = _nested([torch.zeros(0, k) for _ in others])
+        if not rows:  # verl's old-log-prob forward ran as in GRPO: no top-K ids, no route were stored
+            fields[wire.TOPK_IDS.name] = _nested([torch.zeros(0, k, dtype=torch.int32) for _ in others])
+            fields[wire.ROUTE.name] = step.route.long()
+    return TeacherPassPlan(
+        rows=rows + pad,
+        pad=pad,
+        pad_inputs={wire.TEACHER_INPUT_IDS.name: _nested([responses[i][:1] for i in pad])} if pad else {},
+        others=others,
+        others_fields=fields,
+    )
+
+
+def step_metrics(step: StepRouting, response_mask: list[torch.Tensor], teacher, *, truncated: int) -> dict:
+    """Routing shares, teacher statistics and counts (docs/spec.md §4: teacher entropy, response
+    length and routed share foretell collapse). teacher: the teacher fields of every row (None when
+    no row was taught)."""
+    routing, route, taught, groups = step.routing, step.route, step.taught, step.groups
+    real, n = step.real, len(route)
+    group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, routing.correct.float())
+    group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
+    real_groups = torch.zeros_like(group_correct).index_add_(0, groups, real.float()) > 0
+    n_real, n_groups = max(int(real.sum()), 1), max(int(real_groups.sum()), 1)
+    rows = step.teacher_idx
+    metrics = {
+        "srpo/routed_share": float(route.sum()) / n_real,
+        "srpo/grpo_share": float((~route & real).sum()) / n_real,
+        "srpo/correct_share": float((routing.correct & real).sum()) / n_real,
+        "srpo/all_wrong_group_share": float(((group_correct == 0) & real_groups).sum()) / n_groups,
+        "srpo/all_correct_group_share": float(((group_correct == group_size) & real_groups).sum()) / n_groups,
+        "srpo/teacher_rows": len(rows),
+        "srpo/distilled_correct_rows": int((route & routing.correct).sum()),
+        "srpo/feedback_rows": int((taught & ~core_algos.teacher_availability(routing.demonstration, step.uid)).sum()),
+        "srpo/teacher_prompt_truncated": truncated,
+    }
+    if rows:
+        sel = lambda key: torch.cat([teacher[key].unbind()[i][response_mask[i].bool()] for i in rows])  # noqa: E731
+        tail_mass = (1 - sel(wire.TEACHER_TOPK.name).double().exp().sum(-1)).clamp(min=0)
+        metrics.update(
+            {
+                "srpo/teacher_entropy_full": sel(wire.TEACHER_ENTROPY.name).mean().item(),
+                "srpo/teacher_entropy_topk": sel(wire.TEACHER_ENTROPY_TOPK.name).mean().item(),
+                "srpo/teacher_tail_mass": tail_mass.mean().item(),
+                "srpo/teacher_response_length": float(np.mean([int(response_mask[i].sum()) for i in rows])),
+            }
+        )
+    return metrics
+
+
+def guard_inputs(response_mask: list[torch.Tensor], rm_scores: list[torch.Tensor], extra_fields, real) -> dict:
+    """What the guard reads that verl computes only after the save: the mean response length, the
+    range of the rewards and, where the reward reports `format_error`, the share of format errors."""
+    pick = lambda rows: [row for row, keep in zip(rows, real) if keep]  # noqa: E731
+    lengths = [float(m.sum()) for m in pick(response_mask)]
+    scores = [float(r.sum()) for r in pick(rm_scores)]
+    out = {
+        collapse_guard.RESPONSE_LENGTH: float(np.mean(lengths)),
+        collapse_guard.REWARD_RANGE: max(scores) - min(scores),
+    }
+    flags = [reward_extra(row, "format_error") for row in pick(list(extra_fields))]
+    known = [f for f in flags if f]  # "": the reward does not report it
+    if known:
+        out[collapse_guard.FORMAT_ERROR] = sum(f in ("True", "1", "1.0") for f in known) / len(known)
+    return out
 
 
 class SRPOStepMixin:
@@ -147,225 +324,86 @@ class SRPOStepMixin:
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         # 1-2. Check the step's inputs and route (rewards, groups and responses are all known now).
         with marked_timer("srpo_route", self.timing_raw, color="purple"):
-            self._srpo_routing = self._srpo_route(batch, metrics)
-            if self._srpo_routing.taught.any():
+            data = tq.kv_batch_get(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                select_fields=["uid", "rm_scores", "response_mask", "responses", "prompts", "extra_fields"],
+            )
+            real = [not tag.get("is_padding", False) for tag in batch.tags]
+            rollout = self.config.actor_rollout_ref.rollout
+            self._srpo_step = step = route_rows(
+                data,
+                real,
+                self.srpo,
+                self.tokenizer,
+                group_size=rollout.n,
+                max_response_length=rollout.response_length,
+                metrics=metrics,
+            )
+            # Read here, reported at the step's end (verl computes these only after the save).
+            self._srpo_guard_values = guard_inputs(
+                list(data["response_mask"].unbind()), list(data["rm_scores"].unbind()), data["extra_fields"], real
+            )
+            if step.taught.any():
                 # 3. verl's old-log-prob forward also returns the student's top-K ids of these rows.
-                self._srpo_put(batch, {wire.TAUGHT.name: self._srpo_routing.taught.long()})
+                self._srpo_put(batch, {wire.TAUGHT.name: step.taught.long(), wire.ROUTE.name: step.route.long()})
         return super()._compute_old_log_prob(batch, metrics)
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_advantage(batch, metrics)  # 4. verl's GRPO advantage, every row
-        step = self._srpo_routing
+        step, teacher, truncated = self._srpo_step, None, 0
         with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
-            data = tq.kv_batch_get(
-                keys=batch.keys,
-                partition_id=batch.partition_id,
-                select_fields=["responses", "response_mask", "old_log_probs", "advantages", "raw_prompt"],
-            )
+            fields = ["responses", "response_mask"] + (["raw_prompt"] if step.taught.any() else [])
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
             responses = list(data["responses"].unbind())
-            truncated = self._srpo_put_teacher_prompts(batch, step, list(data["raw_prompt"]), responses)  # 5
-            scored = self._srpo_teacher_pass(batch, step, responses)  # 6
-            teacher = tq.kv_batch_get(
-                keys=batch.keys, partition_id=batch.partition_id, select_fields=list(wire.TEACHER_OUTPUT_NAMES)
-            )
-            self._srpo_put_loss_fields(batch, step, data, teacher)  # each row's route and advantage, for 7
-            self._srpo_log_step(metrics, step, data, teacher, scored=scored, truncated=truncated)
+            plan = teacher_pass_plan(step, responses, dp_size=self._srpo_dp_size(), k=self._srpo_k)
+            if step.taught.any():
+                data_cfg = self.config.data
+                ids, truncated = teacher_inputs(  # 5. teacher prompts
+                    step,
+                    list(data["raw_prompt"]),
+                    responses,
+                    self.srpo,
+                    self.tokenizer,
+                    max_length=self.srpo.max_teacher_prompt_length
+                    or (data_cfg.max_prompt_length + data_cfg.max_response_length),
+                    template_kwargs=dict(data_cfg.get("apply_chat_template_kwargs", {}) or {}),
+                    rng=np.random.default_rng([int(data_cfg.get("seed", 1) or 1), int(self.global_steps)]),
+                )
+                self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=step.teacher_idx)
+                if plan.pad:
+                    self._srpo_put(batch, plan.pad_inputs, rows=plan.pad)
+                self.actor_rollout_wg.compute_srpo_teacher(  # 6. the teacher pass
+                    KVBatchMeta(
+                        keys=[batch.keys[i] for i in plan.rows],
+                        tags=[batch.tags[i] for i in plan.rows],
+                        partition_id=batch.partition_id,
+                        fields=[wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
+                        extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
+                    )
+                )
+            if plan.others:  # after the pass: the workers also write (empty) fields for the pad rows
+                self._srpo_put(batch, plan.others_fields, rows=plan.others)
+            if step.taught.any():
+                teacher = tq.kv_batch_get(
+                    keys=batch.keys, partition_id=batch.partition_id, select_fields=list(wire.TEACHER_OUTPUT_NAMES)
+                )
+            self._srpo_pad_rows = len(plan.pad)
+            # The update fetches the listed fields: SRPO's own that it reads, never the driver-only ones.
+            fetched = [f.name for f in wire.FIELDS if f.update_fetches]
+            batch.fields = [f for f in batch.fields if f not in wire.HOST_ONLY and f not in fetched] + fetched
+            metrics.update(step_metrics(step, list(data["response_mask"].unbind()), teacher, truncated=truncated))
         return batch
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._update_actor(batch, metrics)  # 7. the SRPO loss
         with marked_timer("srpo_ema", self.timing_raw, color="purple"):
-            metrics.update(self.actor_rollout_wg.srpo_ema_update()[0])  # 8. the EMA teacher
+            ranks = self.actor_rollout_wg.srpo_ema_update()  # 8. the EMA teacher
+            # Sequences the teacher module ran on since the last step, counted on every rank.
+            ran = sum(r.pop(wire.TEACHER_FORWARD_ROWS) for r in ranks)
+            metrics.update(ranks[0])
+            metrics["srpo/teacher_pass_rows"] = ran - self._srpo_pad_rows
         return batch
-
-    # -------------------------------------------------------------- the named steps
-    def _srpo_route(self, batch: KVBatchMeta, metrics: dict) -> StepRouting:
-        """Checked rewards and groups -> `core_algos.routing_mask` -> the method's route and teacher rows."""
-        srpo = self.srpo
-        fields = ["uid", "rm_scores", "response_mask", "responses", "prompts"]
-        if srpo.use_feedback:
-            fields.append("extra_fields")  # the reward function's extra values live here (verl 0.9)
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        responses = list(data["responses"].unbind())
-        step = check_step_inputs(
-            data["rm_scores"],
-            list(data["uid"]),
-            data["response_mask"],
-            real=[not tag.get("is_padding", False) for tag in batch.tags],
-            group_size=self.config.actor_rollout_ref.rollout.n,
-            responses=data["responses"],
-            eos_token_id=self.tokenizer.eos_token_id,
-            max_response_length=self.config.actor_rollout_ref.rollout.response_length,
-            prompts=data["prompts"],
-        )
-        metrics.update(step.metrics)
-        feedback = [""] * len(responses)
-        if srpo.use_feedback:
-            feedback = [reward_extra(row, srpo.feedback_key) for row in list(data["extra_fields"])]
-        has_feedback = (
-            torch.tensor([text_has_content(f, strip_think=srpo.strip_thinking) for f in feedback]) & step.real
-        )
-        demonstrable = self._srpo_demonstrable(step, responses, metrics)
-        # teacher_available and sdpo are limited to real rows with a non-empty response.
-        routing = route_step(
-            step, success_threshold=srpo.success_threshold, has_feedback=has_feedback, demonstrable=demonstrable
-        )
-        route, taught = srpo.routes(routing)
-        return StepRouting(routing, route, taught, core_algos.group_ids(step.uid), step.uid, step.real, feedback)
-
-    def _srpo_demonstrable(self, step, responses: list[torch.Tensor], metrics: dict) -> torch.Tensor:
-        """(B,) bool: responses a teacher can read as a demonstration (checked on the correct, usable
-        rows, the only ones that can demonstrate). A correct response that is only EOS, whitespace or
-        thinking is no teacher for its siblings; counted in srpo/check/empty_demonstration_rows."""
-        srpo = self.srpo
-        candidates = core_algos.correctness(step.rewards, success_threshold=srpo.success_threshold) & step.usable
-        demonstrable = torch.zeros(len(responses), dtype=torch.bool)
-        for i in candidates.nonzero().flatten().tolist():
-            ids = responses[i].tolist()
-            demonstrable[i] = has_demonstration_content(self.tokenizer, ids, strip_think=srpo.strip_thinking)
-        empty = (candidates & ~demonstrable).nonzero().flatten().tolist()
-        if empty:
-            logger.warning(
-                "SRPO step: %d correct response(s) with nothing to show once EOS, whitespace and thinking are "
-                "removed (rows %s): not used as demonstrations",
-                len(empty),
-                empty[:10],
-            )
-        metrics[METRIC_PREFIX + "empty_demonstration_rows"] = len(empty)
-        return demonstrable
-
-    def _srpo_put_teacher_prompts(self, batch, step: StepRouting, raw_prompts, responses) -> int:
-        """Tokenise the teacher prompt of each teacher row and store [teacher prompt | response].
-
-        Returns how many teacher prompts were truncated."""
-        srpo = self.srpo
-        max_len = srpo.max_teacher_prompt_length or (
-            self.config.data.max_prompt_length + self.config.data.max_response_length
-        )
-        template_kwargs = dict(self.config.data.get("apply_chat_template_kwargs", {}) or {})
-        rng = np.random.default_rng([int(self.config.data.get("seed", 1) or 1), int(self.global_steps)])
-        groups, correct = step.groups.tolist(), step.routing.demonstration.tolist()
-        rows, ids, truncated = step.teacher_idx, [], 0
-        for i in rows:
-            siblings = [j for j in range(len(responses)) if groups[j] == groups[i] and correct[j] and j != i]
-            solution = None
-            if siblings:
-                # The sibling's own token ids: spliced into the template, never re-tokenised as text.
-                solution = responses[int(rng.choice(siblings))].tolist()
-            try:
-                prompt, cut = teacher_prompt_ids(
-                    self.tokenizer,
-                    list(raw_prompts[i]),
-                    solution=solution,
-                    feedback=step.feedback[i] if solution is None else None,
-                    reprompt_template=srpo.reprompt_template,
-                    feedback_template=srpo.feedback_template,
-                    strip_think=srpo.strip_thinking,
-                    max_length=max_len,
-                    overflow=srpo.teacher_prompt_overflow,
-                    apply_chat_template_kwargs=template_kwargs,
-                )
-            except ValueError as err:
-                if srpo.max_teacher_prompt_length is None:
-                    raise ValueError(
-                        f"{err} (unset, the limit is data.max_prompt_length + data.max_response_length = {max_len})"
-                    ) from err
-                raise
-            truncated += int(cut > 0)
-            ids.append(torch.cat([torch.tensor(prompt, dtype=responses[i].dtype), responses[i]]))
-        if rows:
-            self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=rows)
-        return truncated
-
-    def _srpo_teacher_pass(self, batch, step: StepRouting, responses) -> int:
-        """Run the teacher on the teacher rows (padded to the data-parallel size); an empty row of each
-        teacher field for every other row. Returns the rows the workers' teacher actually ran on."""
-        n, rows, scored = len(batch.keys), step.teacher_idx, 0
-        if rows:
-            pad = teacher_pass_padding(rows, n, self._srpo_dp_size())
-            if pad:
-                # A pad row carries no top-K ids, so the worker runs it (FSDP forwards are collective)
-                # without scoring it; one token is all its teacher sequence needs.
-                self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested([responses[i][:1] for i in pad])}, rows=pad)
-            meta = KVBatchMeta(
-                keys=[batch.keys[i] for i in rows + pad],
-                tags=[batch.tags[i] for i in rows + pad],
-                partition_id=batch.partition_id,
-                fields=[wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
-                extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
-            )
-            before = sum(self.actor_rollout_wg.srpo_teacher_rows_seen())
-            self.actor_rollout_wg.compute_srpo_teacher(meta)
-            scored = sum(self.actor_rollout_wg.srpo_teacher_rows_seen()) - before - len(pad)
-        others = [i for i in range(n) if not step.taught[i]]
-        if others:
-            empty = {key: _nested([torch.zeros(0) for _ in others]) for key in wire.TEACHER_OUTPUT_NAMES}
-            empty[wire.TEACHER_TOPK.name] = _nested([torch.zeros(0, self._srpo_k) for _ in others])
-            if not rows:  # verl's old-log-prob forward ran as in GRPO: no top-K ids were stored
-                empty[wire.TOPK_IDS.name] = _nested([torch.zeros(0, self._srpo_k, dtype=torch.int32) for _ in others])
-            self._srpo_put(batch, empty, rows=others)
-        return scored
-
-    def _srpo_put_loss_fields(self, batch, step: StepRouting, data, teacher) -> None:
-        """Each row's route and advantage (the method decides: SRPOConfig.advantage), the sampled-token
-        advantage and the weight entropy of the teacher rows."""
-        srpo, taught = self.srpo, step.taught.tolist()
-        old, adv = list(data["old_log_probs"].unbind()), list(data["advantages"].unbind())
-        t_logp = list(teacher[wire.TEACHER_LOG_PROB.name].unbind())
-        sampled = [
-            core_algos.sampled_token_advantage(t_logp[i], old[i]) if taught[i] else old[i][:0] for i in range(len(old))
-        ]
-        fields = {
-            wire.ROUTE.name: step.route.long(),
-            wire.SAMPLED_ADV.name: _nested(sampled),
-            "advantages": _nested([srpo.advantage(adv[i], sampled[i], taught=taught[i]) for i in range(len(old))]),
-        }
-        if srpo.weight_entropy_field != wire.TEACHER_ENTROPY.name:
-            fields[wire.TEACHER_ENTROPY.name] = _nested(list(teacher[srpo.weight_entropy_field].unbind()))
-        stored = self._srpo_put(batch, fields)
-        # The update fetches the listed fields: what the driver alone reads stays behind.
-        batch.fields = [f for f in stored.fields if f not in wire.HOST_ONLY]
-
-    def _srpo_log_step(self, metrics: dict, step: StepRouting, data, teacher, *, scored: int, truncated: int) -> None:
-        """Routing shares, teacher statistics and counts (docs/spec.md §4: teacher entropy, response
-        length and routed share foretell collapse)."""
-        routing, route, taught, groups = step.routing, step.route, step.taught, step.groups
-        real, n = step.real, len(route)
-        group_correct = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, routing.correct.float())
-        group_size = torch.zeros_like(group_correct).index_add_(0, groups, torch.ones(n))
-        real_groups = torch.zeros_like(group_correct).index_add_(0, groups, real.float()) > 0
-        n_real, n_groups = max(int(real.sum()), 1), max(int(real_groups.sum()), 1)
-        rows = step.teacher_idx
-        metrics.update(
-            {
-                "srpo/routed_share": float(route.sum()) / n_real,
-                "srpo/grpo_share": float((~route & real).sum()) / n_real,
-                "srpo/correct_share": float((routing.correct & real).sum()) / n_real,
-                "srpo/all_wrong_group_share": float(((group_correct == 0) & real_groups).sum()) / n_groups,
-                "srpo/all_correct_group_share": float(((group_correct == group_size) & real_groups).sum()) / n_groups,
-                "srpo/teacher_rows": len(rows),
-                "srpo/distilled_correct_rows": int((route & routing.correct).sum()),
-                "srpo/teacher_pass_rows": scored,
-                "srpo/feedback_rows": int(
-                    (taught & ~core_algos.teacher_availability(routing.demonstration, step.uid)).sum()
-                ),
-                "srpo/teacher_prompt_truncated": truncated,
-            }
-        )
-        if rows:
-            mask = list(data["response_mask"].unbind())
-            sel = lambda key: torch.cat([teacher[key].unbind()[i][mask[i].bool()] for i in rows])  # noqa: E731
-            metrics.update(
-                {
-                    "srpo/teacher_entropy_full": sel(wire.TEACHER_ENTROPY.name).mean().item(),
-                    "srpo/teacher_entropy_topk": sel(wire.TEACHER_ENTROPY_TOPK.name).mean().item(),
-                    "srpo/teacher_tail_mass": (1 - sel(wire.TEACHER_TOPK.name).double().exp().sum(-1))
-                    .clamp(min=0)
-                    .mean()
-                    .item(),
-                    "srpo/teacher_response_length": float(np.mean([int(mask[i].sum()) for i in rows])),
-                }
-            )
 
     # -------------------------------------------------------------- the collapse guard (srpo_verl/guard.py)
     # verl's loop per step: step() -> save -> validate -> metrics -> log. The guard judges the step's
@@ -393,7 +431,7 @@ class SRPOStepMixin:
 
     def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
         batch = super().step(metrics, timing_raw)
-        metrics.update(self._srpo_guard_inputs(batch))
+        metrics.update(self._srpo_guard_values)
         self._srpo_guard.observe(self.global_steps, metrics)
         metrics.update(self._srpo_guard.metrics())
         return batch
@@ -409,25 +447,6 @@ class SRPOStepMixin:
         result = super()._validate(*args, **kwargs)
         self._srpo_guard.note_validation(self.global_steps, result)
         return result
-
-    def _srpo_guard_inputs(self, batch: KVBatchMeta) -> dict:
-        """What the guard reads that verl computes only after the save: the mean response length, the
-        range of the rewards and, where the reward reports `format_error`, the share of format errors."""
-        fields = ["response_mask", "rm_scores", "extra_fields"]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        real = [not tag.get("is_padding", False) for tag in batch.tags]
-        pick = lambda rows: [row for row, keep in zip(rows, real) if keep]  # noqa: E731
-        lengths = [float(m.sum()) for m in pick(data["response_mask"].unbind())]
-        scores = [float(r.sum()) for r in pick(data["rm_scores"].unbind())]
-        out = {
-            collapse_guard.RESPONSE_LENGTH: float(np.mean(lengths)),
-            collapse_guard.REWARD_RANGE: max(scores) - min(scores),
-        }
-        flags = [reward_extra(row, "format_error") for row in pick(list(data["extra_fields"]))]
-        known = [f for f in flags if f]  # "": the reward does not report it
-        if known:
-            out[collapse_guard.FORMAT_ERROR] = sum(f in ("True", "1", "1.0") for f in known) / len(known)
-        return out
 
     # -------------------------------------------------------------- TransferQueue and dispatch
     def _srpo_put(self, batch: KVBatchMeta, fields: dict, rows: list[int] | None = None) -> KVBatchMeta:

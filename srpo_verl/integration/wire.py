@@ -23,6 +23,7 @@ class Field:
 
 # Routing (driver, before verl's old-log-prob forward).
 TAUGHT = Field("srpo_taught", "(B,)", "int64", "trainer._compute_old_log_prob", "worker.compute_log_prob", False)
+ROUTE = Field("srpo_route", "(B,)", "int64", "trainer._compute_old_log_prob", "loss, normaliser", True)
 TOPK_IDS = Field(
     "srpo_topk_ids", "(B, R|0, K)", "int32", "worker.compute_log_prob (top-K hook)", "teacher pass, loss", True
 )
@@ -32,37 +33,34 @@ TEACHER_INPUT_IDS = Field(
 )
 TEACHER_TOPK = Field("srpo_teacher_topk", "(B, R|0, K)", "float32", "teacher pass", "loss (divergence)", True)
 TEACHER_ENTROPY = Field(
-    "srpo_teacher_entropy",
-    "(B, R|0)",
-    "float32",
-    "teacher pass (or the trainer, entropy_mode=topk_tail)",
-    "loss (weights, normaliser)",
-    True,
+    "srpo_teacher_entropy", "(B, R|0)", "float32", "teacher pass", "loss (weights, normaliser), metrics", True
 )
-TEACHER_ENTROPY_TOPK = Field("srpo_teacher_entropy_topk", "(B, R|0)", "float32", "teacher pass", "metrics", False)
+TEACHER_ENTROPY_TOPK = Field(
+    "srpo_teacher_entropy_topk", "(B, R|0)", "float32", "teacher pass", "loss (entropy_mode=topk_tail), metrics", True
+)
 TEACHER_LOG_PROB = Field(
-    "srpo_teacher_log_prob", "(B, R|0)", "float32", "teacher pass", "trainer (sampled-token advantage)", False
+    "srpo_teacher_log_prob", "(B, R|0)", "float32", "teacher pass", "loss (sampled-token advantage)", True
 )
-# Loss fields (driver, after verl's advantage).
-ROUTE = Field("srpo_route", "(B,)", "int64", "trainer._srpo_put_loss_fields", "loss, normaliser", True)
-SAMPLED_ADV = Field("srpo_sampled_adv", "(B, R|0)", "float32", "trainer._srpo_put_loss_fields", "loss", True)
 
 FIELDS = (
     TAUGHT,
+    ROUTE,
     TOPK_IDS,
     TEACHER_INPUT_IDS,
     TEACHER_TOPK,
     TEACHER_ENTROPY,
     TEACHER_ENTROPY_TOPK,
     TEACHER_LOG_PROB,
-    ROUTE,
-    SAMPLED_ADV,
 )
 # What compute_srpo_teacher returns per row.
 TEACHER_OUTPUTS = (TEACHER_TOPK, TEACHER_ENTROPY, TEACHER_ENTROPY_TOPK, TEACHER_LOG_PROB)
 TEACHER_OUTPUT_NAMES = tuple(f.name for f in TEACHER_OUTPUTS)
 # Fields only the driver reads: the update does not fetch them.
 HOST_ONLY = tuple(f.name for f in FIELDS if not f.update_fetches)
+
+# Returned per rank by worker.srpo_ema_update beside its metrics; the trainer sums it, logs
+# srpo/teacher_pass_rows instead.
+TEACHER_FORWARD_ROWS = "srpo/teacher_forward_rows"  # sequences the teacher module ran on since the last call
 
 # Inside one worker call (never stored in TransferQueue).
 ROW = "srpo_row"  # (B,) the row's index in the call's batch: keys results across verl's micro-batch reordering

@@ -122,6 +122,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     srpo: SRPOConfig | None = None
     teacher: TrainingWorker | AdapterTeacher | None = None
     srpo_lends: LendBook | None = None
+    srpo_teacher_rows_total: int = 0  # teacher sequences run since the last EMA step (a forward hook counts)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_setup(self, srpo_config: dict, vocab_k: int) -> dict:
@@ -130,7 +131,6 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         self.srpo_k = vocab_k
         if self.teacher is None:
             self.teacher = self._build_teacher()
-            self.srpo_teacher_rows_total = 0
             # Counted where the teacher module actually runs: sequences in each packed forward (the
             # adapter teacher shares the student's module: counted only while its adapter is in).
             self._teacher_engine().module.register_forward_pre_hook(self._count_teacher_rows, with_kwargs=True)
@@ -154,7 +154,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         if isinstance(self.teacher, AdapterTeacher) and not self.teacher.active:
             return
         position_ids = kwargs.get("position_ids")
-        if position_ids is not None:  # packed sequences: each starts at position 0
+        if position_ids is not None:  # packed sequences: each starts at position 0 (reset by the EMA step)
             self.srpo_teacher_rows_total += int((position_ids == 0).sum())
 
     def _build_teacher(self) -> TrainingWorker | AdapterTeacher:
@@ -244,7 +244,13 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         rate = 0.0 if skipped else self.srpo.teacher_ema_rate
         pairs = [(t, s) for _, t, s in self._param_pairs()]
         gap = core_algos.ema_teacher_update_(pairs, rate) if pairs else 0.0
-        return {"srpo/teacher_student_l2": float(gap), "srpo/ema_skipped": float(skipped)}
+        # The teacher rows of the step just updated, reported here rather than by a call of its own.
+        ran, self.srpo_teacher_rows_total = self.srpo_teacher_rows_total, 0
+        return {
+            "srpo/teacher_student_l2": float(gap),
+            "srpo/ema_skipped": float(skipped),
+            wire.TEACHER_FORWARD_ROWS: ran,
+        }
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_teacher_state(self) -> dict:
@@ -386,16 +392,12 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def update_actor(self, data):
-        """verl's update; with top-K distillation on, the engine also calls the SRPO loss as its
-        logits processor (the hook verl's own top-K distillation uses)."""
-        if self.srpo is not None and self.srpo.distils_logits:
+        """verl's update; with top-K distillation on and a routed row in this worker's share, the engine
+        also calls the SRPO loss as its logits processor (the hook verl's own top-K distillation uses).
+        With none routed the update is GRPO's: no processor call per micro-batch."""
+        if self.srpo is not None and self.srpo.distils_logits and bool(data[wire.ROUTE.name].any()):
             tu.assign_non_tensor(data, distillation_use_topk=True)
         return super().update_actor(data)
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def srpo_teacher_rows_seen(self) -> int:
-        """Sequences the teacher module has run on this rank since start (the count the trainer logs)."""
-        return getattr(self, "srpo_teacher_rows_total", 0)
 
     def _install_engine_hooks(self) -> None:
         """Engine hooks: the mini-batch-global entropy-weight normaliser, and the last grad norm.
@@ -412,7 +414,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         if getattr(engine, "_srpo_normaliser", False):
             return
         inner, inner_step = engine.forward_backward_batch, engine.optimizer_step
-        beta, lends = self.srpo.beta, self.srpo_lends
+        beta, lends, entropy_field = self.srpo.beta, self.srpo_lends, self.srpo.weight_entropy_field
 
         def all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
             group = engine.get_data_parallel_group()
@@ -428,11 +430,11 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         def forward_backward_batch(data, loss_function, forward_only=False):
             if not forward_only:
                 lends.clear()  # a step whose backward failed leaves nothing for this one
-            if not forward_only and wire.TEACHER_ENTROPY.name in data.keys():
+            if not forward_only and entropy_field in data.keys():
                 routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
                 # The teacher's values exist for the taught rows' tokens only (routed rows among them).
-                routed = routed[teacher_token_mask(data)]
-                entropy = data[wire.TEACHER_ENTROPY.name].values()
+                routed = routed[teacher_token_mask(data, entropy_field)]
+                entropy = data[entropy_field].values()
                 log_mean = core_algos.entropy_weight_log_mean(entropy, routed, beta=beta, all_reduce=all_reduce)
                 # The distilled tokens of the whole mini-batch: sdpo's denominator (SRPOConfig).
                 distilled = all_reduce(routed.sum().double(), "sum")

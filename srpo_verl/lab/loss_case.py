@@ -41,7 +41,7 @@ def make_batch():
         "advantages": [torch.full((r,), float(a)) for r, a in zip(RESPONSE_LENS, torch.randn(n, generator=g))],
         "rollout_is_weights": [torch.rand(r, generator=g, dtype=torch.float64) + 0.5 for r in RESPONSE_LENS],
         "srpo_teacher_entropy": [torch.rand(r, generator=g, dtype=torch.float64) * 3 for r in RESPONSE_LENS],
-        "srpo_sampled_adv": [torch.zeros(r, dtype=torch.float64) for r in RESPONSE_LENS],
+        "srpo_teacher_log_prob": [torch.randn(r, generator=g, dtype=torch.float64) * 0.1 - 2 for r in RESPONSE_LENS],
     }
     # Teacher pass outputs: student top-K ids (from the same logits) and teacher log q at them.
     pos = response_positions()
@@ -67,7 +67,7 @@ def response_positions():
     return torch.tensor(out)
 
 
-TEACHER_ROW_FIELDS = ("srpo_topk_ids", "srpo_teacher_topk", "srpo_teacher_entropy", "srpo_sampled_adv")
+TEACHER_ROW_FIELDS = ("srpo_topk_ids", "srpo_teacher_topk", "srpo_teacher_entropy", "srpo_teacher_log_prob")
 
 
 def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE, taught_only=False, **non_tensor):

@@ -137,7 +137,6 @@ def update_batch(sequences, old, advantages, is_weights, taught, mine):
     for key, values in taught.items():
         for j, i in enumerate(ROUTED):
             fields[key] = fields[key][:i] + [values[j]] + fields[key][i + 1 :]
-    fields["srpo_sampled_adv"] = [torch.zeros(len(sequences[i][1]) if i in ROUTED else 0) for i in range(rows)]
     pick = lambda values: [values[i] for i in mine]  # noqa: E731
     data = as_batch(
         pick(sequences),

@@ -304,25 +304,19 @@ def test_bad_guard_settings_are_refused_naming_the_key(override, key):
     assert SRPOConfig.from_node({"guard": {"action": "stop", "teacher_entropy_ratio": None}}).guard.action == "stop"
 
 
-def test_the_trainer_computes_the_guards_inputs_from_the_batch(monkeypatch):
+def test_the_trainer_computes_the_guards_inputs_from_the_batch():
     """The inputs verl logs only after the save, computed by the trainer from verl's jagged fields
     (padding rows excluded), and the format-error share from the reward's extra output."""
     import torch
 
     from srpo_verl.integration import trainer as trainer_mod
 
-    jagged = lambda rows: torch.nested.as_nested_tensor([torch.tensor(r) for r in rows], layout=torch.jagged)  # noqa: E731
-    mask = jagged([[1, 1, 1], [1, 1, 1, 1, 1], [1], [1, 1]])
-    scores = jagged([[0.0, 0.0, 1.0], [0.0] * 5, [0.5], [0.0, 9.0]])
+    rows = lambda xs: [torch.tensor(r) for r in xs]  # noqa: E731
+    mask = rows([[1, 1, 1], [1, 1, 1, 1, 1], [1], [1, 1]])
+    scores = rows([[0.0, 0.0, 1.0], [0.0] * 5, [0.5], [0.0, 9.0]])
     extra = [{"reward_extra_info": {"format_error": f}} for f in (False, True, True, True)]
-    store = {"response_mask": mask, "rm_scores": scores, "extra_fields": extra}
-    fake_tq = SimpleNamespace(
-        kv_batch_get=lambda keys, partition_id, select_fields: {f: store[f] for f in select_fields}
-    )
-    monkeypatch.setattr(trainer_mod, "tq", fake_tq)
-    batch = SimpleNamespace(keys=list("abcd"), partition_id="train", tags=[{}, {}, {}, {"is_padding": True}])
-    out = trainer_mod.SRPOStepMixin._srpo_guard_inputs(None, batch)
+    real = [True, True, True, False]
+    out = trainer_mod.guard_inputs(mask, scores, extra, real)
     assert out == {G.RESPONSE_LENGTH: 3.0, G.REWARD_RANGE: 1.0, G.FORMAT_ERROR: pytest.approx(2 / 3)}
     # A reward that does not report format errors: no share, rather than a share of 0.
-    store["extra_fields"] = [{"reward_extra_info": {"acc": 1.0}}] * 4
-    assert G.FORMAT_ERROR not in trainer_mod.SRPOStepMixin._srpo_guard_inputs(None, batch)
+    assert G.FORMAT_ERROR not in trainer_mod.guard_inputs(mask, scores, [{"reward_extra_info": {"acc": 1.0}}] * 4, real)

@@ -98,3 +98,49 @@ def test_a_token_log_prob_from_other_logits_is_refused(batch):
 
     with pytest.raises(RuntimeError, match="differ from log p of the response tokens"):
         engine_like_call(fn, batch, range(5), logits, logprobs=tempered, num_tokens=sum(RESPONSE_LENS), log_mean=0.0)
+
+
+def test_an_update_with_nothing_routed_is_grpos_without_a_processor_call(batch, monkeypatch):
+    # A worker whose share of the step has no routed row asks verl for no processor call (the update
+    # is GRPO's); the loss then equals the PPO term over all tokens, processor or not.
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
+
+    seen = []
+    monkeypatch.setattr(
+        ActorRolloutRefWorker,
+        "update_actor",
+        lambda self, data: seen.append(data.get_non_tensor("distillation_use_topk", False)),
+    )
+    worker = SRPOActorRolloutRefWorker.__new__(SRPOActorRolloutRefWorker)  # no Ray, no engine
+    worker.srpo = SRPOConfig(topk=K)
+    for route in ([0] * 5, list(ROUTE)):
+        worker.update_actor(micro_batch(batch, range(5), num_tokens=1, log_mean=0.0, route=route))
+    assert seen == [False, True]
+
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(topk=K))
+    n_tokens = sum(RESPONSE_LENS)
+    grads, losses = [], []
+    for processor in (False, True):
+        logits = batch["student_logits"].clone().requires_grad_(True)
+        loss, metrics = engine_like_call(
+            fn, batch, range(5), logits, processor=processor, route=[0] * 5, num_tokens=n_tokens, log_mean=0.0
+        )
+        loss.backward()
+        losses.append(loss)
+        grads.append(logits.grad)
+        assert metrics["srpo/sdpo_token_share"].aggregate() == 0.0
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    # The PPO term alone, written out: the GRPO loss of the same batch.
+    logp = torch.log_softmax(batch["student_logits"], -1)[response_positions()]
+    tokens = torch.cat([s[-r:] for s, r in zip(batch["seq"], RESPONSE_LENS)])
+    lp = logp.gather(-1, tokens[:, None]).squeeze(-1)
+    cat = lambda key: torch.cat(batch["rows"][key])  # noqa: E731
+    ratio = torch.exp(lp - cat("old_log_probs"))
+    adv = cat("advantages").double()
+    token_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
+    token_loss = torch.where(adv < 0, torch.minimum(token_loss, -adv * 3.0), token_loss)
+    ref = (token_loss * cat("rollout_is_weights")).sum() / n_tokens
+    torch.testing.assert_close(losses[0].double(), ref, rtol=1e-9, atol=1e-12)

@@ -36,13 +36,15 @@ def test_routes_by_hand(method, distilled, taught):
 
 
 def test_advantage_per_method_by_hand():
-    grpo, sampled = torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 2.0])
-    assert SRPOConfig(method="srpo").advantage(grpo, sampled, taught=True).tolist() == [0.5, 0.5]
-    assert SRPOConfig(method="sdpo").advantage(grpo, sampled, taught=True).tolist() == [0.0, 0.0]
-    mix = SRPOConfig(method="advantage_mix", mix_lambda=0.9)
-    assert mix.advantage(grpo, sampled, taught=True).tolist() == pytest.approx([0.35, 0.65])
+    # Row 0 has a teacher, row 1 does not (its sampled-token advantage is 0: no teacher values).
+    grpo, sampled = torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([[-1.0, 2.0], [0.0, 0.0]])
+    taught = torch.tensor([True, False])
+    assert SRPOConfig(method="srpo").advantage(grpo, sampled, taught).tolist() == grpo.tolist()
+    assert SRPOConfig(method="sdpo").advantage(grpo, sampled, taught).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    mix = SRPOConfig(method="advantage_mix", mix_lambda=0.9).advantage(grpo, sampled, taught)
+    assert mix[0].tolist() == pytest.approx([0.35, 0.65])
     # Rows without a teacher keep A_GRPO (not lambda * A_GRPO).
-    assert mix.advantage(grpo, torch.zeros(2), taught=False).tolist() == [0.5, 0.5]
+    assert mix[1].tolist() == [0.5, 0.5]
 
 
 @pytest.mark.parametrize(
@@ -95,9 +97,13 @@ def test_sdpo_divides_by_the_distilled_tokens_and_srpo_by_all(batch):
 
 def test_advantage_mix_runs_without_the_processor_and_is_the_ppo_loss(batch):
     # verl does not call the processor for advantage_mix (no top-K distillation): no divergence output.
-    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(method="advantage_mix", topk=4))
-    mixed = [torch.full((r,), 0.3 * (i - 2)) for i, r in enumerate(RESPONSE_LENS)]
-    b = dict(batch, rows=dict(batch["rows"], advantages=mixed))
+    # The loss mixes verl's GRPO advantage with the sampled-token advantage log q(y) - log p_old(y) on
+    # the rows the teacher scored (row 1 has no teacher values: it keeps A_GRPO).
+    fn = partial(srpo_loss_fn, ACTOR, SRPOConfig(method="advantage_mix", mix_lambda=0.9, topk=4))
+    grpo = [torch.full((r,), 0.3 * (i - 2)) for i, r in enumerate(RESPONSE_LENS)]
+    teacher = list(batch["rows"]["srpo_teacher_log_prob"])
+    teacher[1] = teacher[1][:0]
+    b = dict(batch, rows=dict(batch["rows"], advantages=grpo, srpo_teacher_log_prob=teacher))
     logits = batch["student_logits"].clone().requires_grad_(True)
     loss, metrics = engine_like_call(
         fn, b, range(5), logits, processor=False, route=[0] * 5, num_tokens=sum(RESPONSE_LENS), log_mean=0.0
@@ -108,16 +114,18 @@ def test_advantage_mix_runs_without_the_processor_and_is_the_ppo_loss(batch):
     for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
         tokens = batch["seq"][i][p:]
         lp = logp[offset + p - 1 : offset + p - 1 + r].gather(-1, tokens[:, None]).squeeze(-1)
+        old = batch["rows"]["old_log_probs"][i]
+        mixed = grpo[i].double() if i == 1 else 0.9 * grpo[i].double() + 0.1 * (teacher[i] - old)
         token_loss, _ = core_algos.ppo_clip_token_loss(
             lp[None],
-            batch["rows"]["old_log_probs"][i][None],
-            mixed[i][None].double(),
+            old[None],
+            mixed[None],
             clip_ratio_c=3.0,
             rollout_is_weights=batch["rows"]["rollout_is_weights"][i][None],
         )
         ref = ref + token_loss.sum()
         offset += p + r
-    assert float(loss) == pytest.approx(float(ref / sum(RESPONSE_LENS)), rel=1e-9)
+    assert float(loss) == pytest.approx(float(ref / sum(RESPONSE_LENS)), rel=1e-6)
     assert metrics["srpo/sdpo_token_share"].aggregate() == 0.0
     assert metrics["srpo/grpo_token_share"].aggregate() == pytest.approx(1.0)
 
@@ -141,57 +149,41 @@ def test_teacher_pass_padding_refuses_a_batch_that_cannot_be_padded():
         teacher_pass_padding([0, 1, 2], 3, 4)
 
 
-def test_teacher_pass_on_two_ranks_with_an_odd_teacher_row_count(monkeypatch):
-    # SRPOStepMixin._srpo_teacher_pass with TransferQueue replaced by a dict and the worker group by a
-    # recorder; KVBatchMeta is TransferQueue's own (it refuses a key twice: the old padding crashed).
-    from types import SimpleNamespace
-
-    from srpo_verl.integration import trainer as trainer_module
+def test_teacher_pass_plan_on_two_ranks_with_an_odd_teacher_row_count():
+    # The plan the trainer's teacher pass stores and sends (a pure function: no TransferQueue, no
+    # workers). An odd teacher row count on two ranks is padded with a distinct row outside the
+    # teacher set (TransferQueue refuses a key twice: repeating a teacher row crashed the step).
     from srpo_verl.integration import wire
-    from srpo_verl.integration.trainer import SRPOStepMixin, StepRouting
+    from srpo_verl.integration.trainer import StepRouting, teacher_pass_plan
 
-    TEACHER_INPUT_FIELD = wire.TEACHER_INPUT_IDS.name
-
-    n, teacher_idx = 6, [1, 2, 4]
+    n, teacher_idx, k = 6, [1, 2, 4], 4
     responses = [torch.arange(2 + i % 2) + 100 * i for i in range(n)]
-    store = {f"k{i}": {} for i in range(n)}
-
-    def kv_batch_put(keys, partition_id, fields):
-        for j, k in enumerate(keys):
-            store[k].update({f: fields[f][j] for f in fields.keys()})
-
-    monkeypatch.setattr(trainer_module, "tq", SimpleNamespace(kv_batch_put=kv_batch_put))
-    seen = []
-
-    class WorkerGroup:
-        def compute_srpo_teacher(self, meta):
-            seen.append((list(meta.keys), list(meta.fields)))
-            for k in meta.keys:  # what the workers write back: teacher fields for every row sent
-                store[k]["srpo_teacher_entropy"] = torch.ones(3)
-
-        def srpo_teacher_rows_seen(self):
-            return [sum(len(keys) for keys, _ in seen)]
-
-    host = SimpleNamespace(
-        _srpo_k=4,
-        _srpo_dp_size=lambda: 2,
-        actor_rollout_wg=WorkerGroup(),
-        config=SimpleNamespace(actor_rollout_ref=SimpleNamespace(rollout=SimpleNamespace(temperature=1.0))),
-    )
-    host._srpo_put = lambda batch, fields, rows=None: SRPOStepMixin._srpo_put(host, batch, fields, rows)
     taught = torch.tensor([i in teacher_idx for i in range(n)])
     step = StepRouting(None, taught, taught, None, None, None, [])
-    batch = SimpleNamespace(keys=[f"k{i}" for i in range(n)], tags=[{} for _ in range(n)], partition_id="p")
-    scored = SRPOStepMixin._srpo_teacher_pass(host, batch, step, responses)
+    plan = teacher_pass_plan(step, responses, dp_size=2, k=k)
 
-    assert scored == 3
-    assert seen[0][0] == ["k1", "k2", "k4", "k0"]  # padded with a distinct non-teacher row
-    assert TEACHER_INPUT_FIELD in seen[0][1] and "srpo_topk_ids" in seen[0][1]
+    assert plan.rows == [1, 2, 4, 0] and plan.pad == [0]
     # The pad row runs a one-token teacher sequence (it carries no top-K ids, so it is not scored).
-    assert torch.equal(store["k0"][TEACHER_INPUT_FIELD], responses[0][:1])
-    # Every row outside the teacher set, the pad row included, ends with empty teacher fields.
-    for i in range(n):
-        if i in teacher_idx:
-            assert store[f"k{i}"]["srpo_teacher_entropy"].eq(1.0).all(), i
-        else:
-            assert all(store[f"k{i}"][key].shape[0] == 0 for key in wire.TEACHER_OUTPUT_NAMES), i
+    assert torch.equal(plan.pad_inputs[wire.TEACHER_INPUT_IDS.name].unbind()[0], responses[0][:1])
+    # Every row outside the teacher set, the pad row included, gets empty teacher fields; the top-K
+    # ids and the route were stored with the teacher rows before verl's old-log-prob forward.
+    assert plan.others == [0, 3, 5]
+    assert set(plan.others_fields) == set(wire.TEACHER_OUTPUT_NAMES)
+    for key, value in plan.others_fields.items():
+        assert value.offsets().diff().tolist() == [0, 0, 0], key
+    assert plan.others_fields[wire.TEACHER_TOPK.name].values().shape[-1] == k
+
+
+def test_teacher_pass_plan_of_a_step_that_routes_nothing():
+    # Nothing taught: no pass, and one store gives every row its empty teacher fields, empty top-K
+    # ids (verl's old-log-prob forward ran as in GRPO) and its route.
+    from srpo_verl.integration import wire
+    from srpo_verl.integration.trainer import StepRouting, teacher_pass_plan
+
+    n = 4
+    none = torch.zeros(n, dtype=torch.bool)
+    plan = teacher_pass_plan(StepRouting(None, none, none, None, None, None, []), [torch.arange(3)] * n, dp_size=2, k=3)
+    assert plan.rows == [] and plan.pad == [] and plan.others == list(range(n))
+    assert set(plan.others_fields) == {*wire.TEACHER_OUTPUT_NAMES, wire.TOPK_IDS.name, wire.ROUTE.name}
+    assert plan.others_fields[wire.ROUTE.name].tolist() == [0] * n
+    assert plan.others_fields[wire.TOPK_IDS.name].dtype == torch.int32

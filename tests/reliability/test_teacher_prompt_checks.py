@@ -5,6 +5,7 @@ Adversarial demonstrations run on two tokenizers: the tiny model's character tok
 byte-level BPE with ChatML special tokens (and Qwen3's non-special <think> tokens), built here."""
 
 import pytest
+import numpy as np
 import torch
 
 from srpo_verl.algo_config import SRPOConfig
@@ -237,23 +238,11 @@ def test_feedback_is_environment_text_and_keeps_think_tags(tokenizers):
 # ---------------------------------------------------------------- the trainer's use of them
 
 
-def _trainer(tok, rewards, uid, lengths, **srpo):
-    """The SRPO step mixin's teacher-prompt methods on a stand-in trainer (no Ray, no TransferQueue)."""
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
+def _checked(rewards, uid, lengths):
+    """The checked step inputs the trainer's pure step functions take."""
     from srpo_verl.integration.step_checks import check_step_inputs
 
-    masks = [torch.arange(max(lengths) or 1) < n for n in lengths]
-    config = OmegaConf.create({"data": {"max_prompt_length": 64, "max_response_length": 256, "seed": 1}})
-    return SimpleNamespace(
-        tokenizer=tok,
-        srpo=SRPOConfig(**srpo),
-        config=config,
-        global_steps=1,
-        _srpo_inputs=check_step_inputs(rewards, uid, masks),
-    )
+    return check_step_inputs(rewards, uid, [torch.arange(max(lengths) or 1) < n for n in lengths])
 
 
 def test_trainer_routes_no_row_to_an_empty_demonstration(tokenizers, caplog):
@@ -274,25 +263,23 @@ def test_trainer_routes_no_row_to_an_empty_demonstration(tokenizers, caplog):
             torch.tensor(plain_ids(tok, "40") + [eos]),
         ]
         lengths = [len(r) for r in responses]
-        self = _trainer(tok, [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"], lengths)
+        inputs = _checked([1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"], lengths)
         metrics = {}
         with caplog.at_level(logging.WARNING, logger="srpo_verl.integration.trainer"):
-            demonstrable = trainer_mod.SRPOStepMixin._srpo_demonstrable(self, self._srpo_inputs, responses, metrics)
+            demonstrable = trainer_mod.demonstrable_rows(inputs, responses, SRPOConfig(), tok, metrics)
         assert demonstrable.tolist() == [False, False, True, False], name
         assert metrics["srpo/check/empty_demonstration_rows"] == 1 and "rows [0]" in caplog.text
-        routing = route_step(self._srpo_inputs, success_threshold=0.5, demonstrable=demonstrable)
+        routing = route_step(inputs, success_threshold=0.5, demonstrable=demonstrable)
         assert routing.sdpo.tolist() == [False, False, False, True], name
 
 
-def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
+def test_trainer_splices_the_siblings_tokens(tokenizers):
     # The trainer hands the sibling's token ids to the builder (before: decoded text, re-tokenised
     # by the chat template): the teacher prompt holds the template's special tokens only.
     from types import SimpleNamespace
 
     from srpo_verl.integration import trainer as trainer_mod
 
-    stored = {}
-    monkeypatch.setattr(trainer_mod.tq, "kv_batch_put", lambda **kw: stored.update(kw["fields"].to_dict()))
     for name, tok in tokenizers.items():
         eos = tok.eos_token_id
         # One token per character: for the BPE not the tokenisation its text would get back.
@@ -300,9 +287,6 @@ def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
         assert (sibling != plain_ids(tok, INJECTION)) == (name == "bpe")
         thinking = plain_ids(tok, "<think>check: 40+2</think>\n")  # stripped, the rest kept token for token
         responses = [torch.tensor(thinking + sibling + [eos]), torch.tensor(plain_ids(tok, "41") + [eos])]
-        self = _trainer(tok, [1.0, 0.0], ["a", "a"], [len(r) for r in responses])
-        self._srpo_put = trainer_mod.SRPOStepMixin._srpo_put.__get__(self)
-        batch = type("Batch", (), {"keys": ["k0", "k1"], "partition_id": "train"})()
         # Row 1 failed and is taught; row 0, its correct sibling, is the demonstration.
         step = SimpleNamespace(
             groups=torch.tensor([0, 0]),
@@ -310,8 +294,17 @@ def test_trainer_splices_the_siblings_tokens(tokenizers, monkeypatch):
             teacher_idx=[1],
             feedback=["", ""],
         )
-        cut = trainer_mod.SRPOStepMixin._srpo_put_teacher_prompts(self, batch, step, [CHAT, CHAT], responses)
-        (row,) = [r.tolist() for r in stored["srpo_teacher_input_ids"].unbind()]  # stored for row 1 only
+        ids, cut = trainer_mod.teacher_inputs(
+            step,
+            [CHAT, CHAT],
+            responses,
+            SRPOConfig(),
+            tok,
+            max_length=64 + 256,
+            template_kwargs={},
+            rng=np.random.default_rng(1),
+        )
+        (row,) = [r.tolist() for r in ids]  # for row 1 only
         prompt, response = row[: -len(responses[1])], row[-len(responses[1]) :]
         skeleton, _ = teacher_prompt_ids(
             tok, CHAT, solution="42", feedback=None, strip_think=True, max_length=1000, overflow="truncate", **TEMPLATES
