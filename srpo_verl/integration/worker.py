@@ -125,6 +125,16 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
     srpo_teacher_rows_total: int = 0  # teacher sequences run since the last EMA step (a forward hook counts)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self):
+        """verl's init_model; a new LoRA adapter is first seeded. verl draws lora_A from torch's global
+        RNG unseeded, so two launches of one run would start from different adapters (and teachers),
+        and a resumed run could never equal an uninterrupted one. The seed is the actor engine's."""
+        model = self.config.model
+        if (model.get("lora_rank", 0) or 0) > 0 and model.get("lora_adapter_path", None) is None:
+            torch.manual_seed(int((self.config.actor.get("fsdp_config", None) or {}).get("seed", 42)))
+        return super().init_model()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def srpo_setup(self, srpo_config: dict, vocab_k: int) -> dict:
         """Build the EMA teacher and install the SRPO loss (called once after init_model)."""
         self.srpo = SRPOConfig.from_node(srpo_config)
