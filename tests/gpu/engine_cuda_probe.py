@@ -14,7 +14,9 @@ keeps them on a GPU.
 
 Passes, in a trainer step's order: old-log-prob forward with the top-K hook, teacher pass, actor
 update (SGD lr 1: theta_0 - theta_1 is the gradient), EMA step, a second teacher pass (which must see
-the EMA-updated teacher), and the teacher's save and load with verl's checkpoint.
+the EMA-updated teacher), and the teacher's save and load with verl's checkpoint. With a LoRA override
+(`actor_rollout_ref.model.lora_rank`) the teacher is the adapter one, swapped into the student's module
+on the device (srpo_verl/integration/lora_teacher.py).
 """
 
 import os
@@ -74,8 +76,11 @@ def teacher_shards_on_host(worker) -> None:
     storage itself; that stays FSDP's own business here.)"""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+    from srpo_verl.integration.lora_teacher import AdapterTeacher
     from srpo_verl.lab.virtual_cuda import _tag
 
+    if isinstance(worker.teacher, AdapterTeacher):
+        return  # the adapter teacher's tensors sit beside the student's adapter shards, on the device
     if isinstance(worker.teacher.engine.module, FSDP):
         return
     for p in worker.teacher.engine.module.parameters():
@@ -99,6 +104,19 @@ def gathered(worker, module) -> dict[str, torch.Tensor]:
         name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().clone()
         for name, p in module.named_parameters()
     }
+
+
+def teacher_full(worker) -> dict[str, torch.Tensor]:
+    """The teacher's full float64 parameters (collective): the engine's, or the adapter teacher's
+    rank-local Shard(0) pieces gathered in rank order."""
+    from srpo_verl.integration.lora_teacher import AdapterTeacher
+
+    if not isinstance(worker.teacher, AdapterTeacher):
+        return gathered(worker, worker.teacher.engine.module)
+    local = {name: t.detach().cpu().double() for name, t in worker.teacher.state.items()}
+    pieces = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(pieces, local)
+    return {name: torch.cat([p[name] for p in pieces]) for name in local}
 
 
 def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra: list[str]) -> None:
@@ -128,10 +146,11 @@ def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra:
         # Made inside the mode: host tensors, as the driver's are.
         prompts, responses, teacher_prompts, advantages, old_offsets, is_weights = fixed_batch()
         sequences = list(zip(prompts, responses))
+        theta_pre = gathered(worker, worker.actor.engine.module)
         log_probs, topk = old_log_prob_pass(worker, sequences)
         old = [lp + off for lp, off in zip(log_probs, old_offsets)]
         taught = teacher_pass(worker, topk, teacher_prompts, responses)
-        theta0 = gathered(worker, worker.actor.engine.module)
+        theta0 = gathered(worker, worker.actor.engine.module)  # the teacher pass must leave the student as it was
         mine = list(range(rank * ROWS // world, (rank + 1) * ROWS // world))
         output = worker.update_actor(update_batch(sequences, old, advantages, is_weights, taught, mine))
         theta1 = gathered(worker, worker.actor.engine.module)
@@ -140,7 +159,7 @@ def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra:
         taught_after = teacher_pass(worker, topk, teacher_prompts, responses)
         # Gathered after the pass: summon_full_params frees FSDP1's unsharded root, which would hide a
         # stale one from the pass.
-        teacher1 = gathered(worker, worker.teacher.engine.module)
+        teacher1 = teacher_full(worker)
         # verl's checkpoint with the teacher beside it; a second EMA step moves the teacher, the load
         # must bring back the saved one.
         ckpt = os.environ["SRPO_PROBE_CKPT"]
@@ -155,6 +174,7 @@ def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra:
     result = {
         "loss": float(loss) / world,
         "grad": {name: theta0[name] - theta1[name] for name in theta0},
+        "theta_pre": theta_pre,
         "theta0": theta0,
         "theta1": theta1,
         "teacher1": teacher1,
@@ -166,7 +186,7 @@ def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra:
         "moved": host(moved),
         "loaded": host(loaded),
         "host_reads": len(mode.host_reads),
-        "param_dtypes": (str(worker.actor.engine._autocast_dtype), str(worker.teacher.engine._autocast_dtype)),
+        "param_dtypes": (str(worker.actor.engine._autocast_dtype), str(worker._teacher_engine()._autocast_dtype)),
     }
     torch.distributed.destroy_process_group()
     if rank == 0:

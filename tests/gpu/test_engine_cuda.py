@@ -13,6 +13,11 @@ Runs: FSDP1 and FSDP2 at 1 and 2 ranks (fp32, and bf16 parameters as on a GPU), 
 actor's parameters and optimiser offloaded and gradient checkpointing on, and 4 ranks of a model whose 2-wide
 q_norm/k_norm leave the last two ranks empty shards (FSDP2, and FSDP1 with use_orig_params). About
 2.5 minutes on 2 cores.
+
+A LoRA student (rank 8, bf16 parameters, FSDP2, 2 ranks) runs the same passes with its adapter teacher
+swapped into the student's module on the device: the base stays frozen, the teacher is the closed form
+on the adapter, the second pass scores with base + the EMA adapter, the student leaves the teacher
+pass untouched, and the adapter teacher's checkpoint round-trips.
 """
 
 import os
@@ -69,8 +74,13 @@ def small_model_path(srpo_cache) -> str:
     return build_tiny_model(os.path.join(srpo_cache, "tiny_qwen3_h8"), hidden_size=8, num_layers=2)
 
 
+LORA_RANK, LORA_ALPHA = 8, 16
+LORA = [f"actor_rollout_ref.model.lora_rank={LORA_RANK}", f"actor_rollout_ref.model.lora_alpha={LORA_ALPHA}"]
+LORA_RUNS = {"fsdp2_lora_bf16_2ranks": ("fsdp2", 2, 2, False, BF16 + LORA)}
+
+
 def run_probe(model_path: str, out_dir: str, name: str) -> dict:
-    strategy, world, micro_batch, _, extra = RUNS[name]
+    strategy, world, micro_batch, _, extra = {**RUNS, **LORA_RUNS}[name]
     out = os.path.join(out_dir, f"{name}.pt")
     env = {"SRPO_PROBE_CKPT": os.path.join(out_dir, f"{name}_ckpt")}
     run_ranks([PROBE, model_path, out, strategy, str(micro_batch), *extra], world, env)
@@ -146,3 +156,88 @@ def test_teacher_checkpoint_round_trip(run):
     assert saved.keys() == loaded.keys()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     assert any(not torch.equal(saved[k], moved[k]) for k in saved)  # the second EMA step moved it
+
+
+# --------------------------------------------------------------------------- LoRA student
+
+PEFT_PREFIX = "base_model.model."
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_path, tmp_path_factory):
+    name = "fsdp2_lora_bf16_2ranks"
+    result = run_probe(tiny_model_path, str(tmp_path_factory.mktemp(name)), name)
+    result["model"] = tiny_model_path
+    return result
+
+
+def merged(weights: dict) -> dict:
+    """HF weights of base + adapter, merged independently: W + (alpha / r) B A."""
+    out = {}
+    for name, w in weights.items():
+        if ".lora_" in name:
+            continue
+        key = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
+        module = name.removesuffix(".base_layer.weight")
+        a, b = weights.get(f"{module}.lora_A.default.weight"), weights.get(f"{module}.lora_B.default.weight")
+        out[key] = w if a is None else w + (LORA_ALPHA / LORA_RANK) * (b @ a)
+    return out
+
+
+def test_lora_base_stays_frozen_and_the_adapter_moves(lora_run):
+    theta0, theta1 = lora_run["theta0"], lora_run["theta1"]
+    adapter = [k for k in theta0 if ".lora_" in k]
+    assert adapter and set(lora_run["teacher1"]) == set(adapter)
+    for name in theta0:
+        if name not in adapter:
+            assert torch.equal(theta0[name], theta1[name]), name
+    assert max(float((theta1[k] - theta0[k]).abs().max()) for k in adapter) > 1e-3
+
+
+def test_lora_teacher_pass_leaves_the_student_as_it_was(lora_run):
+    before, after = lora_run["theta_pre"], lora_run["theta0"]
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_teacher_after_the_ema_step_is_the_closed_form_on_the_adapter(lora_run):
+    theta0, theta1, teacher = lora_run["theta0"], lora_run["theta1"], lora_run["teacher1"]
+    expected = {k: 0.95 * theta0[k] + 0.05 * theta1[k] for k in teacher}
+    assert max_rel(teacher, expected) < 1e-6
+
+
+def test_lora_teacher_pass_scores_with_base_plus_the_ema_adapter(lora_run):
+    """log q at the top-K ids of the second pass: float64 of base + the EMA adapter merged, and far from
+    the student's (what a pass that never swapped the teacher's adapter in would give)."""
+    from transformers import AutoModelForCausalLM
+
+    def load(weights):
+        model = AutoModelForCausalLM.from_pretrained(
+            lora_run["model"], dtype=torch.float64, attn_implementation="eager"
+        )
+        model.load_state_dict(merged(weights), strict=False)
+        return model.eval()
+
+    base = {k: v for k, v in lora_run["theta1"].items() if ".lora_" not in k}
+    fresh, student = load({**base, **lora_run["teacher1"]}), load(lora_run["theta1"])
+    _, responses, teacher_prompts, *_ = fixed_batch()
+    after = lora_run["teacher_fields_after_ema"]
+    err, gap = 0.0, 0.0
+    with torch.no_grad():
+        for j, i in enumerate(ROUTED):
+            ids = torch.tensor([teacher_prompts[i] + responses[i]])
+            cut = slice(len(teacher_prompts[i]) - 1, -1)
+            topk = after["srpo_topk_ids"][j].long()
+            log_q = torch.log_softmax(fresh(ids).logits[0, cut], -1).gather(-1, topk)
+            log_p = torch.log_softmax(student(ids).logits[0, cut], -1).gather(-1, topk)
+            err = max(err, float((after["srpo_teacher_topk"][j].double() - log_q).abs().max()))
+            gap = max(gap, float((log_p - log_q).abs().max()))
+    assert gap > 1e-2  # the student moved far enough to tell the two apart
+    assert err < gap / 4, (err, gap)  # bf16 forward: rounding, not the student's adapter
+
+
+def test_lora_teacher_checkpoint_round_trip(lora_run):
+    saved, moved, loaded = lora_run["saved"], lora_run["moved"], lora_run["loaded"]
+    assert saved.keys() == loaded.keys() and all(".lora_" in k for k in saved)
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert any(not torch.equal(saved[k], moved[k]) for k in saved)
