@@ -8,5 +8,6 @@ import it (tests/integration/test_import_graph.py holds both rules). Nothing her
 * `peak_memory` — peak device or process memory of a block of code.
 * `ranks` — a probe script run as several gloo ranks on this host.
 * `srpo_update` — one SRPO update through verl's worker and engine, and its float64 reference.
+* `step_costs` — the step benchmarks' round-robin timing, phase table and SRPO's cost bound.
 * `virtual_cuda` — CUDA device semantics and flash-attn's in-place cross-entropy on a CPU torch.
 """

@@ -4,7 +4,7 @@ The engine hands the logits processor the packed (N, V) logits, then computes ev
 from the same tensor (on GPU with flash-attn's in-place cross-entropy). `update_terms` does the same
 with `core_algos` alone: the routed rows' divergence by `lent_gradient.topk_tail_divergence_lent`, the token
 log-probs by `logprobs`, and the lend between them, as the SRPO loss does. Shared by the core tests,
-scripts/gpu_check.py and scripts/bench_step_gpu.py.
+scripts/gpu_check.py and `scripts/bench_gpu.py step`.
 """
 
 from __future__ import annotations
