@@ -137,6 +137,10 @@ class GuardConfig(BaseConfig):
         correct_share_drop: the share of correct rollouts falls more than this below the best
             `smooth`-step mean of the window.
         degenerate_steps: N for no correct rollout, nothing routed, distillation inactive, flat rewards.
+        teacher_prompted_validation: at each validation, also validate with every prompt rewritten as
+            the teacher's (the gold answer as the demonstration): one more generation pass.
+        teacher_prompted_drop: that teacher-prompted score falls more than this below its best earlier
+            validation.
     """
 
     _target_: str = "srpo_verl.algo_config.GuardConfig"
@@ -151,6 +155,8 @@ class GuardConfig(BaseConfig):
     teacher_entropy_ratio: Optional[float] = 2.0
     correct_share_drop: Optional[float] = 0.25
     degenerate_steps: Optional[int] = 10
+    teacher_prompted_validation: bool = False
+    teacher_prompted_drop: Optional[float] = 0.25
 
     # Mapping equality (same keys and values), so the YAML block, a plain dict, compares equal to the
     # defaults it restates, as a flat key of SRPOConfig does.
@@ -173,6 +179,12 @@ class GuardConfig(BaseConfig):
                 value,
                 "must be an integer >= 1" + (" or null" if key == "degenerate_steps" else ""),
             )
+        _check(
+            isinstance(self.teacher_prompted_validation, bool),
+            "guard.teacher_prompted_validation",
+            self.teacher_prompted_validation,
+            "must be true or false",
+        )
         _check(self.min_history <= self.window, "guard.min_history", self.min_history, "must be <= guard.window")
         for key in (
             "format_error_rise",
@@ -181,6 +193,7 @@ class GuardConfig(BaseConfig):
             "length_collapse",
             "length_explosion",
             "teacher_entropy_ratio",
+            "teacher_prompted_drop",
         ):
             value = getattr(self, key)
             if value is None:

@@ -12,6 +12,8 @@ Two kinds of signal:
   degenerate  a condition that holds for `degenerate_steps` consecutive steps.
 A signal's metric is 1 on every step its condition holds; its WARNING is logged on the first step of
 each such episode, so a persistent breach does not repeat on every step.
+One signal is judged at validation rather than per step (`Guard.note_validation`): the score of the
+teacher-prompted validation falling below its best earlier one (`guard.teacher_prompted_*`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ ROUTED_SHARE = "srpo/routed_share"
 TEACHER_ENTROPY = "srpo/teacher_entropy_full"
 CORRECT_SHARE = "srpo/correct_share"
 SDPO_TOKEN_SHARE = "actor/srpo/sdpo_token_share"
+# The teacher-prompted validation's score (the trainer's second validation pass), and its signal.
+TEACHER_PROMPTED = "srpo/val_teacher_prompted/score"
+TEACHER_PROMPTED_SIGNAL = "teacher_prompted"
 
 # A value this close to 0 counts as 0 (shares are ratios of counts; reward ranges of equal floats).
 ZERO = 1e-12
@@ -247,10 +252,28 @@ class Guard:
         if step not in self.checkpoints:
             self.checkpoints.append(step)
 
-    def note_validation(self, step: int, metrics: Mapping) -> None:
+    def note_validation(self, step: int, metrics: Mapping) -> Optional[Breach]:
+        """Record a validation's score (for the best checkpoint) and judge the teacher-prompted score
+        it carries, if any, against the best earlier one. Returns the breach holding at this validation."""
         score = validation_score(metrics)
         if score is not None:
             self.validation[step] = score
+        value, limit = metrics.get(TEACHER_PROMPTED), getattr(self.cfg, "teacher_prompted_drop", None)
+        if value is None or limit is None or not math.isfinite(float(value)):
+            return None
+        history = self.history.setdefault(TEACHER_PROMPTED, [])
+        best = max(history, default=None)
+        history.append(float(value))
+        if best is None or best - float(value) <= limit:
+            self.active[TEACHER_PROMPTED_SIGNAL] = False
+            return None
+        rule = f"{float(value):.4g} < best earlier validation {best:.4g} - {limit:g}"
+        breach = Breach(TEACHER_PROMPTED_SIGNAL, step, TEACHER_PROMPTED, tuple(history[-5:]), rule)
+        if not self.active.get(TEACHER_PROMPTED_SIGNAL, False):
+            logger.warning(breach.message())
+            self.breaches.append(breach)
+        self.active[TEACHER_PROMPTED_SIGNAL] = True
+        return breach
 
     def best_checkpoint(self) -> Optional[tuple[int, float]]:
         """(step, validation score) of the saved checkpoint validated best, or None when no saved

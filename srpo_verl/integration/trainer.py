@@ -29,7 +29,7 @@ import numpy as np
 import ray
 import torch
 import transfer_queue as tq
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
@@ -37,13 +37,19 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
+from verl.utils.tokenizer import normalize_token_ids
 
 from srpo_verl import core_algos
 from srpo_verl import guard as collapse_guard
 from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_trainer_config
 from srpo_verl.integration.data_checks import check_data_files
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
-from srpo_verl.integration.teacher_prompt import has_demonstration_content, teacher_prompt_ids, text_has_content
+from srpo_verl.integration.teacher_prompt import (
+    has_demonstration_content,
+    teacher_messages,
+    teacher_prompt_ids,
+    text_has_content,
+)
 from srpo_verl.integration import wire
 from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 
@@ -274,6 +280,28 @@ def guard_inputs(response_mask: list[torch.Tensor], rm_scores: list[torch.Tensor
     return out
 
 
+def teacher_prompted_batch(batch: dict, srpo) -> dict:
+    """A validation batch (verl's collated dict) with each row's chat rewritten as the teacher's, the
+    row's gold answer (`reward_model.ground_truth`) standing in for a sibling's solution (validation
+    has no training siblings). Other fields are shared with `batch`."""
+    prompts, labels = batch["raw_prompt"], batch.get("reward_model")
+    rewritten = np.empty(len(prompts), dtype=object)  # an array of lists, never a 2-D array of messages
+    for i, messages in enumerate(prompts):
+        gold = labels[i].get("ground_truth") if labels is not None and isinstance(labels[i], dict) else None
+        if gold is None:
+            raise ValueError(
+                f"algorithm.srpo.guard.teacher_prompted_validation: validation row {i} has no "
+                "reward_model.ground_truth to show the teacher; turn it off for this data"
+            )
+        rewritten[i] = teacher_messages(
+            list(messages),
+            solution=str(gold),
+            reprompt_template=srpo.reprompt_template,
+            feedback_template=srpo.feedback_template,
+        )
+    return {**batch, "raw_prompt": rewritten}
+
+
 class SRPOStepMixin:
     """SRPO's additions to a verl v1 trainer (see the module docstring)."""
 
@@ -353,38 +381,15 @@ class SRPOStepMixin:
         batch = super()._compute_advantage(batch, metrics)  # 4. verl's GRPO advantage, every row
         step, teacher, truncated = self._srpo_step, None, 0
         with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
-            fields = ["responses", "response_mask"] + (["raw_prompt"] if step.taught.any() else [])
+            fields = ["responses", "response_mask"] + (["raw_prompt"] if step.teacher_idx else [])
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
             responses = list(data["responses"].unbind())
             plan = teacher_pass_plan(step, responses, dp_size=self._srpo_dp_size(), k=self._srpo_k)
-            if step.taught.any():
-                data_cfg = self.config.data
-                ids, truncated = teacher_inputs(  # 5. teacher prompts
-                    step,
-                    list(data["raw_prompt"]),
-                    responses,
-                    self.srpo,
-                    self.tokenizer,
-                    max_length=self.srpo.max_teacher_prompt_length
-                    or (data_cfg.max_prompt_length + data_cfg.max_response_length),
-                    template_kwargs=dict(data_cfg.get("apply_chat_template_kwargs", {}) or {}),
-                    rng=np.random.default_rng([int(data_cfg.get("seed", 1) or 1), int(self.global_steps)]),
-                )
-                self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=step.teacher_idx)
-                if plan.pad:
-                    self._srpo_put(batch, plan.pad_inputs, rows=plan.pad)
-                self.actor_rollout_wg.compute_srpo_teacher(  # 6. the teacher pass
-                    KVBatchMeta(
-                        keys=[batch.keys[i] for i in plan.rows],
-                        tags=[batch.tags[i] for i in plan.rows],
-                        partition_id=batch.partition_id,
-                        fields=[wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
-                        extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
-                    )
-                )
+            if plan.rows:
+                truncated = self._srpo_teacher_pass(batch, step, plan, list(data["raw_prompt"]), responses)  # 5-6
             if plan.others:  # after the pass: the workers also write (empty) fields for the pad rows
                 self._srpo_put(batch, plan.others_fields, rows=plan.others)
-            if step.taught.any():
+            if plan.rows:
                 teacher = tq.kv_batch_get(
                     keys=batch.keys, partition_id=batch.partition_id, select_fields=list(wire.TEACHER_OUTPUT_NAMES)
                 )
@@ -394,6 +399,35 @@ class SRPOStepMixin:
             batch.fields = [f for f in batch.fields if f not in wire.HOST_ONLY and f not in fetched] + fetched
             metrics.update(step_metrics(step, list(data["response_mask"].unbind()), teacher, truncated=truncated))
         return batch
+
+    def _srpo_teacher_pass(self, batch, step: StepRouting, plan: TeacherPassPlan, raw_prompts, responses) -> int:
+        """Store the teacher sequences of the plan's rows and run the teacher pass on them (the workers
+        write its fields back). Returns how many teacher prompts were truncated."""
+        data_cfg = self.config.data
+        ids, truncated = teacher_inputs(
+            step,
+            raw_prompts,
+            responses,
+            self.srpo,
+            self.tokenizer,
+            max_length=self.srpo.max_teacher_prompt_length
+            or (data_cfg.max_prompt_length + data_cfg.max_response_length),
+            template_kwargs=dict(data_cfg.get("apply_chat_template_kwargs", {}) or {}),
+            rng=np.random.default_rng([int(data_cfg.get("seed", 1) or 1), int(self.global_steps)]),
+        )
+        self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=step.teacher_idx)
+        if plan.pad:
+            self._srpo_put(batch, plan.pad_inputs, rows=plan.pad)
+        self.actor_rollout_wg.compute_srpo_teacher(
+            KVBatchMeta(
+                keys=[batch.keys[i] for i in plan.rows],
+                tags=[batch.tags[i] for i in plan.rows],
+                partition_id=batch.partition_id,
+                fields=[wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
+                extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
+            )
+        )
+        return truncated
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._update_actor(batch, metrics)  # 7. the SRPO loss
@@ -445,8 +479,60 @@ class SRPOStepMixin:
 
     def _validate(self, *args, **kwargs):
         result = super()._validate(*args, **kwargs)
-        self._srpo_guard.note_validation(self.global_steps, result)
+        if self.srpo.guard.teacher_prompted_validation:
+            result.update(self._srpo_teacher_prompted_validation())
+            breach = self._srpo_guard.note_validation(self.global_steps, result)
+            result[collapse_guard.METRIC_PREFIX + collapse_guard.TEACHER_PROMPTED_SIGNAL] = int(breach is not None)
+        else:
+            self._srpo_guard.note_validation(self.global_steps, result)
         return result
+
+    def _srpo_teacher_prompted_validation(self) -> dict:
+        """verl's validation again, every prompt rewritten as the teacher's with the gold answer as the
+        demonstration: `srpo/val_teacher_prompted/<verl's val-core key>` and their score. Its generations
+        are dumped under validation_data_dir/teacher_prompted (when set), never over the plain ones, and
+        not logged as tables."""
+        loader, trainer_cfg, data_cfg = self.val_dataloader, self.config.trainer, self.config.data
+        batches = [teacher_prompted_batch(b, self.srpo) for b in loader]
+        # verl's rollout keeps the last data.max_prompt_length tokens of a longer prompt: the gold
+        # answer would be cut out and the score mean nothing. Such a validation reports no score.
+        kw = dict(data_cfg.get("apply_chat_template_kwargs", {}) or {})
+        encode = lambda m: self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, **kw)  # noqa: E731
+        lengths = [len(normalize_token_ids(encode(list(m)))) for b in batches for m in b["raw_prompt"]]
+        over = sum(n > data_cfg.max_prompt_length for n in lengths)
+        if over:
+            logger.warning(
+                "SRPO teacher-prompted validation at step %d: %d of %d teacher prompts (longest %d tokens) exceed "
+                "data.max_prompt_length=%d and would be truncated; no score reported",
+                self.global_steps,
+                over,
+                len(lengths),
+                max(lengths),
+                data_cfg.max_prompt_length,
+            )
+            return {}
+        saved = {key: trainer_cfg.get(key) for key in ("validation_data_dir", "log_val_generations")}
+        self.val_dataloader = batches
+        with open_dict(trainer_cfg):
+            if saved["validation_data_dir"]:
+                trainer_cfg.validation_data_dir = os.path.join(saved["validation_data_dir"], "teacher_prompted")
+            trainer_cfg.log_val_generations = 0
+        try:
+            plain = super()._validate()
+        finally:
+            self.val_dataloader = loader
+            with open_dict(trainer_cfg):
+                for key, value in saved.items():
+                    trainer_cfg[key] = value
+        out = {
+            "srpo/val_teacher_prompted/" + k[len("val-core/") :]: v
+            for k, v in plain.items()
+            if k.startswith("val-core/")
+        }
+        score = collapse_guard.validation_score(plain)
+        if score is not None:
+            out[collapse_guard.TEACHER_PROMPTED] = score
+        return out
 
     # -------------------------------------------------------------- TransferQueue and dispatch
     def _srpo_put(self, batch: KVBatchMeta, fields: dict, rows: list[int] | None = None) -> KVBatchMeta:

@@ -68,6 +68,8 @@ def test_shipped_defaults_are_the_documented_ones():
         "teacher_entropy_ratio": 2.0,
         "correct_share_drop": 0.25,
         "degenerate_steps": 10,
+        "teacher_prompted_validation": False,
+        "teacher_prompted_drop": 0.25,
     }
 
 
@@ -271,6 +273,60 @@ def test_best_checkpoint_unknown_without_a_validated_checkpoint():
     assert "unknown" in guard.stop_report()
 
 
+# ------------------------------------------------------------------ teacher-prompted validation
+def test_teacher_prompted_score_fires_when_it_falls_below_its_best_earlier_validation(caplog):
+    guard = G.Guard(cfg(teacher_prompted_drop=0.25))
+    scores = {5: 0.6, 10: 0.7, 15: 0.5, 20: 0.4, 25: 0.3, 30: 0.65, 35: 0.2}
+    held = {}
+    with caplog.at_level(logging.WARNING, logger="srpo_verl.guard"):
+        for step, value in scores.items():
+            held[step] = guard.note_validation(step, {G.TEACHER_PROMPTED: value}) is not None
+    # 0.5 is 0.2 below the best (0.7): fine; 0.4 and 0.3 are over 0.25 below; 0.65 recovers.
+    assert held == {5: False, 10: False, 15: False, 20: True, 25: True, 30: False, 35: True}
+    assert first(guard) == [("teacher_prompted", 20), ("teacher_prompted", 35)]  # one WARNING per episode
+    warnings = [r.getMessage() for r in caplog.records if "teacher_prompted at step" in r.getMessage()]
+    assert len(warnings) == 2 and "0.4 < best earlier validation 0.7 - 0.25" in warnings[0]
+    assert "srpo/val_teacher_prompted/score recent values [0.6, 0.7, 0.5, 0.4]" in warnings[0]
+
+
+def test_teacher_prompted_signal_is_off_without_its_score_or_threshold():
+    guard = G.Guard(cfg(teacher_prompted_drop=None))
+    for step, value in enumerate([0.9, 0.1], start=1):
+        assert guard.note_validation(step, {G.TEACHER_PROMPTED: value}) is None
+    guard = G.Guard(cfg())
+    assert guard.note_validation(1, {"val-core/x/acc/mean@2": 0.9}) is None and guard.validation == {1: 0.9}
+    assert guard.breaches == []
+
+
+def test_a_teacher_prompted_breach_requests_the_stop():
+    guard = G.Guard(cfg(action="stop"))
+    guard.note_validation(1, {G.TEACHER_PROMPTED: 0.8})
+    assert not guard.stop_requested
+    guard.note_validation(2, {G.TEACHER_PROMPTED: 0.1})
+    assert guard.stop_requested and "teacher_prompted at step 2" in guard.stop_report()
+
+
+def test_teacher_prompted_batch_shows_each_rows_gold_answer():
+    import numpy as np
+
+    from srpo_verl.algo_config import SRPOConfig
+    from srpo_verl.integration.trainer import teacher_prompted_batch
+
+    chat = lambda q: [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}]  # noqa: E731
+    prompts = np.empty(2, dtype=object)
+    prompts[0], prompts[1] = chat("1+2?"), chat("3+4?")
+    batch = {"raw_prompt": prompts, "reward_model": np.array([{"ground_truth": "3"}, {"ground_truth": 7}]), "x": [1]}
+    srpo = SRPOConfig()
+    out = teacher_prompted_batch(batch, srpo)
+    for i, (q, gold) in enumerate([("1+2?", "3"), ("3+4?", "7")]):
+        expected = srpo.reprompt_template.format(question=q, solution=gold)
+        assert out["raw_prompt"][i] == [chat(q)[0], {"role": "user", "content": expected}]
+    assert out["x"] is batch["x"] and batch["raw_prompt"][0] == chat("1+2?")  # the input is left as it was
+    batch["reward_model"] = np.array([{"ground_truth": "3"}, {"style": "rule"}])
+    with pytest.raises(ValueError, match="row 1 has no reward_model.ground_truth"):
+        teacher_prompted_batch(batch, srpo)
+
+
 # ------------------------------------------------------------------ configuration
 @pytest.mark.parametrize(
     "override,key",
@@ -282,6 +338,8 @@ def test_best_checkpoint_unknown_without_a_validated_checkpoint():
         ({"teacher_entropy_ratio": 0.5}, "guard.teacher_entropy_ratio"),
         ({"correct_share_drop": float("nan")}, "guard.correct_share_drop"),
         ({"degenerate_steps": True}, "guard.degenerate_steps"),
+        ({"teacher_prompted_validation": "yes"}, "guard.teacher_prompted_validation"),
+        ({"teacher_prompted_drop": 0}, "guard.teacher_prompted_drop"),
         ({"actoin": "stop"}, "guard"),
     ],
     ids=[
@@ -292,6 +350,8 @@ def test_best_checkpoint_unknown_without_a_validated_checkpoint():
         "entropy_ratio_under_1",
         "drop_nan",
         "steps_bool",
+        "teacher_prompted_not_bool",
+        "teacher_prompted_drop_0",
         "unknown_key",
     ],
 )

@@ -12,11 +12,13 @@ are all equal nothing is routed, so both fire on the third such step (and no-cor
 the collapse is to wrong answers).
 """
 
+import json
 import os
 import re
 
 import pytest
 
+from srpo_verl import guard as collapse_guard
 from srpo_verl.demo.harness import latest_checkpoint, launch, tiny_cpu_overrides
 
 pytestmark = pytest.mark.slow
@@ -38,13 +40,19 @@ def stopped(tmp_path_factory, tiny_model_path, addition_data):
     args = tiny_cpu_overrides(
         tiny_model_path, addition_data, ckpt, total_steps=10, save_freq=1, lr=1.0, experiment="guard_stop"
     )
-    result = launch(work, "guard_stop", [*args, *FORCED, *VALIDATE], timeout_s=480)
+    # Room for the teacher's template around the question (verl's rollout cuts a longer prompt).
+    teacher_prompted = [
+        "algorithm.srpo.guard.teacher_prompted_validation=True",
+        f"trainer.validation_data_dir={work}/val",
+        "data.max_prompt_length=96",
+    ]
+    result = launch(work, "guard_stop", [*args, *FORCED, *VALIDATE, *teacher_prompted], timeout_s=480)
     assert result.returncode == 0, result.log[-6000:]
-    return result, ckpt
+    return result, ckpt, work
 
 
 def test_the_guard_fires_at_the_collapse(stopped):
-    result, _ = stopped
+    result, *_ = stopped
     steps = result.steps
     assert sorted(steps) == [1, 2, 3], "the run went on past the breach"
     assert steps[2]["srpo/correct_share"] > 0 and steps[3]["srpo/correct_share"] == 0  # the forced collapse
@@ -54,7 +62,7 @@ def test_the_guard_fires_at_the_collapse(stopped):
 
 
 def test_stop_keeps_the_last_checkpoint_before_the_breach(stopped):
-    result, ckpt = stopped
+    result, ckpt, _ = stopped
     assert latest_checkpoint(ckpt) == 2
     assert os.path.isdir(os.path.join(ckpt, "global_step_2", "actor"))
     assert not os.path.exists(os.path.join(ckpt, "global_step_3"))
@@ -62,7 +70,7 @@ def test_stop_keeps_the_last_checkpoint_before_the_breach(stopped):
 
 
 def test_stop_reports_the_checkpoints(stopped):
-    result, _ = stopped
+    result, *_ = stopped
     report = [line for line in result.log.splitlines() if "collapse guard stopped the run" in line]
     assert report, result.log[-4000:]
     assert "last checkpoint saved before the breach: global_step_2" in report[0]
@@ -72,6 +80,30 @@ def test_stop_reports_the_checkpoints(stopped):
     assert all(val.values()), sorted(result.steps[1])
     best = max((1, 2), key=lambda s: (sum(val[s]) / len(val[s]), -s))
     assert f"best checkpoint by validation: global_step_{best} " in report[0]
+
+
+def test_teacher_prompted_validation_runs_beside_verls_and_is_judged(stopped):
+    # Each validation is run twice: verl's, and with every prompt rewritten as the teacher's (the gold
+    # answer as the demonstration), dumped apart. The guard's metric is 1 exactly where that score is
+    # more than 0.25 below its best earlier validation.
+    result, _, work = stopped
+    validated = [s for s in sorted(result.steps) if collapse_guard.TEACHER_PROMPTED in result.steps[s]]
+    assert validated[:2] == [1, 2], sorted(result.steps[1])
+    best = None
+    for s in validated:
+        m = result.steps[s]
+        assert any(k.startswith("srpo/val_teacher_prompted/") and "/acc/mean@" in k for k in m)
+        value = m[collapse_guard.TEACHER_PROMPTED]
+        assert m["srpo/guard/teacher_prompted"] == int(best is not None and best - value > 0.25), s
+        best = value if best is None else max(best, value)
+    plain = sorted(os.listdir(os.path.join(work, "val")))
+    taught = sorted(os.listdir(os.path.join(work, "val", "teacher_prompted")))
+    assert "1.jsonl" in plain and "1.jsonl" in taught
+    rows = [json.loads(line) for line in open(os.path.join(work, "val", "teacher_prompted", "1.jsonl"))]
+    plain_rows = [json.loads(line) for line in open(os.path.join(work, "val", "1.jsonl"))]
+    # The teacher's template around the question, with the gold answer shown; verl's own prompts without.
+    assert rows and all("Correct solution" in r["input"] and str(r["gts"]) in r["input"] for r in rows)
+    assert not any("Correct solution" in r["input"] for r in plain_rows)
 
 
 @pytest.fixture(scope="module")
