@@ -215,13 +215,10 @@ def update(args) -> int:
         adv = [torch.full((T,), float(a)) for a in advantages]
         extra = dict(old_log_probs=old, advantages=adv)
         if srpo:
-            if method == "sdpo":
-                extra["advantages"] = [torch.zeros(T) for _ in range(rows)]
-            extra[wire.TOPK_IDS.name] = topk
+            extra[wire.TOPK_IDS.name] = topk  # (sdpo's zero PPO advantage is the loss's own: SRPOConfig.advantage)
             empty = {"srpo_teacher_topk": torch.zeros(0, k)}
             for key in ("srpo_teacher_topk", "srpo_teacher_entropy"):  # what the update reads
                 extra[key] = [taught.get(key, {}).get(i, empty.get(key, torch.zeros(0))) for i in range(rows)]
-            extra["srpo_sampled_adv"] = [torch.zeros(T if i in idx else 0) for i in range(rows)]
         data = as_batch(sequences, **extra)
         if srpo:
             data["srpo_route"] = torch.tensor([int(i in idx) for i in range(rows)])

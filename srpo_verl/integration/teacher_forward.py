@@ -1,7 +1,7 @@
 """The teacher's forward at the response positions, and what the loss needs from it.
 
 No verl import: the worker's teacher pass (worker.py) calls these on each micro-batch, and
-scripts/bench_teacher_memory.py calls the same functions on a machine with a GPU and no verl.
+`scripts/bench_gpu.py teacher-memory` calls the same functions on a machine with a GPU and no verl.
 """
 
 from __future__ import annotations
