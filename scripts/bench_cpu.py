@@ -835,17 +835,9 @@ MODES = {"update": (update_args, update), "loss": (loss_args, loss), "launch": (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
-    for name, (add_args, run) in MODES.items():
-        summary = run.__doc__.split("\n")[0]
-        sub = modes.add_parser(
-            name, help=summary, description=run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
-        add_args(sub)
-        sub.set_defaults(run=run)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    from srpo_verl.lab.step_costs import run_modes
+
+    return run_modes(__doc__, MODES, argv)
 
 
 if __name__ == "__main__":

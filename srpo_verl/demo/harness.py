@@ -123,6 +123,15 @@ def _wait(proc, timeout_s, kill_when, metrics_path) -> int | str:
             return "timeout"
 
 
+def launch_tiny(workdir, name, model, data, ckpt, *, steps, save_freq, extra=(), timeout_s=480, **overrides) -> Launch:
+    """A launch on the tiny model (`tiny_cpu_overrides`, then `extra`) that must exit 0."""
+    args = tiny_cpu_overrides(model, data, ckpt, total_steps=steps, save_freq=save_freq, experiment=name, **overrides)
+    result = launch(workdir, name, [*args, *extra], timeout_s=timeout_s)
+    if result.returncode != 0:
+        raise RuntimeError(f"launch {name} ended with {result.returncode}:\n{result.log[-6000:]}")
+    return result
+
+
 def latest_checkpoint(ckpt_dir: str) -> int | None:
     path = os.path.join(ckpt_dir, "latest_checkpointed_iteration.txt")
     if not os.path.exists(path):

@@ -1,4 +1,5 @@
-"""The step benchmarks' bookkeeping: methods timed round-robin, medians, the phase table, SRPO's bound.
+"""The step benchmarks' bookkeeping: methods timed round-robin, medians, the phase table, SRPO's bound,
+and the mode dispatch of both benchmark scripts (`run_modes`).
 
 Shared by `scripts/bench_cpu.py update` (verl's engine on CPU) and `scripts/bench_gpu.py step` (the
 workers' functions on one GPU), so both print the same columns and the same target. Pure Python: the
@@ -7,6 +8,7 @@ GPU script runs where verl is absent.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from typing import Callable
 
@@ -55,3 +57,21 @@ def bound_lines(med: dict[str, dict[str, float]], methods=("srpo_25", "srpo_50")
             f"forward: {beyond:.3f} s = {beyond / grpo:.1%} of the GRPO step"
         )
     return lines
+
+
+def run_modes(description: str, modes: dict, argv: list[str] | None = None) -> int:
+    """`script MODE [flags]`: modes maps a name to (add_args(parser), run(args) -> exit code); each
+    mode's help is its run function's docstring."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub_parsers = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    for name, (add_args, run) in modes.items():
+        sub = sub_parsers.add_parser(
+            name,
+            help=run.__doc__.split("\n")[0],
+            description=run.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_args(sub)
+        sub.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    return args.run(args)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from srpo_verl.demo.harness import checkpoint_weights, launch, tiny_cpu_overrides
+from srpo_verl.demo.harness import checkpoint_weights, launch_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,8 @@ VOLATILE = ("timing", "perf/", "throughput", "time", "memory", "wall")
 PEFT_PREFIX = "base_model.model."
 
 
-def run(workdir, name, model, data, ckpt, *, steps, save_freq, extra=()):
-    args = tiny_cpu_overrides(model, data, ckpt, total_steps=steps, save_freq=save_freq, experiment=name)
-    result = launch(workdir, name, [*args, *LORA, *extra], timeout_s=TIMEOUT_S)
-    assert result.returncode == 0, result.log[-6000:]
-    return result
+def run(workdir, name, *, extra=(), **kw):
+    return launch_tiny(workdir, name, extra=[*LORA, *extra], timeout_s=TIMEOUT_S, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from srpo_verl.demo.harness import checkpoint_weights, launch, tiny_cpu_overrides
+from srpo_verl.demo.harness import checkpoint_weights, launch_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,8 @@ ROUTED = ["reward.custom_reward_function.name=compute_digit_score", "algorithm.s
 VOLATILE = ("timing", "perf/", "throughput", "time", "memory", "wall")
 
 
-def run(workdir, name, model, data, ckpt, *, algorithm="srpo", steps, save_freq, extra=()):
-    args = tiny_cpu_overrides(
-        model, data, ckpt, algorithm=algorithm, total_steps=steps, save_freq=save_freq, experiment=name
-    )
-    result = launch(workdir, name, [*args, *ROUTED, *extra], timeout_s=TIMEOUT_S)
-    assert result.returncode == 0, result.log[-6000:]
-    return result
+def run(workdir, name, *, extra=(), **kw):
+    return launch_tiny(workdir, name, extra=[*ROUTED, *extra], timeout_s=TIMEOUT_S, **kw)
 
 
 @pytest.fixture(scope="module")
