@@ -314,7 +314,8 @@ def test_teacher_pass_on_cuda_micro_batches_equals_a_direct_float64_computation(
         actor=SimpleNamespace(engine_config=engine_config, engine=_Engine(None)),
         teacher=SimpleNamespace(engine=_Engine(teacher)),
     )
-    worker._score_teacher_micro_batch = partial(SRPOActorRolloutRefWorker._score_teacher_micro_batch, worker)
+    for name in ("_score_teacher_micro_batch", "_teacher_engine", "_teacher_weights"):
+        setattr(worker, name, partial(getattr(SRPOActorRolloutRefWorker, name), worker))
     monkeypatch.setattr(worker_module, "get_device_id", lambda: CUDA)
     with VirtualCuda(), torch.no_grad():
         teacher.to(CUDA)
@@ -351,6 +352,7 @@ def _worker(actor_engine, teacher_engine=None, beta=1.0, teacher="ema"):
         teacher=SimpleNamespace(engine=teacher_engine) if teacher_engine is not None else None,
         srpo=SRPOConfig(beta=beta, teacher=teacher),
         srpo_lends=LendBook(),
+        srpo_teacher_rows_total=0,
     )
     worker._param_pairs = partial(SRPOActorRolloutRefWorker._param_pairs, worker)
     return worker
