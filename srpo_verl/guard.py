@@ -228,12 +228,7 @@ class Guard:
             if verdict is None:
                 self.active[signal] = False
                 continue
-            breach = Breach(signal, step, metric, tuple(self.history.get(metric, [])[-shown:]), verdict)
-            if not self.active.get(signal, False):
-                logger.warning(breach.message())
-                self.breaches.append(breach)
-            self.active[signal] = True
-            held.append(breach)
+            held.append(self._hold(Breach(signal, step, metric, tuple(self.history.get(metric, [])[-shown:]), verdict)))
         self.last_step_breaches = held
         return held
 
@@ -268,11 +263,14 @@ class Guard:
             self.active[TEACHER_PROMPTED_SIGNAL] = False
             return None
         rule = f"{float(value):.4g} < best earlier validation {best:.4g} - {limit:g}"
-        breach = Breach(TEACHER_PROMPTED_SIGNAL, step, TEACHER_PROMPTED, tuple(history[-5:]), rule)
-        if not self.active.get(TEACHER_PROMPTED_SIGNAL, False):
+        return self._hold(Breach(TEACHER_PROMPTED_SIGNAL, step, TEACHER_PROMPTED, tuple(history[-5:]), rule))
+
+    def _hold(self, breach: Breach) -> Breach:
+        """A breach holding now: the first step of its episode logs the WARNING and is recorded."""
+        if not self.active.get(breach.signal, False):
             logger.warning(breach.message())
             self.breaches.append(breach)
-        self.active[TEACHER_PROMPTED_SIGNAL] = True
+        self.active[breach.signal] = True
         return breach
 
     def best_checkpoint(self) -> Optional[tuple[int, float]]:
