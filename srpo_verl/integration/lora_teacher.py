@@ -19,6 +19,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 ADAPTER_MARK = "lora_"  # PEFT names every LoRA tensor lora_A / lora_B / lora_embedding_* / lora_magnitude_*
 
@@ -52,9 +53,8 @@ def _reshard(module: torch.nn.Module) -> None:
     """Free any unsharded FSDP2 parameters so the next forward all-gathers the shards as they are now
     (FSDP2 does not reshard its root after forward; the swap must not meet a stale gathered copy)."""
     for m in module.modules():
-        reshard = getattr(m, "reshard", None)
-        if reshard is not None and hasattr(m, "_get_fsdp_state"):
-            reshard()
+        if isinstance(m, FSDPModule):  # fully_shard makes each wrapped module one
+            m.reshard()
 
 
 class AdapterTeacher:

@@ -158,6 +158,15 @@ def teacher_messages(
     return messages
 
 
+def gold_teacher_messages(messages: Sequence[dict], label, *, reprompt_template: str) -> Optional[list[dict]]:
+    """The teacher's chat for a validation row: its gold answer (`reward_model.ground_truth`) stands in
+    for a sibling's solution (validation has no training siblings). None when the row has no gold answer."""
+    gold = label.get("ground_truth") if isinstance(label, dict) else None
+    if gold is None:
+        return None
+    return teacher_messages(messages, solution=str(gold), reprompt_template=reprompt_template, feedback_template="")
+
+
 def _template_sides(tokenizer, chat: list[dict], kwargs: dict) -> tuple[list[int], list[int]]:
     """Token ids of the rendered chat before and after the placeholder, tokenised as verl tokenises
     the student's prompt (the template's special tokens are real ones)."""

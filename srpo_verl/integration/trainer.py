@@ -28,10 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import torch
-import transfer_queue as tq
 from omegaconf import OmegaConf, open_dict
-from tensordict import TensorDict
-from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
@@ -45,12 +42,13 @@ from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_traine
 from srpo_verl.integration.data_checks import check_data_files
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
 from srpo_verl.integration.teacher_prompt import (
+    gold_teacher_messages,
     has_demonstration_content,
-    teacher_messages,
     teacher_prompt_ids,
     text_has_content,
 )
-from srpo_verl.integration import wire
+from srpo_verl.integration import verl_adapter, wire
+from srpo_verl.integration.verl_adapter import KVBatchMeta
 from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -282,28 +280,27 @@ def guard_inputs(response_mask: list[torch.Tensor], rm_scores: list[torch.Tensor
 
 def teacher_prompted_batch(batch: dict, srpo) -> dict:
     """A validation batch (verl's collated dict) with each row's chat rewritten as the teacher's, the
-    row's gold answer (`reward_model.ground_truth`) standing in for a sibling's solution (validation
-    has no training siblings). Other fields are shared with `batch`."""
+    row's gold answer standing in for a sibling's solution (`gold_teacher_messages`). Other fields are
+    shared with `batch`."""
     prompts, labels = batch["raw_prompt"], batch.get("reward_model")
     rewritten = np.empty(len(prompts), dtype=object)  # an array of lists, never a 2-D array of messages
     for i, messages in enumerate(prompts):
-        gold = labels[i].get("ground_truth") if labels is not None and isinstance(labels[i], dict) else None
-        if gold is None:
+        chat = gold_teacher_messages(
+            list(messages), None if labels is None else labels[i], reprompt_template=srpo.reprompt_template
+        )
+        if chat is None:
             raise ValueError(
                 f"algorithm.srpo.guard.teacher_prompted_validation: validation row {i} has no "
                 "reward_model.ground_truth to show the teacher; turn it off for this data"
             )
-        rewritten[i] = teacher_messages(
-            list(messages),
-            solution=str(gold),
-            reprompt_template=srpo.reprompt_template,
-            feedback_template=srpo.feedback_template,
-        )
+        rewritten[i] = chat
     return {**batch, "raw_prompt": rewritten}
 
 
 class SRPOStepMixin:
     """SRPO's additions to a verl v1 trainer (see the module docstring)."""
+
+    _srpo_val_teacher_lengths: list[int] | None = None  # teacher-prompted validation prompts, in tokens
 
     # -------------------------------------------------------------- setup
     def __init__(self, config, *args, **kwargs):
@@ -341,23 +338,21 @@ class SRPOStepMixin:
         order, and an interrupted-and-resumed run drifts from an uninterrupted one in the last
         bits. Sorting by (prompt, response) tokens first makes a step a function of its data only.
         """
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"])
+        data = verl_adapter.read_fields(batch, ["prompts", "responses"])
         rows = [
             (p.tolist(), r.tolist(), i)
             for i, (p, r) in enumerate(zip(data["prompts"].unbind(), data["responses"].unbind()))
         ]
-        batch.reorder([i for *_, i in sorted(rows)])
+        verl_adapter.reorder_rows(batch, [i for *_, i in sorted(rows)])
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         # 1-2. Check the step's inputs and route (rewards, groups and responses are all known now).
         with marked_timer("srpo_route", self.timing_raw, color="purple"):
-            data = tq.kv_batch_get(
-                keys=batch.keys,
-                partition_id=batch.partition_id,
-                select_fields=["uid", "rm_scores", "response_mask", "responses", "prompts", "extra_fields"],
+            data = verl_adapter.read_fields(
+                batch, ["uid", "rm_scores", "response_mask", "responses", "prompts", "extra_fields"]
             )
-            real = [not tag.get("is_padding", False) for tag in batch.tags]
+            real = [not pad for pad in verl_adapter.padding_rows(batch)]
             rollout = self.config.actor_rollout_ref.rollout
             self._srpo_step = step = route_rows(
                 data,
@@ -374,7 +369,9 @@ class SRPOStepMixin:
             )
             if step.taught.any():
                 # 3. verl's old-log-prob forward also returns the student's top-K ids of these rows.
-                self._srpo_put(batch, {wire.TAUGHT.name: step.taught.long(), wire.ROUTE.name: step.route.long()})
+                verl_adapter.write_fields(
+                    batch, {wire.TAUGHT.name: step.taught.long(), wire.ROUTE.name: step.route.long()}
+                )
         return super()._compute_old_log_prob(batch, metrics)
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -382,21 +379,19 @@ class SRPOStepMixin:
         step, teacher, truncated = self._srpo_step, None, 0
         with marked_timer("srpo_teacher", self.timing_raw, color="purple"):
             fields = ["responses", "response_mask"] + (["raw_prompt"] if step.teacher_idx else [])
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+            data = verl_adapter.read_fields(batch, fields)
             responses = list(data["responses"].unbind())
-            plan = teacher_pass_plan(step, responses, dp_size=self._srpo_dp_size(), k=self._srpo_k)
+            dp_size = verl_adapter.actor_dp_size(self.actor_rollout_wg)
+            plan = teacher_pass_plan(step, responses, dp_size=dp_size, k=self._srpo_k)
             if plan.rows:
                 truncated = self._srpo_teacher_pass(batch, step, plan, list(data["raw_prompt"]), responses)  # 5-6
             if plan.others:  # after the pass: the workers also write (empty) fields for the pad rows
-                self._srpo_put(batch, plan.others_fields, rows=plan.others)
+                verl_adapter.write_fields(batch, plan.others_fields, rows=plan.others)
             if plan.rows:
-                teacher = tq.kv_batch_get(
-                    keys=batch.keys, partition_id=batch.partition_id, select_fields=list(wire.TEACHER_OUTPUT_NAMES)
-                )
+                teacher = verl_adapter.read_fields(batch, list(wire.TEACHER_OUTPUT_NAMES))
             self._srpo_pad_rows = len(plan.pad)
             # The update fetches the listed fields: SRPO's own that it reads, never the driver-only ones.
-            fetched = [f.name for f in wire.FIELDS if f.update_fetches]
-            batch.fields = [f for f in batch.fields if f not in wire.HOST_ONLY and f not in fetched] + fetched
+            verl_adapter.fetch_in_update(batch, [f.name for f in wire.FIELDS if f.update_fetches], wire.HOST_ONLY)
             metrics.update(step_metrics(step, list(data["response_mask"].unbind()), teacher, truncated=truncated))
         return batch
 
@@ -415,16 +410,15 @@ class SRPOStepMixin:
             template_kwargs=dict(data_cfg.get("apply_chat_template_kwargs", {}) or {}),
             rng=np.random.default_rng([int(data_cfg.get("seed", 1) or 1), int(self.global_steps)]),
         )
-        self._srpo_put(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=step.teacher_idx)
+        verl_adapter.write_fields(batch, {wire.TEACHER_INPUT_IDS.name: _nested(ids)}, rows=step.teacher_idx)
         if plan.pad:
-            self._srpo_put(batch, plan.pad_inputs, rows=plan.pad)
+            verl_adapter.write_fields(batch, plan.pad_inputs, rows=plan.pad)
         self.actor_rollout_wg.compute_srpo_teacher(
-            KVBatchMeta(
-                keys=[batch.keys[i] for i in plan.rows],
-                tags=[batch.tags[i] for i in plan.rows],
-                partition_id=batch.partition_id,
-                fields=[wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
-                extra_info={"temperature": self.config.actor_rollout_ref.rollout.temperature},
+            verl_adapter.sub_batch(
+                batch,
+                plan.rows,
+                [wire.TEACHER_INPUT_IDS.name, "responses", wire.TOPK_IDS.name],
+                temperature=self.config.actor_rollout_ref.rollout.temperature,
             )
         )
         return truncated
@@ -496,9 +490,15 @@ class SRPOStepMixin:
         batches = [teacher_prompted_batch(b, self.srpo) for b in loader]
         # verl's rollout keeps the last data.max_prompt_length tokens of a longer prompt: the gold
         # answer would be cut out and the score mean nothing. Such a validation reports no score.
-        kw = dict(data_cfg.get("apply_chat_template_kwargs", {}) or {})
-        encode = lambda m: self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, **kw)  # noqa: E731
-        lengths = [len(normalize_token_ids(encode(list(m)))) for b in batches for m in b["raw_prompt"]]
+        # The driver's data check refuses such files up front; this guards what it cannot read (custom
+        # dataset classes, remote files). The validation set is fixed, so its lengths are measured once.
+        if self._srpo_val_teacher_lengths is None:
+            kw = dict(data_cfg.get("apply_chat_template_kwargs", {}) or {})
+            encode = lambda m: self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, **kw)  # noqa: E731
+            self._srpo_val_teacher_lengths = [
+                len(normalize_token_ids(encode(list(m)))) for b in batches for m in b["raw_prompt"]
+            ]
+        lengths = self._srpo_val_teacher_lengths
         over = sum(n > data_cfg.max_prompt_length for n in lengths)
         if over:
             logger.warning(
@@ -533,22 +533,6 @@ class SRPOStepMixin:
         if score is not None:
             out[collapse_guard.TEACHER_PROMPTED] = score
         return out
-
-    # -------------------------------------------------------------- TransferQueue and dispatch
-    def _srpo_put(self, batch: KVBatchMeta, fields: dict, rows: list[int] | None = None) -> KVBatchMeta:
-        """Store per-row fields for all rows (or `rows`) of the step; returns TransferQueue's record of
-        the written rows (its `fields` lists every field they hold)."""
-        keys = batch.keys if rows is None else [batch.keys[i] for i in rows]
-        return tq.kv_batch_put(
-            keys=keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=len(keys))
-        )
-
-    def _srpo_dp_size(self) -> int:
-        info = self.actor_rollout_wg._dispatch_info.get("actor")
-        if info is None:
-            info = self.actor_rollout_wg._query_dispatch_info("actor")
-            self.actor_rollout_wg._dispatch_info["actor"] = info
-        return max(info) + 1
 
 
 @register_trainer("srpo")

@@ -19,24 +19,21 @@ Everything verl does stays as is; this subclass adds
 from __future__ import annotations
 
 import logging
-import math
 import os
 from contextlib import ExitStack, nullcontext
-from copy import deepcopy
 from functools import partial
 
 import torch
-from omegaconf import open_dict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
-from verl.utils.config import omega_conf_to_dataclass
-from verl.utils.device import get_device_id, get_device_name
+from verl.utils.device import get_device_id
 from verl.workers.engine.utils import prepare_micro_batches
-from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker, TrainingWorkerConfig
+from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from srpo_verl import core_algos
 from srpo_verl.algo_config import SRPOConfig
-from srpo_verl.integration import teacher_forward, wire
+from srpo_verl.integration import teacher_forward, verl_adapter, wire
+from srpo_verl.integration.verl_adapter import TrainingWorker
 from srpo_verl.integration.lora_teacher import AdapterTeacher
 from srpo_verl.lent_gradient import LendBook
 from srpo_verl.integration.loss import (
@@ -86,20 +83,6 @@ class _StudentTopK:
         return {}
 
 
-def _free_fsdp1_root(module) -> None:
-    """Reshard an FSDP1 root after a forward without backward.
-
-    FSDP1 keeps the root unit's unsharded flat parameter after forward (backward would need it) and
-    reuses it at the next forward while it is allocated; verl's eval context frees it only when
-    fsdp_size > 1. The EMA step writes the shards, so a teacher root kept from the previous pass would
-    score with stale embeddings, final norm and LM head. FSDP2 (and NO_SHARD) never reuse it.
-    """
-    handle = getattr(module, "_handle", None)  # FullyShardedDataParallel's flat-parameter handle
-    if handle is not None and handle.uses_sharded_strategy:
-        handle.reshard(True)
-        handle.post_reshard()
-
-
 def teacher_micro_batches(data, *, use_dynamic_bsz: bool, micro_batch_size: int | None, dp_group=None):
     """The teacher rows in micro-batches for the teacher's forward.
 
@@ -144,7 +127,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             # Counted where the teacher module actually runs: sequences in each packed forward (the
             # adapter teacher shares the student's module: counted only while its adapter is in).
             self._teacher_engine().module.register_forward_pre_hook(self._count_teacher_rows, with_kwargs=True)
-        actor_config = self.loss_fn.keywords["config"]  # verl's own ActorConfig dataclass
+        actor_config = verl_adapter.actor_loss_config(self)
         self.srpo_lends = LendBook()
         self.set_loss_fn(partial(srpo_loss_fn, actor_config, self.srpo, lends=self.srpo_lends))
         self._install_engine_hooks()
@@ -172,34 +155,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         LoRA student, base + EMA(adapter) inside the student's module (lora_teacher.py)."""
         if (self.actor.config.model_config.lora_rank or 0) > 0:
             return AdapterTeacher(self.actor.engine.module)
-        ref = deepcopy(self.config.ref)
-        with open_dict(ref):
-            ref.ppo_mini_batch_size = self.config.actor.ppo_mini_batch_size
-            ref.ppo_micro_batch_size = ref.pop("log_prob_micro_batch_size", None)
-            ref.ppo_micro_batch_size_per_gpu = ref.pop("log_prob_micro_batch_size_per_gpu", None)
-            ref.use_dynamic_bsz = ref.pop("log_prob_use_dynamic_bsz", False)
-            ref.ppo_max_token_len_per_gpu = ref.pop("log_prob_max_token_len_per_gpu", None)
-            # The teacher pass batches by the actor's forward settings (teacher_micro_batches), never
-            # through the teacher engine's own batching; any valid value satisfies verl's config check.
-            if (
-                ref.ppo_micro_batch_size is None
-                and ref.ppo_micro_batch_size_per_gpu is None
-                and not ref.use_dynamic_bsz
-            ):
-                ref.ppo_micro_batch_size_per_gpu = 1
-        ref_config = omega_conf_to_dataclass(ref)
-        actor_model = self.actor.config.model_config
-        ref_config.model_config = deepcopy(actor_model)
-        cfg = TrainingWorkerConfig(
-            model_type="language_model",
-            model_config=ref_config.model_config,
-            engine_config=ref_config.engine,
-            optimizer_config=ref_config.optim,
-            checkpoint_config=ref_config.checkpoint,
-        )
-        cfg.engine_config.use_remove_padding = self.actor.engine_config.use_remove_padding
-        teacher = TrainingWorker(config=cfg)
-        teacher.reset()
+        teacher = verl_adapter.forward_only_engine_like_ref(self)
         self._copy_student_into_teacher(teacher)
         return teacher
 
@@ -250,7 +206,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         The trust-region teacher keeps theta' = theta_0 (its reference) and only reports the gap. When the
         optimiser skipped its step (verl does on a non-finite gradient norm) the teacher stays too: the
         EMA follows the student's optimiser steps, and the student did not move."""
-        skipped = not math.isfinite(getattr(self.actor.engine, "_srpo_last_grad_norm", 0.0))
+        skipped = not verl_adapter.optimizer_stepped(self.actor.engine)
         rate = 0.0 if skipped else self.srpo.teacher_ema_rate
         pairs = [(t, s) for _, t, s in self._param_pairs()]
         gap = core_algos.ema_teacher_update_(pairs, rate) if pairs else 0.0
@@ -277,13 +233,10 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             return super().compute_log_prob(data)
         n = data.batch_size[0]
         data[wire.ROW] = torch.arange(n)  # host: the batch arrives from TransferQueue on the host
-        tu.assign_non_tensor(data, compute_loss=True, distillation_use_topk=True)
+        verl_adapter.call_logits_processor(data, inference=True)
         collector = _StudentTopK(self.srpo_k, self.srpo.chunk_size)
-        saved, self.actor.loss_fn = self.actor.loss_fn, collector
-        try:
+        with verl_adapter.actor_loss_fn(self, collector):
             output = super().compute_log_prob(data)
-        finally:
-            self.actor.loss_fn = saved
         if output is not None:  # host: verl's output is on the host (.cpu()), as are the collected ids
             empty = torch.zeros(0, self.srpo_k, dtype=torch.int32)  # host: see above
             output[wire.TOPK_IDS.name] = _nested([collector.rows.get(i, empty) for i in range(n)])
@@ -348,7 +301,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 stack.enter_context(self.actor.engine.eval_mode())
             for mb in micro_batches:
                 rows.update(self._score_teacher_micro_batch(mb, trust_region))
-        _free_fsdp1_root(teacher_engine.module)
+        verl_adapter.free_fsdp1_root(teacher_engine.module)
         missing = set(range(n)) - set(rows)
         if missing:
             raise RuntimeError(f"teacher pass produced no output for rows {sorted(missing)[:8]}")
@@ -375,13 +328,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         scored = mb[wire.TOPK_IDS.name].offsets().diff() > 0  # (B,)
         tokens = response_tokens_of(mb, scored)  # (R_all,)
         positions = packed_response_positions(seq_lens, response_lens)[tokens]  # (R,) in the packed sequence
-        autocast_dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)  # as verl's forward_step
-        autocast = (
-            nullcontext()
-            if autocast_dtype == torch.float32
-            else torch.autocast(get_device_name(), dtype=autocast_dtype)
-        )
-        with autocast:
+        with verl_adapter.forward_autocast(engine):
             with self._teacher_weights():  # the adapter teacher's swap stays around its own forward only
                 logits = teacher_forward.response_logits(engine.module, inputs, positions)  # (R, V)
             if trust_region:
@@ -406,7 +353,7 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         also calls the SRPO loss as its logits processor (the hook verl's own top-K distillation uses).
         With none routed the update is GRPO's: no processor call per micro-batch."""
         if self.srpo is not None and self.srpo.distils_logits and bool(data[wire.ROUTE.name].any()):
-            tu.assign_non_tensor(data, distillation_use_topk=True)
+            verl_adapter.call_logits_processor(data)
         return super().update_actor(data)
 
     def _install_engine_hooks(self) -> None:
@@ -421,9 +368,6 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
         step whether the optimiser stepped (verl skips the step on a non-finite norm).
         """
         engine = self.actor.engine
-        if getattr(engine, "_srpo_normaliser", False):
-            return
-        inner, inner_step = engine.forward_backward_batch, engine.optimizer_step
         beta, lends, entropy_field = self.srpo.beta, self.srpo_lends, self.srpo.weight_entropy_field
 
         def all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
@@ -437,10 +381,9 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
             torch.distributed.all_reduce(reduced, op=reduce_op, group=group)
             return reduced.to(t.device)
 
-        def forward_backward_batch(data, loss_function, forward_only=False):
-            if not forward_only:
-                lends.clear()  # a step whose backward failed leaves nothing for this one
-            if not forward_only and entropy_field in data.keys():
+        def before_update(data):
+            lends.clear()  # a step whose backward failed leaves nothing for this one
+            if entropy_field in data.keys():
                 routed = routed_response_tokens(data) & data["response_mask"].values().bool()  # (R_total,)
                 # The teacher's values exist for the taught rows' tokens only (routed rows among them).
                 routed = routed[teacher_token_mask(data, entropy_field)]
@@ -451,22 +394,16 @@ class SRPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 tu.assign_non_tensor(
                     data, **{wire.LOG_MEAN_WEIGHT: float(log_mean), wire.NUM_DISTILLED_TOKENS: float(distilled)}
                 )
-            return inner(data, loss_function, forward_only)
 
-        def optimizer_step():
+        def before_step():
             if lends.incomplete():
                 # A distillation gradient that never reached the parameters: stop rather than step without it.
                 raise RuntimeError(
                     f"{lends.incomplete()} SRPO distillation gradient(s) are incomplete: the part "
                     "lent to the token log-prob and the part added to the logits' gradient did not both arrive"
                 )
-            grad_norm = inner_step()
-            engine._srpo_last_grad_norm = float(grad_norm)
-            return grad_norm
 
-        engine.forward_backward_batch = forward_backward_batch
-        engine.optimizer_step = optimizer_step
-        engine._srpo_normaliser = True
+        verl_adapter.hook_engine_update(engine, before_update=before_update, before_step=before_step)
 
     # ------------------------------------------------------------------ checkpoints
     def _teacher_path(self, local_path: str) -> str:

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from srpo_verl import core_algos
 from srpo_verl.integration.lora_teacher import AdapterTeacher, adapter_parameters
+from srpo_verl.lab.ranks import run_ranks
 
 RANK = 8
 LORA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -180,3 +181,31 @@ def test_teacher_memory_is_the_adapter_in_fp32(shape, rank, capsys):
             f"{lora_bytes:,} B, full-parameter teacher {full_bytes:,} B ({full_bytes / lora_bytes:.0f}x)"
         )
     assert lora_bytes < full_bytes / 10
+
+
+FSDP2_ROOT = """
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from srpo_verl.integration.lora_teacher import _reshard
+dist.init_process_group("gloo")
+model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+fully_shard(model[0])
+fully_shard(model)
+with torch.no_grad():
+    model(torch.ones(1, 4))
+print("gathered after forward:", not isinstance(model[1].bias, DTensor))
+_reshard(model)
+print("sharded after _reshard:", isinstance(model[1].bias, DTensor))
+dist.destroy_process_group()
+"""
+
+
+def test_reshard_frees_the_fsdp2_roots_gathered_parameters(tmp_path):
+    """FSDP2 keeps a root's parameters gathered after a no-grad forward; the swap must reshard them so
+    the next forward gathers the swapped-in shards (a stale gathered copy would score as the student)."""
+    script = tmp_path / "fsdp2_root.py"
+    script.write_text(FSDP2_ROOT)
+    (log,) = run_ranks([str(script)], world=1, timeout=120)
+    assert "gathered after forward: True" in log
+    assert "sharded after _reshard: True" in log

@@ -70,3 +70,70 @@ def test_the_reader_follows_a_file_into_its_continuations():
         ("tests/e2e/x.py", "test_b"),
         ("tests/cpu/y.py", "test_c"),
     ]
+
+
+# ---------------------------------------------------------------- one verl adapter
+GLUE = ROOT / "srpo_verl" / "integration"
+ADAPTER = GLUE / "verl_adapter.py"
+# Underscored names the glue may touch outside the adapter, none of them verl's.
+NOT_VERL = {"_initializing"}  # importlib's ModuleSpec, read by registrations._half_imported
+
+
+def private_reaches(path: Path) -> list[str]:
+    """What a glue module reaches that verl does not promise to keep: an import of TransferQueue (the
+    v1 trainer's store), or an underscored attribute of anything but self, cls or super(), written
+    directly or through getattr/setattr/hasattr with a literal name."""
+
+    def own(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id in ("self", "cls")) or (
+            isinstance(node, ast.Call) and getattr(node.func, "id", None) == "super"
+        )
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__") and name not in NOT_VERL
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            out += [f"{node.lineno}: import {n}" for n in names if n.split(".")[0] == "transfer_queue"]
+        elif isinstance(node, ast.Attribute) and private(node.attr) and not own(node.value):
+            out.append(f"{node.lineno}: .{node.attr}")
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and private(node.args[1].value)
+            and not own(node.args[0])
+        ):
+            out.append(f"{node.lineno}: {node.func.id}(…, {node.args[1].value!r})")
+    return out
+
+
+def test_only_the_adapter_reaches_verls_private_surfaces():
+    found = {p.name: private_reaches(p) for p in sorted(GLUE.glob("*.py")) if p != ADAPTER and private_reaches(p)}
+    assert found == {}
+    assert private_reaches(ADAPTER), "the adapter no longer reaches anything private: is the rule still needed?"
+
+
+def test_the_private_reach_check_sees_each_form(tmp_path):
+    module = tmp_path / "glue.py"
+    module.write_text(
+        "import transfer_queue as tq\n"
+        "from transfer_queue import KVBatchMeta\n"
+        "def f(self, wg, engine):\n"
+        "    self._mine = super()._theirs_through_super()\n"
+        "    n = wg._dispatch_info\n"
+        "    engine._flag = True\n"
+        "    d = getattr(engine, '_autocast_dtype', None)\n"
+        "    return wg.__class__, getattr(self, '_x', 0)\n"
+    )
+    assert private_reaches(module) == [
+        "1: import transfer_queue",
+        "2: import transfer_queue",
+        "5: ._dispatch_info",
+        "6: ._flag",
+        "7: getattr(…, '_autocast_dtype')",
+    ]
