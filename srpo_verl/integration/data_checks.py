@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from srpo_verl.integration.step_checks import format_rows
+from srpo_verl.integration.teacher_prompt import gold_teacher_messages
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def check_data_rows(
     processor=None,
     tools: Optional[list] = None,
     verl_dataset: Optional[Callable[[], Any]] = None,
+    teacher_prompted_validation: Optional[str] = None,
 ) -> DataReport:
     """Check verl RL rows ({prompt_key: chat messages, data_source, reward_model.ground_truth, ...}).
 
@@ -111,7 +113,11 @@ def check_data_rows(
         measured with this tokenizer) leaves no room for one demonstration token, and a budget
         below data.max_prompt_length plus the template's measured overhead plus one;
       - with `check_data_sources`, a `data_source` the reward function does not know (it would
-        raise at the first reward call).
+        raise at the first reward call);
+      - with `teacher_prompted_validation` (the reprompt template, for the guard's teacher-prompted
+        validation of a data.val_files file), a row without a gold answer to show the teacher, and,
+        with a tokenizer and `max_prompt_length`, a row whose teacher-prompted chat exceeds the limit
+        (verl's rollout would cut the gold answer out of it).
     Logged at WARNING: ToolAlpaca gold tool names the reference rule can never read (not one word).
     """
     if overlong not in ("error", "filter", "truncate"):
@@ -185,6 +191,18 @@ def check_data_rows(
     if problems:
         detail = "; ".join(f"{what} at rows {format_rows(idx)}" for what, idx in problems.items())
         raise ValueError(f"{source}: {detail}")
+    gold_chats = None
+    if teacher_prompted_validation is not None:
+        gold_chats = [
+            gold_teacher_messages(m, row.get("reward_model"), reprompt_template=teacher_prompted_validation)
+            for m, row in zip(messages_of, rows)
+        ]
+        if any(c is None for c in gold_chats):
+            raise ValueError(
+                f"{source}: algorithm.srpo.guard.teacher_prompted_validation shows the teacher each validation "
+                "row's reward_model.ground_truth, missing at rows "
+                f"{format_rows([i for i, c in enumerate(gold_chats) if c is None])}; turn it off for this data"
+            )
 
     if tokenizer is None:
         return DataReport(rows=len(rows), overlong_rows=[], max_prompt_tokens=None)
@@ -236,6 +254,18 @@ def check_data_rows(
                 "dropped by verl (data.filter_overlong_prompts=True)"
                 if overlong == "filter"
                 else "cut from the left by verl",
+            )
+    if gold_chats is not None and max_prompt_length is not None:
+        dropped = set(over) if overlong == "filter" else set()
+        kept = [i for i in range(len(rows)) if i not in dropped]
+        gold_lengths = _prompt_lengths([gold_chats[i] for i in kept], tokenizer, processor, kwargs, tools, source)
+        too_long = [i for i, n in zip(kept, gold_lengths) if n > max_prompt_length]
+        if too_long:
+            raise ValueError(
+                f"{source}: algorithm.srpo.guard.teacher_prompted_validation: the teacher-prompted chats of rows "
+                f"{format_rows(too_long)} (longest {max(gold_lengths)} tokens) exceed data.max_prompt_length="
+                f"{max_prompt_length}; verl's rollout would cut the gold answer out of them. Raise "
+                "data.max_prompt_length or turn the option off"
             )
     overhead = None
     if teacher is not None and teacher.limit is not None:
@@ -505,6 +535,10 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
         (reward.get("reward_model", {}) or {}).get("enable", False)
     )
     teacher = teacher_spec_of(config)
+    from srpo_verl.algo_config import srpo_config_of
+
+    srpo = srpo_config_of(config)
+    gold_template = srpo.reprompt_template if srpo is not None and srpo.guard.teacher_prompted_validation else None
     fn_config = reward.get("custom_reward_function", {}) or {}
     from srpo_verl.tasks import is_task_reward
 
@@ -540,6 +574,7 @@ def check_data_files(config, *, tokenizer: Any = "auto") -> dict[str, DataReport
                 processor=processor,
                 teacher=teacher,
                 check_data_sources=check_sources,
+                teacher_prompted_validation=gold_template if key == "val_files" else None,
                 verl_dataset=None
                 if tokenizer is None
                 else functools.partial(verl_dataset, config, key, local, tokenizer, processor),

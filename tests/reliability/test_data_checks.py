@@ -482,3 +482,46 @@ def test_a_big_file_shows_progress_for_each_length_pass(tmp_path, tok, monkeypat
     assert "Filtering prompts longer than 32 tokens" in err  # verl's own bar
     for name in ("prompt lengths", "teacher prompt budget"):
         assert f"data.train_files {tmp_path / 'train.parquet'}: {name}: 100%" in err
+
+
+# ---------------------------------------------------------------- the guard's teacher-prompted validation
+TEACHER_PROMPTED = "algorithm.srpo.guard.teacher_prompted_validation=True"
+
+
+def test_teacher_prompted_validation_needs_every_validation_rows_gold_answer(tmp_path):
+    data = rows()
+    data[1] = {**data[1], "reward_model": {"style": "rule"}}  # no ground_truth
+    custom = "reward.reward_manager.source=importlib"  # otherwise every row needs one anyway
+    assert len(check_data_files(_config(tmp_path, data, custom), tokenizer=None)) == 1  # off: nothing to show
+    with pytest.raises(
+        ValueError, match=r"data.val_files .*teacher_prompted_validation .*ground_truth, missing at rows \[1\]"
+    ):
+        check_data_files(_config(tmp_path, data, custom, TEACHER_PROMPTED), tokenizer=None)
+
+
+def test_teacher_prompted_validation_refuses_chats_the_rollout_would_cut(tmp_path, tok):
+    """The limit is measured on the chats the trainer's validation builds (`teacher_prompted_batch`),
+    counted independently: a limit one below the longest names exactly the longest rows."""
+    from srpo_verl.algo_config import srpo_config_of
+    from srpo_verl.integration.trainer import teacher_prompted_batch
+
+    data = rows(4)
+    data[2]["reward_model"] = {**data[2]["reward_model"], "ground_truth": "12345678"}
+    srpo = srpo_config_of(_config(tmp_path, data))
+    batch = {"raw_prompt": [r["prompt"] for r in data], "reward_model": [r["reward_model"] for r in data]}
+    lengths = [prompt_tokens(tok, {"prompt": list(c)}) for c in teacher_prompted_batch(batch, srpo)["raw_prompt"]]
+    longest = max(lengths)
+    assert longest > max(prompt_tokens(tok, r) for r in data)  # the plain prompts fit either way
+
+    def config(limit, *more):
+        return _config(tmp_path, data, f"data.max_prompt_length={limit}", "data.max_response_length=512", *more)
+
+    assert check_data_files(config(longest - 1), tokenizer=tok)  # off: the plain prompts fit
+    assert check_data_files(config(longest, TEACHER_PROMPTED), tokenizer=tok)
+    expected = [i for i, n in enumerate(lengths) if n == longest]
+    with pytest.raises(
+        ValueError,
+        match=rf"data.val_files .*teacher-prompted chats of rows {re.escape(str(expected))} \(longest {longest} "
+        rf"tokens\) exceed data.max_prompt_length={longest - 1}",
+    ):
+        check_data_files(config(longest - 1, TEACHER_PROMPTED), tokenizer=tok)
