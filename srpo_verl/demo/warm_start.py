@@ -130,7 +130,7 @@ def train(cfg: WarmStartConfig, out_dir: str, *, log=print, processes: int = 2) 
     processes=2 computes the plain-prompt group's gradient in a second process (one torch thread
     each), on weights shared with this one, while this one computes the hinted group's: the same
     operations on the same numbers as processes=1, so the same weights bit for bit (two torch
-    threads in one process change them), in 0.65-0.87 of the time on two cores (docs/performance.md, §7).
+    threads in one process change them), in less time on two cores (docs/performance.md, "CPU start-up").
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -16,6 +16,7 @@ import os
 import torch
 
 from srpo_verl.cpu.local import as_batch, compose, update_info
+from srpo_verl.integration import wire
 
 ROWS = 8  # two groups of four responses
 TOPK = 8  # below the 100-token vocabulary, so the tail bucket is exercised
@@ -129,9 +130,10 @@ def teacher_pass(worker, topk, teacher_prompts, responses):
     return fields
 
 
-def update_batch(sequences, old, advantages, is_weights, taught, mine):
+def update_batch(sequences, old, advantages, is_weights, taught, mine, *, distilled: bool = True):
     """The actor-update batch of rows `mine`: what the trainer stores (teacher values on routed
-    rows, an empty row on the others) with the GRPO fields, and verl's update settings."""
+    rows, an empty row on the others) with the GRPO fields, and verl's update settings. distilled=False
+    (advantage_mix): the ROUTED rows are taught but none is on the distillation branch."""
     rows = len(sequences)
     fields = {key: [values[0][:0]] * rows for key, values in taught.items()}
     for key, values in taught.items():
@@ -145,7 +147,7 @@ def update_batch(sequences, old, advantages, is_weights, taught, mine):
         rollout_is_weights=pick(is_weights),
         **{key: pick(values) for key, values in fields.items()},
     )
-    data["srpo_route"] = torch.tensor([int(i in ROUTED) for i in mine])
+    data[wire.ROUTE.name] = torch.tensor([int(distilled and i in ROUTED) for i in mine])
     update_info(data, rows)
     return data
 
@@ -208,19 +210,30 @@ def engine_update(model_path: str, micro_batch: int, teacher: str = "ema") -> di
 
 
 def reference_update(
-    model_path: str, result: dict, *, topk: int = TOPK, high: int = 90, topk_ids=None, distil: bool = True
+    model_path: str,
+    result: dict,
+    *,
+    topk: int = TOPK,
+    high: int = 90,
+    topk_ids=None,
+    distil: bool = True,
+    method: str = "srpo",
+    distill_mode: str = "topk_tail",
 ) -> dict:
     """Loss and gradient of the whole batch from core_algos, float64, from the HF weights.
 
     topk_ids (one (R, K) tensor per routed row) replaces the float64 top-K of the routed rows: in
     bf16 near-equal logits can order differently, and the comparison is then of the same K ids.
-    distil=False routes no row: GRPO's loss and gradient on the same batch (a scale for bf16 errors)."""
+    distil=False routes no row: GRPO's loss and gradient on the same batch (a scale for bf16 errors).
+    method="advantage_mix" or distill_mode="sampled_token": the SDPO signal is the sampled token's
+    teacher log-prob (the ROUTED rows are the taught ones), as `SRPOConfig.advantage` and the loss
+    form it; advantage_mix routes no row to distillation."""
     from transformers import AutoModelForCausalLM
 
     from srpo_verl import core_algos
     from srpo_verl.algo_config import SRPOConfig
 
-    srpo = SRPOConfig(topk=topk)
+    srpo = SRPOConfig(topk=topk, method=method, distill_mode=distill_mode)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float64, attn_implementation="eager")
     prompts, responses, teacher_prompts, advantages, _, is_weights = fixed_batch(high)
     T = max(len(r) for r in responses)
@@ -245,19 +258,20 @@ def reference_update(
         index[i, : len(responses[i])] = topk_ids[j].long()
     log_q = core_algos.teacher_topk_log_probs(teacher, index)  # (B, T, K)
     divergence = core_algos.topk_tail_divergence(student, log_q, index, alpha=srpo.alpha, tail=True)
-    route = torch.tensor([distil and i in ROUTED for i in range(ROWS)])
+    taught = torch.tensor([i in ROUTED for i in range(ROWS)])
+    route = taught & distil & (method != "advantage_mix")
     weights = core_algos.entropy_weights(core_algos.teacher_entropy(teacher), mask & route[:, None], beta=srpo.beta)
     rho = pad(is_weights)
-    grpo, _ = core_algos.ppo_clip_token_loss(
-        log_prob,
-        old,
-        pad(advantages),
-        clip_ratio_low=0.2,
-        clip_ratio_high=0.28,
-        clip_ratio_c=3.0,
-        rollout_is_weights=rho,
-    )
-    sdpo = core_algos.sdpo_token_loss(divergence, log_prob, old, is_clip=srpo.is_clip, rollout_is_weights=rho)
+    clip = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0, rollout_is_weights=rho)
+    advantage = pad(advantages)
+    if srpo.distils_logits:
+        sdpo = core_algos.sdpo_token_loss(divergence, log_prob, old, is_clip=srpo.is_clip, rollout_is_weights=rho)
+    else:
+        teacher_log_prob = core_algos.gather_log_softmax(teacher, ids[..., None])[..., 0]  # (B, T)
+        sampled = core_algos.sampled_token_advantage(teacher_log_prob, old) * taught[:, None]
+        advantage = srpo.advantage(advantage, sampled, taught)
+        sdpo, _ = core_algos.ppo_clip_token_loss(log_prob, old, sampled, **clip)
+    grpo, _ = core_algos.ppo_clip_token_loss(log_prob, old, advantage, **clip)
     loss = core_algos.srpo_loss(grpo, sdpo, route, weights, mask, num_tokens=int(mask.sum()), dp_size=1)
     model.zero_grad()
     loss.backward()

@@ -12,7 +12,9 @@ the code before it). Each run is then checked against float64 computed from the 
 Runs: FSDP1 and FSDP2 at 1 and 2 ranks (fp32, and bf16 parameters as on a GPU), FSDP2 with the
 actor's parameters and optimiser offloaded and gradient checkpointing on, and 4 ranks of a model whose 2-wide
 q_norm/k_norm leave the last two ranks empty shards (FSDP2, and FSDP1 with use_orig_params). About
-2.5 minutes on 2 cores.
+2.5 minutes on 2 cores. The update of `advantage_mix` and of sampled-token distillation, whose loss
+forms the advantage from the teacher's sampled-token log-prob, is checked against float64 too (FSDP2,
+2 ranks, fp32; 80 s).
 
 A LoRA student (rank 8, bf16 parameters, FSDP2, 2 ranks) runs the same passes with its adapter teacher
 swapped into the student's module on the device: the base stays frozen, the teacher is the closed form
@@ -77,10 +79,15 @@ def small_model_path(srpo_cache) -> str:
 LORA_RANK, LORA_ALPHA = 8, 16
 LORA = [f"actor_rollout_ref.model.lora_rank={LORA_RANK}", f"actor_rollout_ref.model.lora_alpha={LORA_ALPHA}"]
 LORA_RUNS = {"fsdp2_lora_bf16_2ranks": ("fsdp2", 2, 2, False, BF16 + LORA)}
+# The loss branches whose SDPO signal is the sampled token's teacher log-prob (no logits processor).
+METHOD_RUNS = {
+    "fsdp2_2ranks_advantage_mix": ("fsdp2", 2, 2, False, ["algorithm.srpo.method=advantage_mix"]),
+    "fsdp2_2ranks_sampled_token": ("fsdp2", 2, 2, False, ["algorithm.srpo.distill_mode=sampled_token"]),
+}
 
 
 def run_probe(model_path: str, out_dir: str, name: str) -> dict:
-    strategy, world, micro_batch, _, extra = {**RUNS, **LORA_RUNS}[name]
+    strategy, world, micro_batch, _, extra = {**RUNS, **LORA_RUNS, **METHOD_RUNS}[name]
     out = os.path.join(out_dir, f"{name}.pt")
     env = {"SRPO_PROBE_CKPT": os.path.join(out_dir, f"{name}_ckpt")}
     run_ranks([PROBE, model_path, out, strategy, str(micro_batch), *extra], world, env)
@@ -107,6 +114,19 @@ def test_update_under_cuda_placement_equals_float64(run):
     assert run["loss"] == pytest.approx(ref["loss"], rel=tol / 10 if not run["bf16"] else tol, abs=1e-7)
     assert abs(ref["loss"]) > 1e-4
     assert max_rel(run["grad"], ref["grad"]) < tol  # tied lm_head appears once in the engine
+
+
+@pytest.mark.parametrize("name", list(METHOD_RUNS))
+def test_each_methods_update_under_cuda_placement_equals_float64(name, tiny_model_path, tmp_path):
+    """advantage_mix and sampled-token distillation form their advantages inside the loss from the
+    teacher's sampled-token log-prob: under CUDA placement their loss and gradient equal float64."""
+    run = run_probe(tiny_model_path, str(tmp_path), name)
+    key, value = METHOD_RUNS[name][4][0].removeprefix("algorithm.srpo.").split("=")
+    ref = reference_update(tiny_model_path, run, **{key: value})
+    assert run["loss"] == pytest.approx(ref["loss"], rel=1e-5, abs=1e-7)
+    assert max_rel(run["grad"], ref["grad"]) < 1e-4
+    # The method's own loss: far from the default method's on the same batch.
+    assert max_rel(ref["grad"], reference_update(tiny_model_path, run)["grad"]) > 1e-3
 
 
 def test_teacher_after_the_ema_step_is_the_closed_form(run):
