@@ -192,7 +192,7 @@ def update(args) -> int:
     def teacher_pass(idx, topk):
         data = tu.get_tensordict(
             {
-                "srpo_teacher_input_ids": nested([teacher_ids[i] for i in idx]),
+                wire.TEACHER_INPUT_IDS.name: nested([teacher_ids[i] for i in idx]),
                 "responses": nested([torch.tensor(sequences[i][1]) for i in idx]),
                 wire.TOPK_IDS.name: nested([topk[i] for i in idx]),
             }
@@ -216,12 +216,12 @@ def update(args) -> int:
         extra = dict(old_log_probs=old, advantages=adv)
         if srpo:
             extra[wire.TOPK_IDS.name] = topk  # (sdpo's zero PPO advantage is the loss's own: SRPOConfig.advantage)
-            empty = {"srpo_teacher_topk": torch.zeros(0, k)}
-            for key in ("srpo_teacher_topk", "srpo_teacher_entropy"):  # what the update reads
+            empty = {wire.TEACHER_TOPK.name: torch.zeros(0, k)}
+            for key in (wire.TEACHER_TOPK.name, wire.TEACHER_ENTROPY.name):  # what the update reads
                 extra[key] = [taught.get(key, {}).get(i, empty.get(key, torch.zeros(0))) for i in range(rows)]
         data = as_batch(sequences, **extra)
         if srpo:
-            data["srpo_route"] = torch.tensor([int(i in idx) for i in range(rows)])
+            data[wire.ROUTE.name] = torch.tensor([int(i in idx) for i in range(rows)])
         update_info(data, rows)
         with PeakMemory("cpu") as mem:
             t0 = time.perf_counter()

@@ -26,6 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the lent GPU machines run this from a checkout, srpo_verl not installed
 
+from srpo_verl.integration import wire  # noqa: E402  (no verl import)
+
 
 def step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda")
@@ -156,7 +158,7 @@ def step(args) -> int:
                     chunk_size=chunk,
                 )
             for j, i in enumerate(rows):
-                out[i] = scores["srpo_teacher_topk"][j * R : (j + 1) * R]
+                out[i] = scores[wire.TEACHER_TOPK.name][j * R : (j + 1) * R]
             del logits, flat
         return out, forward_s
 
@@ -293,9 +295,9 @@ def teacher_memory(args) -> int:
         c = args.chunk_size
         log_q = core_algos.teacher_topk_log_probs(full, topk_ids, rows=positions, chunk_size=c)
         return {
-            "srpo_teacher_topk": log_q.float(),
-            "srpo_teacher_entropy": core_algos.teacher_entropy(full, rows=positions, chunk_size=c).float(),
-            "srpo_teacher_log_prob": core_algos.teacher_topk_log_probs(
+            wire.TEACHER_TOPK.name: log_q.float(),
+            wire.TEACHER_ENTROPY.name: core_algos.teacher_entropy(full, rows=positions, chunk_size=c).float(),
+            wire.TEACHER_LOG_PROB.name: core_algos.teacher_topk_log_probs(
                 full, sampled.unsqueeze(-1), rows=positions, chunk_size=c
             )
             .squeeze(-1)

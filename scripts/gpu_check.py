@@ -46,6 +46,7 @@ sys.path.insert(0, ROOT)  # the GPU kit runs this from a checkout where srpo_ver
 from srpo_verl import core_algos as ca  # noqa: E402  (no verl import)
 from srpo_verl.lab.engine_update import update_terms  # noqa: E402  (core_algos only)
 from srpo_verl.lent_gradient import LendBook  # noqa: E402  (no verl import)
+from srpo_verl.integration import wire  # noqa: E402  (no verl import)
 
 FAILED: list[str] = []
 
@@ -474,7 +475,7 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
         f"top-K hook: K={k} ids on the routed rows",
         f"float64 logits at its ids vs the true top-K: max abs {shortfall:.2e} (bound 1e-1)",
     )
-    err_q = max_abs(taught["srpo_teacher_topk"], ref["teacher_topk"])
+    err_q = max_abs(taught[wire.TEACHER_TOPK.name], ref["teacher_topk"])
     line(err_q < 0.1, "teacher pass (teacher = student): top-K log-probs", f"max abs err {err_q:.2e} (bound 1e-1)")
     # bf16 errors are of the order of the distillation's own share: each figure comes with the
     # distance to GRPO's answer on the same batch (no row routed), which a missing or misplaced
@@ -513,7 +514,7 @@ def check_engine(device: str, vocab: int, k: int, workdir: str) -> None:
     taught1 = probe.teacher_pass(worker, topk1, teacher_prompts, responses)
     ids1 = [topk1[i] for i in routed]
     ref_q, ref_h = teacher_reference(model_path, teacher, ids1, routed, teacher_prompts, responses)
-    err_q, err_h = max_abs(taught1["srpo_teacher_topk"], ref_q), max_abs(taught1["srpo_teacher_entropy"], ref_h)
+    err_q, err_h = max_abs(taught1[wire.TEACHER_TOPK.name], ref_q), max_abs(taught1[wire.TEACHER_ENTROPY.name], ref_h)
     line(
         err_q < 0.1 and err_h < 0.1,
         "teacher pass with the EMA teacher vs float64",

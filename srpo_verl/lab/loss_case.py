@@ -11,6 +11,8 @@ import math
 import torch
 from verl.utils import tensordict_utils as tu
 
+from srpo_verl.integration import wire
+
 V, K = 13, 4
 PROMPT_LENS = [3, 2, 4, 3, 2]
 RESPONSE_LENS = [4, 5, 2, 3, 3]
@@ -40,8 +42,8 @@ def make_batch():
         "old_log_probs": [torch.randn(r, generator=g, dtype=torch.float64) * 0.1 - 2 for r in RESPONSE_LENS],
         "advantages": [torch.full((r,), float(a)) for r, a in zip(RESPONSE_LENS, torch.randn(n, generator=g))],
         "rollout_is_weights": [torch.rand(r, generator=g, dtype=torch.float64) + 0.5 for r in RESPONSE_LENS],
-        "srpo_teacher_entropy": [torch.rand(r, generator=g, dtype=torch.float64) * 3 for r in RESPONSE_LENS],
-        "srpo_teacher_log_prob": [torch.randn(r, generator=g, dtype=torch.float64) * 0.1 - 2 for r in RESPONSE_LENS],
+        wire.TEACHER_ENTROPY.name: [torch.rand(r, generator=g, dtype=torch.float64) * 3 for r in RESPONSE_LENS],
+        wire.TEACHER_LOG_PROB.name: [torch.randn(r, generator=g, dtype=torch.float64) * 0.1 - 2 for r in RESPONSE_LENS],
     }
     # Teacher pass outputs: student top-K ids (from the same logits) and teacher log q at them.
     pos = response_positions()
@@ -67,7 +69,7 @@ def response_positions():
     return torch.tensor(out)
 
 
-TEACHER_ROW_FIELDS = ("srpo_topk_ids", "srpo_teacher_topk", "srpo_teacher_entropy", "srpo_teacher_log_prob")
+TEACHER_ROW_FIELDS = (wire.TOPK_IDS.name, wire.TEACHER_TOPK.name, wire.TEACHER_ENTROPY.name, wire.TEACHER_LOG_PROB.name)
 
 
 def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE, taught_only=False, **non_tensor):
@@ -80,9 +82,9 @@ def micro_batch(batch, rows_idx, *, num_tokens, log_mean, dp_size=1, route=ROUTE
         "prompts": nested(pick([s[:p] for s, p in zip(batch["seq"], PROMPT_LENS)])),
         "responses": nested(pick([s[p:] for s, p in zip(batch["seq"], PROMPT_LENS)])),
         "response_mask": nested(pick([torch.ones(r, dtype=torch.int64) for r in RESPONSE_LENS])),
-        "srpo_route": torch.tensor(pick(route)),
-        "srpo_topk_ids": nested(pick(batch["topk_rows"])),
-        "srpo_teacher_topk": nested(pick(batch["log_q_rows"])),
+        wire.ROUTE.name: torch.tensor(pick(route)),
+        wire.TOPK_IDS.name: nested(pick(batch["topk_rows"])),
+        wire.TEACHER_TOPK.name: nested(pick(batch["log_q_rows"])),
     }
     td.update({k: nested(pick(v)) for k, v in batch["rows"].items()})
     if taught_only:
@@ -135,7 +137,7 @@ def reference_loss(batch, logits, *, beta, alpha, is_clip=2.0):
         cat("old_log_probs"),
         cat("advantages").double(),
         cat("rollout_is_weights"),
-        cat("srpo_teacher_entropy"),
+        cat(wire.TEACHER_ENTROPY.name),
     )
     route = torch.cat([torch.full((r,), z) for r, z in zip(RESPONSE_LENS, ROUTE)]).bool()
     total = torch.zeros((), dtype=torch.float64)

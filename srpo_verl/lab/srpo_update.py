@@ -118,7 +118,7 @@ def teacher_pass(worker, topk, teacher_prompts, responses):
 
     teacher_in = tu.get_tensordict(
         {
-            "srpo_teacher_input_ids": _nested([torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED]),
+            wire.TEACHER_INPUT_IDS.name: _nested([torch.tensor(teacher_prompts[i] + responses[i]) for i in ROUTED]),
             "responses": _nested([torch.tensor(responses[i]) for i in ROUTED]),
             wire.TOPK_IDS.name: _nested([topk[i] for i in ROUTED]),
         }

@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+from srpo_verl.integration import wire
 from srpo_verl.lab.ranks import run_ranks
 
 pytestmark = pytest.mark.slow
@@ -63,10 +64,10 @@ def max_rel(a: dict, b: dict) -> float:
 
 def test_teacher_pass_returns_student_topk_and_teacher_log_probs(updates):
     engine, ref = updates["mb8"]["teacher_fields"], updates["mb8"]["reference"]
-    for got, expected in zip(engine["srpo_topk_ids"], ref["topk_ids"]):
+    for got, expected in zip(engine[wire.TOPK_IDS.name], ref["topk_ids"]):
         assert torch.equal(got.long().sort(-1).values, expected.sort(-1).values)
     for got, expected, ids, ref_ids in zip(
-        engine["srpo_teacher_topk"], ref["teacher_topk"], engine["srpo_topk_ids"], ref["topk_ids"]
+        engine[wire.TEACHER_TOPK.name], ref["teacher_topk"], engine[wire.TOPK_IDS.name], ref["topk_ids"]
     ):
         # Same set of ids; compare values id by id.
         order_got, order_ref = ids.long().argsort(-1), ref_ids.argsort(-1)
@@ -113,15 +114,15 @@ def test_two_data_parallel_ranks_equal_one(updates):
 def test_trust_region_teacher_mixes_frozen_start_and_current_student(updates):
     run = updates["trust_region"]
     engine, ref = run["teacher_after_step"], run["reference_trust_region"]
-    for got, expected in zip(engine["srpo_teacher_entropy"], ref["entropy"]):
+    for got, expected in zip(engine[wire.TEACHER_ENTROPY.name], ref["entropy"]):
         torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4)
     for ids, got, ref_ids, expected in zip(
-        engine["srpo_topk_ids"], engine["srpo_teacher_topk"], ref["topk_ids"], ref["teacher_topk"]
+        engine[wire.TOPK_IDS.name], engine[wire.TEACHER_TOPK.name], ref["topk_ids"], ref["teacher_topk"]
     ):
         assert torch.equal(ids.long().sort(-1).values, ref_ids.sort(-1).values)
         torch.testing.assert_close(
             got.gather(-1, ids.long().argsort(-1)).double(), expected.gather(-1, ref_ids.argsort(-1)), rtol=0, atol=1e-4
         )
     # The step moved the student, so the mixture differs from the teacher before the step.
-    before = run["teacher_fields"]["srpo_teacher_entropy"]
-    assert max(float((a - b).abs().max()) for a, b in zip(engine["srpo_teacher_entropy"], before)) > 1e-3
+    before = run["teacher_fields"][wire.TEACHER_ENTROPY.name]
+    assert max(float((a - b).abs().max()) for a, b in zip(engine[wire.TEACHER_ENTROPY.name], before)) > 1e-3

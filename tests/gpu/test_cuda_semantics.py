@@ -240,8 +240,8 @@ def _teacher_case(vocab=11, k=4, temperature=0.7):
     data = tu.get_tensordict(
         {
             "responses": nested(responses),
-            "srpo_teacher_input_ids": nested([torch.cat([t, r]) for t, r in zip(teacher_prompts, responses)]),
-            "srpo_topk_ids": nested(ids),
+            wire.TEACHER_INPUT_IDS.name: nested([torch.cat([t, r]) for t, r in zip(teacher_prompts, responses)]),
+            wire.TOPK_IDS.name: nested(ids),
         }
     )
     tu.assign_non_tensor(data, temperature=temperature)
@@ -258,10 +258,12 @@ def _assert_teacher_fields(got, ids, teacher, teacher_prompt, response, temperat
     assert set(got) == set(wire.TEACHER_OUTPUT_NAMES)
     t_logits = teacher(torch.cat([teacher_prompt, response]), torch.arange(len(teacher_prompt) + len(response))).logits
     log_q = torch.log_softmax(t_logits[0, len(teacher_prompt) - 1 : -1] / temperature, -1)
-    torch.testing.assert_close(got["srpo_teacher_topk"].double(), log_q.gather(-1, ids.long()), rtol=0, atol=1e-6)
-    torch.testing.assert_close(got["srpo_teacher_entropy"].double(), -(log_q.exp() * log_q).sum(-1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[wire.TEACHER_TOPK.name].double(), log_q.gather(-1, ids.long()), rtol=0, atol=1e-6)
     torch.testing.assert_close(
-        got["srpo_teacher_log_prob"].double(), log_q.gather(-1, response[:, None]).squeeze(-1), rtol=0, atol=1e-6
+        got[wire.TEACHER_ENTROPY.name].double(), -(log_q.exp() * log_q).sum(-1), rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(
+        got[wire.TEACHER_LOG_PROB.name].double(), log_q.gather(-1, response[:, None]).squeeze(-1), rtol=0, atol=1e-6
     )
 
 
@@ -278,7 +280,7 @@ def test_student_topk_in_the_old_log_prob_forward_on_cuda():
             "prompts": nested(prompts),
             "responses": nested(responses),
             wire.TAUGHT.name: torch.tensor([1, 0, 1]),
-            "srpo_row": torch.tensor([5, 6, 7]),
+            wire.ROW: torch.tensor([5, 6, 7]),
         }
     )
     collector = worker_module._StudentTopK(k, chunk_size=2)
@@ -378,8 +380,8 @@ def test_weight_normaliser_on_cuda_equals_the_log_mean_over_routed_tokens(monkey
         {
             "responses": nested([torch.zeros(3, dtype=torch.long), torch.zeros(2, dtype=torch.long)]),
             "response_mask": nested([torch.tensor([1, 1, 0]), torch.tensor([1, 1])]),
-            "srpo_route": torch.tensor([1, 1]),
-            "srpo_teacher_entropy": nested(entropy),
+            wire.ROUTE.name: torch.tensor([1, 1]),
+            wire.TEACHER_ENTROPY.name: nested(entropy),
         }
     )
     # verl 0.9.1 hands forward_backward_batch the mini-batch on the host (it moves each micro-batch in

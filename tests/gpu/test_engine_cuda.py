@@ -27,6 +27,7 @@ import os
 import pytest
 import torch
 
+from srpo_verl.integration import wire
 from srpo_verl.lab.ranks import run_ranks
 from srpo_verl.lab.srpo_update import ROUTED, fixed_batch, reference_update
 
@@ -157,14 +158,14 @@ def test_teacher_pass_after_the_ema_step_scores_with_the_updated_teacher(run):
         for j, i in enumerate(ROUTED):
             ids = torch.tensor([teacher_prompts[i] + responses[i]])
             cut = slice(len(teacher_prompts[i]) - 1, -1)
-            topk = after["srpo_topk_ids"][j].long()
+            topk = after[wire.TOPK_IDS.name][j].long()
             log_q = torch.log_softmax(fresh(ids).logits[0, cut], -1)  # (R, V)
             log_q_stale = torch.log_softmax(stale(ids).logits[0, cut], -1)
-            got = after["srpo_teacher_topk"][j].double()
+            got = after[wire.TEACHER_TOPK.name][j].double()
             err_fresh = max(err_fresh, float((got - log_q.gather(-1, topk)).abs().max()))
             gap = max(gap, float((log_q_stale.gather(-1, topk) - log_q.gather(-1, topk)).abs().max()))
             entropy = -(log_q.exp() * log_q).sum(-1)
-            err_entropy = max(err_entropy, float((after["srpo_teacher_entropy"][j].double() - entropy).abs().max()))
+            err_entropy = max(err_entropy, float((after[wire.TEACHER_ENTROPY.name][j].double() - entropy).abs().max()))
     if not run["bf16"]:
         assert err_fresh < 1e-4 and err_entropy < 1e-4
     assert gap > 1e-3  # the EMA moved the root enough to tell the two apart
@@ -247,10 +248,10 @@ def test_lora_teacher_pass_scores_with_base_plus_the_ema_adapter(lora_run):
         for j, i in enumerate(ROUTED):
             ids = torch.tensor([teacher_prompts[i] + responses[i]])
             cut = slice(len(teacher_prompts[i]) - 1, -1)
-            topk = after["srpo_topk_ids"][j].long()
+            topk = after[wire.TOPK_IDS.name][j].long()
             log_q = torch.log_softmax(fresh(ids).logits[0, cut], -1).gather(-1, topk)
             log_p = torch.log_softmax(student(ids).logits[0, cut], -1).gather(-1, topk)
-            err = max(err, float((after["srpo_teacher_topk"][j].double() - log_q).abs().max()))
+            err = max(err, float((after[wire.TEACHER_TOPK.name][j].double() - log_q).abs().max()))
             gap = max(gap, float((log_p - log_q).abs().max()))
     assert gap > 1e-2  # the student moved far enough to tell the two apart
     assert err < gap / 4, (err, gap)  # bf16 forward: rounding, not the student's adapter

@@ -27,7 +27,7 @@ def teacher_rows(n=12, prompt=20, response=30, seed=0):
         {
             "input_ids": nested([torch.randint(0, 50, (prompt + d + r,), generator=g) for d, r in zip(demo, lens)]),
             "responses": nested([torch.randint(0, 50, (r,), generator=g) for r in lens]),
-            "srpo_row": torch.arange(n),
+            wire.ROW: torch.arange(n),
         }
     )
     student_lens = [prompt + r for r in lens]
@@ -41,36 +41,36 @@ def test_dynamic_micro_batches_hold_the_token_budget_in_teacher_tokens(budget):
     parts = teacher_micro_batches(data, use_dynamic_bsz=True, micro_batch_size=None)
     teacher_tokens = [int(p["input_ids"].offsets()[-1]) for p in parts]
     assert max(teacher_tokens) <= budget  # the budget bounds what the teacher forward holds
-    rows = sorted(r for p in parts for r in p["srpo_row"].tolist())
+    rows = sorted(r for p in parts for r in p[wire.ROW].tolist())
     assert rows == list(range(12))  # every row once
     # Before, the teacher ran inside the student's micro-batches, which verl balances by the student's
     # lengths: with the same budget, those micro-batches held more teacher tokens than the budget.
     student = tu.get_tensordict(
-        {"input_ids": nested([torch.zeros(n, dtype=torch.long) for n in student_lens]), "srpo_row": torch.arange(12)}
+        {"input_ids": nested([torch.zeros(n, dtype=torch.long) for n in student_lens]), wire.ROW: torch.arange(12)}
     )
     tu.assign_non_tensor(student, use_dynamic_bsz=True, max_token_len_per_gpu=budget)
     seq = data["input_ids"].offsets().diff().tolist()
     old = teacher_micro_batches(student, use_dynamic_bsz=True, micro_batch_size=None)
-    assert max(sum(seq[r] for r in p["srpo_row"].tolist()) for p in old) > budget
+    assert max(sum(seq[r] for r in p[wire.ROW].tolist()) for p in old) > budget
 
 
 def test_fixed_micro_batches_keep_the_remainder_apart():
     data, _ = teacher_rows(n=7)
     parts = teacher_micro_batches(data, use_dynamic_bsz=False, micro_batch_size=3)
-    assert [p["srpo_row"].tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [p[wire.ROW].tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_a_teacher_sequence_over_the_budget_is_refused_naming_the_key():
     data, _ = teacher_rows(n=2)
     data = tu.get_tensordict(
         {
-            "srpo_teacher_input_ids": data["input_ids"],
+            wire.TEACHER_INPUT_IDS.name: data["input_ids"],
             "responses": data["responses"],
             wire.TOPK_IDS.name: nested([torch.zeros(len(r), 4, dtype=torch.int32) for r in data["responses"].unbind()]),
         }
     )
     tu.assign_non_tensor(data, temperature=1.0)
-    longest = int(data["srpo_teacher_input_ids"].offsets().diff().max())
+    longest = int(data[wire.TEACHER_INPUT_IDS.name].offsets().diff().max())
     worker = SimpleNamespace(
         srpo=SimpleNamespace(teacher="ema"),
         actor=SimpleNamespace(
@@ -97,7 +97,7 @@ rank = dist.get_rank()
 length = 40 if rank == 0 else 10  # only rank 0 holds a sequence over the budget
 nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 data = tu.get_tensordict({
-    "srpo_teacher_input_ids": nested([torch.zeros(length, dtype=torch.long)]),
+    wire.TEACHER_INPUT_IDS.name: nested([torch.zeros(length, dtype=torch.long)]),
     "responses": nested([torch.zeros(4, dtype=torch.long)]),
     wire.TOPK_IDS.name: nested([torch.zeros(4, 2, dtype=torch.int32)]),
 })
