@@ -21,13 +21,11 @@ import torch
 import transfer_queue as tq
 from omegaconf import open_dict
 from tensordict import TensorDict
-from transfer_queue import KVBatchMeta
+from transfer_queue import KVBatchMeta  # also the trainer's type of a step's batch
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.device import get_device_name
 from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
-
-__all__ = ["KVBatchMeta", "TrainingWorker"]
 
 # ----------------------------------------------------------------- TransferQueue (S05, S06, S09, S10)
 
