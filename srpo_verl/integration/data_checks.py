@@ -220,7 +220,7 @@ def check_data_rows(
     lengths: Optional[list[int]] = None
     over: list[int] = []
     if max_prompt_length is not None:
-        lengths = _prompt_lengths(messages_of, tokenizer, processor, kwargs, tools, source)
+        lengths = prompt_lengths(messages_of, tokenizer, processor, kwargs, tools, source)
         over = [i for i, n in enumerate(lengths) if n > max_prompt_length]
         if overlong == "filter" and verl_kept is not None:
             # verl's dataset decides what it drops; a different count here means our measure drifted from it.
@@ -258,7 +258,7 @@ def check_data_rows(
     if gold_chats is not None and max_prompt_length is not None:
         dropped = set(over) if overlong == "filter" else set()
         kept = [i for i in range(len(rows)) if i not in dropped]
-        gold_lengths = _prompt_lengths([gold_chats[i] for i in kept], tokenizer, processor, kwargs, tools, source)
+        gold_lengths = prompt_lengths([gold_chats[i] for i in kept], tokenizer, processor, kwargs, tools, source)
         too_long = [i for i, n in zip(kept, gold_lengths) if n > max_prompt_length]
         if too_long:
             raise ValueError(
@@ -300,7 +300,7 @@ def _progress(items, total: int, desc: str):
     return tqdm(items, total=total, desc=desc, unit="row", file=sys.stderr, mininterval=2)
 
 
-def _prompt_lengths(messages_of, tokenizer, processor, kwargs: dict, tools, source: str) -> list[int]:
+def prompt_lengths(messages_of, tokenizer, processor, kwargs: dict, tools, source: str) -> list[int]:
     """Each row's prompt in tokens, counted as verl's dataset counts it for data.filter_overlong_prompts
     (the chat template with the generation prompt and verl's tool schemas; a multimodal model's
     processor renders the text). A row whose template raises is an error naming it: verl would drop

@@ -34,12 +34,11 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
-from verl.utils.tokenizer import normalize_token_ids
 
 from srpo_verl import core_algos
 from srpo_verl import guard as collapse_guard
 from srpo_verl.integration.config_checks import DRIVER_CHECKED_KEY, check_trainer_config
-from srpo_verl.integration.data_checks import check_data_files
+from srpo_verl.integration.data_checks import check_data_files, prompt_lengths
 from srpo_verl.integration.step_checks import METRIC_PREFIX, check_step_inputs, route_step
 from srpo_verl.integration.teacher_prompt import (
     gold_teacher_messages,
@@ -307,7 +306,7 @@ class SRPOStepMixin:
         # Before any worker starts, also on verl's own entry point (which skips srpo_verl.main_ppo's
         # driver checks): the config and, unless the driver already read them, the data files.
         self.srpo = check_trainer_config(config)
-        self._srpo_guard = collapse_guard.Guard(self.srpo.guard, routes=self.srpo.method != "advantage_mix")
+        self._srpo_guard = collapse_guard.Guard(self.srpo.guard, routes=self.srpo.distils_rows)
         if not OmegaConf.select(config, DRIVER_CHECKED_KEY, default=False):
             check_data_files(config)
         super().__init__(config, *args, **kwargs)
@@ -492,12 +491,15 @@ class SRPOStepMixin:
         # answer would be cut out and the score mean nothing. Such a validation reports no score.
         # The driver's data check refuses such files up front; this guards what it cannot read (custom
         # dataset classes, remote files). The validation set is fixed, so its lengths are measured once.
-        if self._srpo_val_teacher_lengths is None:
-            kw = dict(data_cfg.get("apply_chat_template_kwargs", {}) or {})
-            encode = lambda m: self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, **kw)  # noqa: E731
-            self._srpo_val_teacher_lengths = [
-                len(normalize_token_ids(encode(list(m)))) for b in batches for m in b["raw_prompt"]
-            ]
+        if self._srpo_val_teacher_lengths is None:  # counted as the driver's check and verl's dataset count
+            self._srpo_val_teacher_lengths = prompt_lengths(
+                [list(m) for b in batches for m in b["raw_prompt"]],
+                self.tokenizer,
+                self.processor,
+                dict(data_cfg.get("apply_chat_template_kwargs", {}) or {}),
+                getattr(self.val_dataset, "tool_schemas", None),  # verl's RLHFDataset; None for others
+                "data.val_files (teacher-prompted)",
+            )
         lengths = self._srpo_val_teacher_lengths
         over = sum(n > data_cfg.max_prompt_length for n in lengths)
         if over:
