@@ -371,11 +371,17 @@ class SRPOConfig(BaseConfig):
     # distill/teacher/entropy modes is answered here, and nowhere else.
 
     @property
+    def distils_rows(self) -> bool:
+        """Whether any row can be on the distillation branch; False for the advantage-mix ablation,
+        whose teacher only enters the PPO term's advantage (`routes`)."""
+        return self.method != "advantage_mix"
+
+    @property
     def distils_logits(self) -> bool:
         """Whether the update computes the top-K+tail divergence from the student's logits (the
         logits processor runs); False for sampled-token distillation and the advantage-mix ablation,
         whose SDPO signal is the sampled token's teacher log-prob."""
-        return self.method != "advantage_mix" and self.distill_mode != "sampled_token"
+        return self.distils_rows and self.distill_mode != "sampled_token"
 
     def support_size(self, vocab_size: int) -> int:
         """K, the number of token ids per position the teacher pass returns: the whole vocabulary for
@@ -395,6 +401,7 @@ class SRPOConfig(BaseConfig):
             return routing.sdpo, routing.sdpo
         if self.method == "sdpo":
             return routing.teacher_available, routing.teacher_available
+        assert not self.distils_rows
         return torch.zeros_like(routing.teacher_available), routing.teacher_available
 
     def advantage(self, grpo_advantage, sampled_advantage, taught):

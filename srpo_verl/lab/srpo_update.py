@@ -227,7 +227,7 @@ def reference_update(
     distil=False routes no row: GRPO's loss and gradient on the same batch (a scale for bf16 errors).
     method="advantage_mix" or distill_mode="sampled_token": the SDPO signal is the sampled token's
     teacher log-prob (the ROUTED rows are the taught ones), as `SRPOConfig.advantage` and the loss
-    form it; advantage_mix routes no row to distillation."""
+    form it; `SRPOConfig.distils_rows` says whether the taught rows are also distilled."""
     from transformers import AutoModelForCausalLM
 
     from srpo_verl import core_algos
@@ -259,7 +259,7 @@ def reference_update(
     log_q = core_algos.teacher_topk_log_probs(teacher, index)  # (B, T, K)
     divergence = core_algos.topk_tail_divergence(student, log_q, index, alpha=srpo.alpha, tail=True)
     taught = torch.tensor([i in ROUTED for i in range(ROWS)])
-    route = taught & distil & (method != "advantage_mix")
+    route = taught & distil & srpo.distils_rows
     weights = core_algos.entropy_weights(core_algos.teacher_entropy(teacher), mask & route[:, None], beta=srpo.beta)
     rho = pad(is_weights)
     clip = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0, rollout_is_weights=rho)

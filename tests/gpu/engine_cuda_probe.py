@@ -152,7 +152,7 @@ def main(model_path: str, out_path: str, strategy: str, micro_batch: int, extra:
         taught = teacher_pass(worker, topk, teacher_prompts, responses)
         theta0 = gathered(worker, worker.actor.engine.module)  # the teacher pass must leave the student as it was
         mine = list(range(rank * ROWS // world, (rank + 1) * ROWS // world))
-        distilled = worker.srpo.method != "advantage_mix"  # its taught rows get the mixed advantage only
+        distilled = worker.srpo.distils_rows  # advantage_mix: its taught rows get the mixed advantage only
         output = worker.update_actor(
             update_batch(sequences, old, advantages, is_weights, taught, mine, distilled=distilled)
         )

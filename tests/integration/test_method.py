@@ -31,8 +31,11 @@ ROUTING = core_algos.Routing(
     ],
 )
 def test_routes_by_hand(method, distilled, taught):
-    d, t = SRPOConfig(method=method).routes(ROUTING)
+    srpo = SRPOConfig(method=method)
+    d, t = srpo.routes(ROUTING)
     assert d.long().tolist() == distilled and t.long().tolist() == taught
+    # What the guard, the lab and the engine probe ask instead of naming a method.
+    assert srpo.distils_rows == any(distilled)
 
 
 def test_advantage_per_method_by_hand():
