@@ -88,7 +88,9 @@ def update(args) -> int:
     one fixed batch of `rows` responses in groups of `group` with random correctness. A step is what
     the trainer runs on the workers: verl's old-log-prob forward (for SRPO/SDPO it also takes the
     student's top-K ids of the teacher rows), the teacher pass on the teacher rows, verl's actor
-    update, and for SRPO/SDPO the EMA step. Methods, timed round-robin per repeat so drift hits all alike:
+    update, and for SRPO/SDPO the EMA step and the trainer's driver work (checks, routing, the
+    teacher-pass plan, the step metrics; TransferQueue I/O aside). Methods, timed round-robin per
+    repeat so drift hits all alike:
       grpo        verl's own loss, no teacher;
       sdpo        every row with a teacher (a correct sibling other than itself);
       srpo        the failed rows with a correct sibling;
@@ -108,6 +110,7 @@ def update(args) -> int:
     import dataclasses
     import functools
 
+    import numpy as np
     import torch
     import verl  # noqa: F401  (plugin: CPU backend)
     import verl.utils.tensordict_utils as tu
@@ -116,6 +119,7 @@ def update(args) -> int:
 
     from srpo_verl import core_algos
     from srpo_verl.integration import wire
+    from srpo_verl.integration.trainer import guard_inputs, route_rows, step_metrics, teacher_pass_plan
     from srpo_verl.integration.worker import SRPOActorRolloutRefWorker
     from srpo_verl.lab.peak_memory import GB, PeakMemory
     from srpo_verl.lab.step_costs import bound_lines, phase_table, round_robin
@@ -177,6 +181,40 @@ def update(args) -> int:
     }
     advantages = core_algos.grpo_advantage(rewards, uid)
     nested = lambda xs: torch.nested.as_nested_tensor(xs, layout=torch.jagged)  # noqa: E731
+    # The step's fields as the trainer reads them from TransferQueue (the reward on the last token).
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    response_mask = [torch.ones(T) for _ in range(rows)]
+    step_fields = {
+        "uid": np.array(uid, dtype=object),
+        "rm_scores": nested([torch.nn.functional.pad(r.view(1), (T - 1, 0)) for r in rewards]),
+        "response_mask": nested(response_mask),
+        "responses": nested([torch.tensor(r) for _, r in sequences]),
+        "prompts": nested([torch.tensor(p) for p, _ in sequences]),
+        "extra_fields": [{}] * rows,
+    }
+
+    def driver(idx, teacher) -> None:
+        """The SRPO trainer's own work on the driver (TransferQueue I/O aside): checks and routing,
+        the guard's inputs, the teacher-pass plan, the step metrics. The method's rows replace the
+        routing's, as the teacher rows of the other phases do."""
+        metrics, real = {}, [True] * rows
+        step = route_rows(
+            step_fields, real, worker.srpo, tokenizer, group_size=args.group, max_response_length=T, metrics=metrics
+        )
+        guard_inputs(response_mask, list(step_fields["rm_scores"].unbind()), step_fields["extra_fields"], real)
+        marked = torch.tensor([i in idx for i in range(rows)])
+        step = dataclasses.replace(step, route=marked, taught=marked)
+        teacher_pass_plan(step, list(step_fields["responses"].unbind()), dp_size=1, k=k)
+        fields = None
+        if idx:
+            empty = {wire.TEACHER_TOPK.name: torch.zeros(0, k)}
+            fields = {
+                key: nested([teacher[key].get(i, empty.get(key, torch.zeros(0))) for i in range(rows)])
+                for key in wire.TEACHER_OUTPUT_NAMES
+            }
+        metrics.update(step_metrics(step, response_mask, fields, truncated=0))
 
     def old_log_prob_pass(idx):
         """As the trainer runs it: teacher rows marked (none marked: verl's plain forward)."""
@@ -237,7 +275,11 @@ def update(args) -> int:
         if srpo:
             worker.srpo_ema_update()
         times["ema"] = time.perf_counter() - t0
-        times["step"] = times["old_log_prob"] + times["teacher"] + times["update"] + times["ema"]
+        t0 = time.perf_counter()
+        if srpo:
+            driver(idx, taught)
+        times["driver"] = time.perf_counter() - t0
+        times["step"] = sum(times[key] for key in ("old_log_prob", "teacher", "update", "ema", "driver"))
         return times
 
     methods = args.methods.split(",")
@@ -248,7 +290,8 @@ def update(args) -> int:
         f"torch threads {torch.get_num_threads()}"
     )
     print("teacher rows: " + ", ".join(f"{m} {len(taught_rows[m])}" for m in methods) + "\n")
-    print("\n".join(phase_table(med, (("update peak GiB", "update_peak_gb"),) if args.memory else ())) + "\n")
+    columns = (("driver s", "driver"),) + ((("update peak GiB", "update_peak_gb"),) if args.memory else ())
+    print("\n".join(phase_table(med, columns)) + "\n")
     if {"srpo", "sdpo"} <= set(methods):
         share = len(taught_rows["srpo"]) / max(len(taught_rows["sdpo"]), 1)
         ratio = med["srpo"]["teacher"] / med["sdpo"]["teacher"]
