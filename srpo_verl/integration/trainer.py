@@ -491,7 +491,7 @@ class SRPOStepMixin:
         # answer would be cut out and the score mean nothing. Such a validation reports no score.
         # The driver's data check refuses such files up front; this guards what it cannot read (custom
         # dataset classes, remote files). The validation set is fixed, so its lengths are measured once.
-        if self._srpo_val_teacher_lengths is None:  # counted as the driver's check and verl's dataset count
+        if self._srpo_val_teacher_lengths is None:  # counted as the driver's check and verl's dataset count them
             self._srpo_val_teacher_lengths = prompt_lengths(
                 [list(m) for b in batches for m in b["raw_prompt"]],
                 self.tokenizer,
