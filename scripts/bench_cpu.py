@@ -198,7 +198,8 @@ def update(args) -> int:
     def driver(idx, teacher) -> None:
         """The SRPO trainer's own work on the driver (TransferQueue I/O aside): checks and routing,
         the guard's inputs, the teacher-pass plan, the step metrics. The method's rows replace the
-        routing's, as the teacher rows of the other phases do."""
+        routing's, as the teacher rows of the other phases do; teacher: every row's teacher fields
+        (None when no row was taught)."""
         metrics, real = {}, [True] * rows
         step = route_rows(
             step_fields, real, worker.srpo, tokenizer, group_size=args.group, max_response_length=T, metrics=metrics
@@ -207,14 +208,7 @@ def update(args) -> int:
         marked = torch.tensor([i in idx for i in range(rows)])
         step = dataclasses.replace(step, route=marked, taught=marked)
         teacher_pass_plan(step, list(step_fields["responses"].unbind()), dp_size=1, k=k)
-        fields = None
-        if idx:
-            empty = {wire.TEACHER_TOPK.name: torch.zeros(0, k)}
-            fields = {
-                key: nested([teacher[key].get(i, empty.get(key, torch.zeros(0))) for i in range(rows)])
-                for key in wire.TEACHER_OUTPUT_NAMES
-            }
-        metrics.update(step_metrics(step, response_mask, fields, truncated=0))
+        metrics.update(step_metrics(step, response_mask, teacher, truncated=0))
 
     def old_log_prob_pass(idx):
         """As the trainer runs it: teacher rows marked (none marked: verl's plain forward)."""
@@ -252,11 +246,16 @@ def update(args) -> int:
         times["teacher_forward"] = forward_s[0]
         adv = [torch.full((T,), float(a)) for a in advantages]
         extra = dict(old_log_probs=old, advantages=adv)
+        # Every row's teacher fields, empty outside the teacher rows (as the trainer stores them).
+        empty = {wire.TEACHER_TOPK.name: torch.zeros(0, k)}
+        teacher = {
+            key: [taught.get(key, {}).get(i, empty.get(key, torch.zeros(0))) for i in range(rows)]
+            for key in wire.TEACHER_OUTPUT_NAMES
+        }
         if srpo:
             extra[wire.TOPK_IDS.name] = topk  # (sdpo's zero PPO advantage is the loss's own: SRPOConfig.advantage)
-            empty = {wire.TEACHER_TOPK.name: torch.zeros(0, k)}
             for key in (wire.TEACHER_TOPK.name, wire.TEACHER_ENTROPY.name):  # what the update reads
-                extra[key] = [taught.get(key, {}).get(i, empty.get(key, torch.zeros(0))) for i in range(rows)]
+                extra[key] = teacher[key]
         data = as_batch(sequences, **extra)
         if srpo:
             data[wire.ROUTE.name] = torch.tensor([int(i in idx) for i in range(rows)])
@@ -275,9 +274,10 @@ def update(args) -> int:
         if srpo:
             worker.srpo_ema_update()
         times["ema"] = time.perf_counter() - t0
+        read = {key: nested(values) for key, values in teacher.items()} if idx else None  # TransferQueue's read
         t0 = time.perf_counter()
         if srpo:
-            driver(idx, taught)
+            driver(idx, read)
         times["driver"] = time.perf_counter() - t0
         times["step"] = sum(times[key] for key in ("old_log_prob", "teacher", "update", "ema", "driver"))
         return times
